@@ -1,0 +1,26 @@
+# The two commands the README promises. Both create or refresh .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/smoothapi demo
+
+# pytest exits 5 when it collected no tests: that is a failure too.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest ran no tests" >&2; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_certify.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,41 @@
+"""smoothapi: certified l2 robustness for any image classifier by denoised randomized smoothing.
+
+    from smoothapi import SmoothedClassifier, LocalModelAdapter
+    smoothed = SmoothedClassifier(LocalModelAdapter(model), sigma=0.25, denoiser=denoiser)
+    result = smoothed.certify(image, n0=100, n=10_000, alpha=0.001)
+"""
+
+from .adapters import Adapter, LocalModelAdapter
+from .certification import (
+    ABSTAIN,
+    Certification,
+    Prediction,
+    certify_counts,
+    clopper_pearson_lower,
+    max_certifiable_radius,
+    predict_counts,
+    samples_needed,
+)
+from .errors import CheckpointError, InvalidInputError, MissingDependencyError, SmoothAPIError
+from .smoothing import SmoothedClassifier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABSTAIN",
+    "Adapter",
+    "Certification",
+    "CheckpointError",
+    "InvalidInputError",
+    "LocalModelAdapter",
+    "MissingDependencyError",
+    "Prediction",
+    "SmoothAPIError",
+    "SmoothedClassifier",
+    "__version__",
+    "certify_counts",
+    "clopper_pearson_lower",
+    "max_certifiable_radius",
+    "predict_counts",
+    "samples_needed",
+]

@@ -1,0 +1,45 @@
+"""Weights as safetensors files whose metadata alone rebuilds the model (no pickle)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError
+
+_KEY = "smoothapi"
+
+
+def save_checkpoint(path: str | os.PathLike, module: torch.nn.Module, metadata: dict[str, Any]) -> None:
+    """Write ``module``'s state dict and JSON ``metadata`` (must name ``kind`` and ``arch``)."""
+    for required in ("kind", "arch"):
+        if required not in metadata:
+            raise CheckpointError(f"checkpoint metadata must include {required!r}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(tensors, os.fspath(path), metadata={_KEY: json.dumps(metadata, sort_keys=True)})
+
+
+def load_checkpoint(
+    path: str | os.PathLike, kind: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint`; check it holds a ``kind`` model."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            raw = (f.metadata() or {}).get(_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if raw is None:
+        raise CheckpointError(f"{path} has no smoothapi metadata, so its model cannot be rebuilt")
+    metadata = json.loads(raw)
+    if metadata.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a {metadata.get('kind')!r}, not a {kind!r}")
+    return tensors, metadata

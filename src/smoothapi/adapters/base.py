@@ -1,0 +1,46 @@
+"""The one interface every base classifier implements, local model or vision API."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Sequence
+
+import torch
+
+from ..certification import Label
+
+__all__ = ["Adapter"]
+
+
+class Adapter(abc.ABC):
+    """A base classifier ``f``: images in the [0, 1] pixel space -> one label (or ``None``) each.
+
+    Images arrive as float tensors ``(B, C, H, W)`` in the pixel space where noise was
+    added, so after noise (and denoising) values may lie outside [0, 1]. Whatever
+    the classifier needs next (clipping, resizing, normalisation, encoding) happens
+    inside the adapter and so is part of ``f``: the certificate stays valid.
+
+    Subclasses implement :meth:`top_labels` and :meth:`ranked_labels`; the single
+    and async forms derive from them.
+    """
+
+    #: A short name for logs and journals.
+    name: str = "adapter"
+
+    @abc.abstractmethod
+    def top_labels(self, images: torch.Tensor) -> list[Label | None]:
+        """The top label of each image in a ``(B, C, H, W)`` batch; ``None`` for "no label"."""
+
+    @abc.abstractmethod
+    def ranked_labels(self, image: torch.Tensor) -> Sequence[tuple[Label, float]]:
+        """All labels of one ``(C, H, W)`` image with their scores, highest score first."""
+
+    def top_label(self, image: torch.Tensor) -> Label | None:
+        """The top label of one ``(C, H, W)`` image."""
+        return self.top_labels(image.unsqueeze(0))[0]
+
+    async def atop_labels(self, images: torch.Tensor) -> list[Label | None]:
+        """Async :meth:`top_labels`. The default runs the sync form in a worker thread;
+        network adapters override it with a native async call."""
+        return await asyncio.to_thread(self.top_labels, images)

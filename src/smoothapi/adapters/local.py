@@ -1,0 +1,126 @@
+"""A local PyTorch classifier as a base classifier (full access: gradients flow through it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .._checkpoint import load_checkpoint, save_checkpoint
+from ..certification import Label
+from ..errors import CheckpointError, InvalidInputError
+from .base import Adapter
+
+__all__ = ["LocalModelAdapter"]
+
+
+class LocalModelAdapter(Adapter):
+    """Wrap a ``torch.nn.Module`` that maps ``(B, C, H, W)`` inputs to ``(B, K)`` logits.
+
+    The adapter owns the model's input pipeline, applied after the noise:
+    optional resizing to ``input_size`` and per-channel ``(x - mean) / std``
+    normalisation. Labels are class indices, or ``class_names[index]`` when given.
+    The module is put in eval mode and is never updated here; :meth:`logits` is
+    differentiable so denoiser training can back-propagate through it.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        class_names: Sequence[Label] | None = None,
+        input_size: tuple[int, int] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if device is None:
+            first = next(model.parameters(), None)
+            device = first.device if first is not None else "cpu"
+        self.device = torch.device(device)
+        self.module = model.to(self.device).eval()
+        if (mean is None) != (std is None):
+            raise InvalidInputError("give both mean and std, or neither")
+        if std is not None and any(s <= 0 for s in std):
+            raise InvalidInputError(f"std must be positive, got {list(std)}")
+        self.mean = None if mean is None else torch.tensor(mean, device=self.device).view(-1, 1, 1)
+        self.std = None if std is None else torch.tensor(std, device=self.device).view(-1, 1, 1)
+        self.class_names = None if class_names is None else list(class_names)
+        self.input_size = None if input_size is None else tuple(input_size)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` logits for ``(B, C, H, W)`` images in pixel space (differentiable)."""
+        x = images.to(self.device, non_blocking=True)
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return self.module(x)
+
+    def _label(self, index: int) -> Label:
+        return index if self.class_names is None else self.class_names[index]
+
+    def top_labels(self, images: torch.Tensor) -> list[Label]:
+        with torch.inference_mode():
+            indices = self.logits(images).argmax(dim=1).tolist()
+        if self.class_names is None:
+            return indices
+        return [self.class_names[i] for i in indices]
+
+    def ranked_labels(self, image: torch.Tensor) -> list[tuple[Label, float]]:
+        """Softmax scores, highest first (ties: lower class index first)."""
+        with torch.inference_mode():
+            scores = self.logits(image.unsqueeze(0)).softmax(dim=1)[0].tolist()
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        return [(self._label(i), scores[i]) for i in order]
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, **metadata: Any) -> None:
+        """Save as a safetensors checkpoint that :meth:`from_checkpoint` rebuilds.
+
+        The module must come from :func:`smoothapi.training.create_classifier` (so its
+        architecture is known); extra ``metadata`` (dataset, epochs, ...) is stored too.
+        """
+        config = getattr(self.module, "arch_config", None)
+        if config is None:
+            raise CheckpointError(
+                "only classifiers built by create_classifier() can be saved with their "
+                "architecture; save other modules' state_dict yourself"
+            )
+        save_checkpoint(path, self.module, {
+            **metadata,
+            "kind": "classifier",
+            **config,
+            "mean": None if self.mean is None else self.mean.flatten().tolist(),
+            "std": None if self.std is None else self.std.flatten().tolist(),
+            "class_names": self.class_names,
+            "input_size": self.input_size,
+        })
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str | torch.device | None = None
+    ) -> LocalModelAdapter:
+        """Rebuild a classifier saved by :meth:`save` from the file's metadata alone."""
+        from ..training.classifiers import create_classifier
+
+        tensors, meta = load_checkpoint(path, kind="classifier")
+        model = create_classifier(meta["arch"], **meta.get("kwargs", {}))
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit {meta['arch']}: {exc}") from exc
+        return cls(
+            model,
+            mean=meta.get("mean"),
+            std=meta.get("std"),
+            class_names=meta.get("class_names"),
+            input_size=meta.get("input_size"),
+            device=device or "cpu",
+        )
