@@ -39,7 +39,7 @@ def as_image_tensor(image: ImageLike) -> torch.Tensor:
             raise InvalidInputError(
                 f"numpy images must be (H, W) or (H, W, C) with C in {_CHANNELS}, got {image.shape}"
             )
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
+        tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).float() / 255.0
     elif isinstance(image, torch.Tensor):
         if not image.is_floating_point():
             raise InvalidInputError(
@@ -49,6 +49,8 @@ def as_image_tensor(image: ImageLike) -> torch.Tensor:
             raise InvalidInputError(
                 f"tensor images must be (C, H, W) with C in {_CHANNELS}, got {tuple(image.shape)}"
             )
+        if image.shape[1] == 0 or image.shape[2] == 0:
+            raise InvalidInputError(f"image has no pixels: shape {tuple(image.shape)}")
         if not torch.isfinite(image).all():
             raise InvalidInputError("image contains NaN or infinite values")
         if image.min() < 0 or image.max() > 1:

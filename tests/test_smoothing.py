@@ -1,0 +1,247 @@
+"""SmoothedClassifier end to end: soundness against an analytic ground truth, noise, inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import beta, binom, binomtest, norm
+
+from smoothapi import (
+    ABSTAIN,
+    Adapter,
+    InvalidInputError,
+    LocalModelAdapter,
+    SmoothedClassifier,
+)
+
+from .conftest import linear_adapter
+
+
+class Recorder(Adapter):
+    """Records every batch it is shown and answers a fixed label (or None)."""
+
+    name = "recorder"
+
+    def __init__(self, answer=0):
+        self.batches: list[torch.Tensor] = []
+        self.answer = answer
+
+    def top_labels(self, images):
+        self.batches.append(images.clone())
+        return [self.answer] * len(images)
+
+    def ranked_labels(self, image):
+        return [(self.answer, 1.0)]
+
+
+def _false_certificate_rate_test(observed: int, trials: int, alpha: float) -> float:
+    """p-value of "the false-certificate rate is at most alpha" (one-sided exact binomial)."""
+    return binomtest(observed, trials, alpha, alternative="greater").pvalue
+
+
+def test_certificates_beyond_the_true_radius_occur_at_most_at_rate_alpha(digit_images):
+    # Soundness through the whole SDK path. Each trial certifies a real digit against a linear
+    # classifier whose smoothed version has robust radius exactly d, so a certificate is
+    # false when its radius exceeds d or its label is not the true class (1).
+    # False-alarm rate of this test: at most 0.001 (one-sided exact binomial test at 0.001).
+    sigma, d, alpha, trials = 0.25, 0.25, 0.01, 20_000
+    smoothed = SmoothedClassifier(
+        linear_adapter(digit_images[0], d), sigma, batch_size=512, device="cpu", seed=2024
+    )
+    false = certified = 0
+    for _ in range(trials):
+        result = smoothed.certify(digit_images[0], n0=20, n=200, alpha=alpha)
+        certified += not result.abstained
+        false += (not result.abstained) and (result.label != 1 or result.radius > d)
+    assert certified > 0.9 * trials  # the test exercises real certificates
+    assert _false_certificate_rate_test(false, trials, alpha) > 0.001, (false, trials)
+
+
+def test_boundary_case_certifies_at_the_exact_clopper_pearson_rate(digit_images):
+    # At d = 0 each class has probability 1/2, so any certificate is false; CERTIFY must
+    # certify with exactly P[Bin(n, 1/2) >= k_min], which reuse of the n0 selection samples
+    # for estimation (or reused noise) would roughly double.
+    # False-alarm rate of this test: 0.001 (two-sided exact binomial test at 0.001).
+    sigma, alpha, n, trials = 0.5, 0.05, 50, 20_000
+    x = digit_images[7]
+    smoothed = SmoothedClassifier(linear_adapter(x, 0.0), sigma, device="cpu", seed=7)
+    k = np.arange(n + 1)
+    k_min = k[beta.ppf(alpha, np.maximum(k, 1), n - k + 1) >= 0.5].min()
+    exact = binom.sf(k_min - 1, n, 0.5)
+    certified = sum(
+        not smoothed.certify(x, n0=10, n=n, alpha=alpha).abstained for _ in range(trials)
+    )
+    assert 0.01 < exact < alpha
+    assert binomtest(certified, trials, exact).pvalue > 0.001, (certified, trials * exact)
+
+
+def test_noise_is_independent_within_batches_and_across_calls():
+    # x = 0, so every batch the adapter sees is pure noise. For independent N(0, sigma^2)
+    # vectors in dimension D, sqrt(D) * correlation is about N(0, 1); |z| > 6 for any of the
+    # ~18,000 pairs checked has probability < 1e-5 (the test's false-alarm rate).
+    recorder = Recorder()
+    sigma = 0.3
+    smoothed = SmoothedClassifier(recorder, sigma, batch_size=32, device="cpu", seed=11)
+    x = torch.zeros(1, 28, 28)
+    smoothed.certify(x, n0=32, n=64)
+    smoothed.certify(x, n0=32, n=32)
+    smoothed.predict(x, n=32)
+    noise = torch.cat(recorder.batches).flatten(1).double()
+    assert noise.shape == (6 * 32, 784)
+    dimension = noise.shape[1]
+    z = math.sqrt(dimension) * torch.corrcoef(noise)
+    off_diagonal = z[~torch.eye(len(noise), dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 6
+    # Marginals: mean 0 and standard deviation sigma (5 standard errors).
+    count = noise.numel()
+    assert abs(noise.mean().item()) < 5 * sigma / math.sqrt(count)
+    assert abs(noise.std().item() / sigma - 1) < 5 / math.sqrt(2 * count)
+
+
+def test_seed_replays_the_same_noise_and_default_seeds_differ():
+    x = torch.zeros(1, 6, 6)
+    runs = []
+    for seed in (5, 5, 6, None, None):
+        recorder = Recorder()
+        SmoothedClassifier(recorder, 0.5, device="cpu", seed=seed).certify(x, n0=3, n=5)
+        runs.append(torch.cat(recorder.batches))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+    assert not torch.equal(runs[3], runs[4])
+
+
+def test_radius_scales_with_image_and_sigma(digit_images):
+    # f(z) = 1[w.z > 0] is invariant to scaling z by c > 0; scaling x and sigma by c scales
+    # the noise by c too, so the counts match and R scales by exactly c.
+    x = digit_images[3]
+    flat = x.flatten().double()
+    other = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    other -= (other @ flat) / (flat @ flat) * flat
+    cos = 0.3 / flat.norm()  # w.x = 0.3 with a unit w and no bias
+    w = cos * flat / flat.norm() + torch.sqrt(1 - cos**2) * other / other.norm()
+    adapter = linear_adapter(x, 0.3)
+    with torch.no_grad():
+        adapter.module[2].weight[1].copy_(w)
+        adapter.module[2].bias.zero_()
+    results = {}
+    for c in (1.0, 0.5, 0.25):
+        smoothed = SmoothedClassifier(adapter, 0.4 * c, device="cpu", seed=99)
+        results[c] = smoothed.certify(x * c, n0=50, n=2_000, alpha=0.001)
+    assert not results[1.0].abstained and results[1.0].radius > 0
+    for c in (0.5, 0.25):
+        assert results[c].counts == results[1.0].counts
+        assert results[c].radius == pytest.approx(c * results[1.0].radius, rel=1e-9)
+
+
+def test_certify_matches_phi_of_distance_on_average(digit_images):
+    # p_A = Phi(d / sigma): the estimation counts' mean must match it (5 standard errors).
+    x, sigma, d, n = digit_images[1], 0.25, 0.1, 20_000
+    result = SmoothedClassifier(linear_adapter(x, d), sigma, device="cpu", seed=3).certify(
+        x, n0=100, n=n, alpha=0.001)
+    p_a = norm.cdf(d / sigma)
+    assert abs(result.counts[1] / n - p_a) < 5 * math.sqrt(p_a * (1 - p_a) / n)
+    assert result.label == 1 and 0 < result.radius < d
+
+
+def test_predict_never_returns_none_and_abstains_on_a_coin_flip(digit_images):
+    nothing = SmoothedClassifier(Recorder(answer=None), 0.25, device="cpu", seed=1)
+    assert nothing.predict(torch.zeros(1, 4, 4), n=200).label is ABSTAIN
+    assert nothing.certify(torch.zeros(1, 4, 4), n0=10, n=20).label is ABSTAIN
+    x = digit_images[5]
+    coin = SmoothedClassifier(linear_adapter(x, 0.0), 0.25, device="cpu", seed=1)
+    abstained = sum(coin.predict(x, n=100, alpha=0.001).abstained for _ in range(50))
+    assert abstained >= 48  # each abstains with probability >= 0.999
+    sure = SmoothedClassifier(linear_adapter(x, 1.0), 0.25, device="cpu", seed=1)
+    assert sure.predict(x, n=100, alpha=0.001).label == 1
+
+
+def test_denoiser_runs_before_the_adapter_in_inference_mode():
+    class Halve(torch.nn.Module):
+        def forward(self, x):
+            assert torch.is_inference_mode_enabled()
+            return x * 0.5
+
+    recorder = Recorder()
+    x = torch.full((3, 4, 4), 0.8)
+    SmoothedClassifier(recorder, 1e-6, denoiser=Halve(), device="cpu", seed=0).certify(
+        x, n0=2, n=2)
+    assert torch.allclose(recorder.batches[0], torch.full((2, 3, 4, 4), 0.4), atol=1e-4)
+
+
+def test_accepts_pil_uint8_and_tensor_images_in_the_same_pixel_space():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    seen = []
+    for image in (Image.fromarray(pixels), pixels, torch.from_numpy(pixels).permute(2, 0, 1) / 255):
+        recorder = Recorder()
+        SmoothedClassifier(recorder, 1e-9, device="cpu", seed=0).certify(image, n0=1, n=1)
+        seen.append(recorder.batches[0][0])
+    for batch in seen:
+        assert batch.shape == (3, 5, 7)
+        assert torch.allclose(batch, seen[2], atol=1e-6)
+    grey = Image.fromarray(pixels[:, :, 0])
+    recorder = Recorder()
+    SmoothedClassifier(recorder, 1e-9, device="cpu", seed=0).certify(grey, n0=1, n=1)
+    assert recorder.batches[0].shape == (1, 1, 5, 7)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((8, 8), dtype=np.float64), "uint8"),
+        (np.zeros((8, 8, 5), dtype=np.uint8), "C in"),
+        (np.zeros((2, 8, 8, 3), dtype=np.uint8), "C in"),
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), "floating"),
+        (torch.zeros(8, 8, 3), "C in"),
+        (torch.zeros(1, 3, 8, 8), "C in"),
+        (torch.full((1, 8, 8), math.nan), "NaN"),
+        (torch.full((1, 8, 8), 2.0), r"\[0, 1\]"),
+        (torch.zeros(1, 0, 8), "no pixels"),
+        ([[0.0]], "expected a PIL image"),
+    ],
+)
+def test_bad_images_raise_clear_errors(image, message):
+    smoothed = SmoothedClassifier(Recorder(), 0.25, device="cpu", seed=0)
+    with pytest.raises(InvalidInputError, match=message):
+        smoothed.certify(image, n0=1, n=1)
+    with pytest.raises(ValueError):
+        smoothed.predict(image, n=1)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SmoothedClassifier(Recorder(), 0.0),
+        lambda: SmoothedClassifier(Recorder(), -0.5),
+        lambda: SmoothedClassifier(Recorder(), float("inf")),
+        lambda: SmoothedClassifier(Recorder(), 0.25, batch_size=0),
+        lambda: SmoothedClassifier(Recorder(), 0.25, seed=-1),
+        lambda: SmoothedClassifier(torch.nn.Linear(2, 2), 0.25),
+        lambda: SmoothedClassifier(Recorder(), 0.25).certify(torch.zeros(1, 2, 2), n0=0),
+        lambda: SmoothedClassifier(Recorder(), 0.25).certify(torch.zeros(1, 2, 2), n=-5),
+        lambda: SmoothedClassifier(Recorder(), 0.25).certify(torch.zeros(1, 2, 2), n=2.5),
+        lambda: SmoothedClassifier(Recorder(), 0.25).certify(torch.zeros(1, 2, 2), alpha=0),
+        lambda: SmoothedClassifier(Recorder(), 0.25).certify(torch.zeros(1, 2, 2), alpha=1.5),
+        lambda: SmoothedClassifier(Recorder(), 0.25).predict(torch.zeros(1, 2, 2), n=0),
+        lambda: SmoothedClassifier(Recorder(), 0.25).predict(torch.zeros(1, 2, 2), alpha=-0.1),
+    ],
+)
+def test_bad_settings_raise_value_errors(make):
+    with pytest.raises(InvalidInputError):
+        make()
+
+
+def test_local_model_adapter_labels_follow_class_names_and_batch_size_does_not_matter(
+    digit_images,
+):
+    adapter = linear_adapter(digit_images[0], 0.05)
+    named = LocalModelAdapter(adapter.module, class_names=["no", "yes"])
+    x = digit_images[0]
+    a = SmoothedClassifier(adapter, 0.25, batch_size=7, device="cpu", seed=4).certify(x, 10, 300)
+    b = SmoothedClassifier(named, 0.25, batch_size=7, device="cpu", seed=4).certify(x, 10, 300)
+    assert b.label == {0: "no", 1: "yes"}[a.label]
+    assert sorted(b.counts.values()) == sorted(a.counts.values())
