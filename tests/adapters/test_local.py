@@ -87,3 +87,12 @@ def test_mean_without_std_is_rejected():
         LocalModelAdapter(torch.nn.Linear(3, 2), mean=[0.5])
     with pytest.raises(InvalidInputError):
         LocalModelAdapter(torch.nn.Linear(3, 2), mean=[0.5], std=[0.0])
+
+
+def test_async_form_gives_the_same_labels():
+    import asyncio
+
+    model = create_classifier("small_cnn", in_channels=1, num_classes=5, width=4)
+    adapter = LocalModelAdapter(model)
+    images = torch.rand(6, 1, 10, 10)
+    assert asyncio.run(adapter.atop_labels(images)) == adapter.top_labels(images)
