@@ -16,6 +16,7 @@ from .certification import (
     predict_counts,
     samples_needed,
 )
+from .denoisers import create_denoiser, list_denoisers, load_denoiser
 from .errors import CheckpointError, InvalidInputError, MissingDependencyError, SmoothAPIError
 from .smoothing import SmoothedClassifier
 
@@ -35,6 +36,9 @@ __all__ = [
     "__version__",
     "certify_counts",
     "clopper_pearson_lower",
+    "create_denoiser",
+    "list_denoisers",
+    "load_denoiser",
     "max_certifiable_radius",
     "predict_counts",
     "samples_needed",

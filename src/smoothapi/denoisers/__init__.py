@@ -1,7 +1,36 @@
-"""Denoiser architectures (DnCNN, DnCNN-wide, MemNet) behind a registry.
+"""Denoiser architectures behind a registry, with checkpoints that rebuild them.
 
-Not yet implemented: until it is, pass any ``torch.nn.Module`` mapping
-``(B, C, H, W)`` to the same shape as ``SmoothedClassifier(..., denoiser=...)``.
+Registered architectures (see :func:`list_denoisers`):
+
+- ``dncnn``: DnCNN (Zhang et al., 2017), ``depth`` conv layers of ``width`` 64 that predict
+  the noise; output ``x - noise``.
+- ``dncnn_wide``: DnCNN-Wide, the same with ``width`` 128.
+- ``memnet``: MemNet (Tai et al., 2017), memory blocks of residual blocks with gated
+  long-term connections; output ``x + reconstruction``.
+
+Every denoiser maps ``(N, C, H, W)`` to ``(N, C, H, W)`` for any ``H, W``, with
+``C = in_channels``. The defaults are the papers' sizes; small variants such as
+``create_denoiser("dncnn", in_channels=1, depth=5, width=32)`` fit a CPU.
+
+Save a trained denoiser with :func:`save_denoiser` (safetensors weights plus JSON metadata:
+architecture, sigma, objective, surrogates, ...) and rebuild it with :func:`load_denoiser`.
+Any other ``torch.nn.Module`` with the same input/output shapes can also be passed as
+``SmoothedClassifier(..., denoiser=...)``.
 """
 
-__all__: list[str] = []
+from . import dncnn, memnet  # noqa: F401  (importing registers the architectures)
+from .registry import (
+    create_denoiser,
+    list_denoisers,
+    load_denoiser,
+    register_denoiser,
+    save_denoiser,
+)
+
+__all__ = [
+    "create_denoiser",
+    "list_denoisers",
+    "load_denoiser",
+    "register_denoiser",
+    "save_denoiser",
+]
