@@ -53,6 +53,14 @@ class LocalModelAdapter(Adapter):
         self.class_names = None if class_names is None else list(class_names)
         self.input_size = None if input_size is None else tuple(input_size)
 
+    def to(self, device: str | torch.device) -> LocalModelAdapter:
+        """Move the model and its normalisation to ``device``; returns ``self``."""
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        if self.mean is not None:
+            self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        return self
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` logits for ``(B, C, H, W)`` images in pixel space (differentiable)."""
         x = images.to(self.device, non_blocking=True)

@@ -1,0 +1,81 @@
+"""Denoiser objectives (Salman et al. 2020, section 3.3), each a small pure function.
+
+``denoised`` is ``D(x + delta)``, ``clean`` is ``x``; ``logits`` is a classifier's
+differentiable ``(B, C, H, W) -> (B, K)`` map (e.g. ``LocalModelAdapter.logits``),
+frozen by the caller: gradients flow *through* it into the denoiser, never into it.
+
+* **MSE** reconstructs the clean image (no labels, no classifier).
+* **STAB** asks the classifier to give ``D(x + delta)`` the label it gives ``x``
+  (pseudo-labels: no dataset labels needed).
+* **CLF** asks the classifier to give ``D(x + delta)`` the true label.
+
+STAB+MSE / CLF+MSE are STAB / CLF fine-tuning of a denoiser first trained with MSE.
+With several classifiers (surrogates in query access), :func:`guided_loss` either
+takes them in turn, one per batch (``"round-robin"``, as the authors' code did), or
+averages the loss over all of them (``"mean"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "GUIDANCE_MODES",
+    "OBJECTIVES",
+    "clf_objective",
+    "guided_loss",
+    "mse_objective",
+    "stab_objective",
+]
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+OBJECTIVES = ("mse", "stab", "clf", "stab+mse", "clf+mse")
+GUIDANCE_MODES = ("round-robin", "mean")
+
+
+def mse_objective(denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between ``D(x + delta)`` and ``x`` (eq. 4, averaged over pixels)."""
+    return F.mse_loss(denoised, clean)
+
+
+def stab_objective(logits: Logits, denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits(D(x + delta))`` against the classifier's own label on ``x`` (eq. 5)."""
+    with torch.no_grad():
+        pseudo_labels = logits(clean).argmax(dim=1)
+    return F.cross_entropy(logits(denoised), pseudo_labels)
+
+
+def clf_objective(logits: Logits, denoised: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits(D(x + delta))`` against the dataset's true labels."""
+    return F.cross_entropy(logits(denoised), labels)
+
+
+def guided_loss(
+    objective: str,
+    classifiers: Sequence[Logits],
+    denoised: torch.Tensor,
+    clean: torch.Tensor,
+    labels: torch.Tensor,
+    step: int,
+    guidance: str = "round-robin",
+) -> torch.Tensor:
+    """The loss of ``objective`` for one batch; ``step`` picks the round-robin classifier."""
+    if objective == "mse":
+        return mse_objective(denoised, clean)
+    if not classifiers:
+        raise ValueError(f"objective {objective!r} needs at least one classifier")
+    if objective in ("stab", "stab+mse"):
+        one = lambda logits: stab_objective(logits, denoised, clean)  # noqa: E731
+    elif objective in ("clf", "clf+mse"):
+        one = lambda logits: clf_objective(logits, denoised, labels)  # noqa: E731
+    else:
+        raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    if guidance == "round-robin":
+        return one(classifiers[step % len(classifiers)])
+    if guidance == "mean":
+        return torch.stack([one(logits) for logits in classifiers]).mean()
+    raise ValueError(f"unknown guidance {guidance!r}; known: {', '.join(GUIDANCE_MODES)}")
