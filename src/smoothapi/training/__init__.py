@@ -1,13 +1,31 @@
 """Training: classifier architectures, datasets, and (soon) denoiser objectives and the loop."""
 
 from .classifiers import create_classifier, list_classifiers, register_classifier
-from .data import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
+from .data import (
+    CIFAR10_CLASSES,
+    DATASET_NAMES,
+    FASHION_MNIST_CLASSES,
+    ArrayDataset,
+    load_cifar10,
+    load_dataset,
+    load_digits_images,
+    load_fashion_mnist,
+    load_image_folder,
+    read_idx,
+)
 
 __all__ = [
+    "CIFAR10_CLASSES",
+    "DATASET_NAMES",
     "FASHION_MNIST_CLASSES",
+    "ArrayDataset",
     "create_classifier",
     "list_classifiers",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits_images",
     "load_fashion_mnist",
+    "load_image_folder",
     "read_idx",
     "register_classifier",
 ]
