@@ -48,8 +48,11 @@ def conv_denoiser(channels: int, depth: int = 6, width: int = 32) -> nn.Module:
     """A DnCNN-shaped residual denoiser (conv-BN-ReLU stack predicting the noise)."""
     layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
     for _ in range(depth - 2):
-        layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width),
-                   nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
     layers.append(nn.Conv2d(width, channels, 3, padding=1))
     body = nn.Sequential(*layers)
 
@@ -74,7 +77,11 @@ def run(device: torch.device, batch_size: int, denoise: bool, n: int, images: in
         timer.attach(denoiser)
     smoothed = SmoothedClassifier(
         LocalModelAdapter(classifier, mean=[0.286], std=[0.353], device=device),
-        0.25, denoiser, batch_size=batch_size, device=device, seed=0,
+        0.25,
+        denoiser,
+        batch_size=batch_size,
+        device=device,
+        seed=0,
     )
     x = torch.rand(images, 1, 28, 28)
     smoothed.certify(x[0], n0=batch_size, n=batch_size)  # warm-up
@@ -100,16 +107,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"CPU, {torch.get_num_threads()} threads")
-    print(f"certify on {name}: small_cnn (Fashion-MNIST 28x28), n0=100, n={args.n}, "
-          f"{args.images} images, torch {torch.__version__}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (f"CPU, {torch.get_num_threads()} threads")
+    )
+    print(
+        f"certify on {name}: small_cnn (Fashion-MNIST 28x28), n0=100, n={args.n}, "
+        f"{args.images} images, torch {torch.__version__}"
+    )
     print(f"{'denoiser':<10}{'batch':>7}{'samples/s':>12}{'in forward':>12}{'wall s':>9}")
     for denoise in (False, True):
         for batch_size in args.batch_sizes:
             r = run(device, batch_size, denoise, args.n, args.images)
-            print(f"{'6-layer' if denoise else 'none':<10}{batch_size:>7}"
-                  f"{r['samples_per_s']:>12,.0f}{r['in_forward']:>11.1%}{r['wall']:>9.2f}")
+            print(
+                f"{'6-layer' if denoise else 'none':<10}{batch_size:>7}"
+                f"{r['samples_per_s']:>12,.0f}{r['in_forward']:>11.1%}{r['wall']:>9.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -100,9 +100,16 @@ def _power(n: int, p_star: float, p_a: float, alpha: float) -> float:
 @pytest.mark.parametrize(
     "z, p_a, power, expected",
     # From ../shared/reference/statistics.md ("samples needed"), sigma = 0.25, alpha = 0.001.
-    [(0.5, 0.9, 0.5, 43), (0.5, 0.9, 0.9, 71), (1.0, 0.9, 0.5, 335), (1.0, 0.9, 0.9, 637),
-     (1.0, 0.99, 0.9, 67), (2.0, 0.99, 0.5, 1054), (2.0, 0.99, 0.9, 1953),
-     (2.0, 0.999, 0.9, 402)],
+    [
+        (0.5, 0.9, 0.5, 43),
+        (0.5, 0.9, 0.9, 71),
+        (1.0, 0.9, 0.5, 335),
+        (1.0, 0.9, 0.9, 637),
+        (1.0, 0.99, 0.9, 67),
+        (2.0, 0.99, 0.5, 1054),
+        (2.0, 0.99, 0.9, 1953),
+        (2.0, 0.999, 0.9, 402),
+    ],
 )
 def test_samples_needed_matches_reference_and_is_minimal(z, p_a, power, expected):
     n = samples_needed(z * 0.25, 0.25, 0.001, p_a, power=power)
@@ -116,8 +123,11 @@ def test_samples_needed_matches_reference_and_is_minimal(z, p_a, power, expected
 def test_samples_needed_when_all_agree_is_the_closed_form_floor(z, floor):
     n = samples_needed(z * 0.25, 0.25, 0.001)
     assert n == floor
-    assert max_certifiable_radius(n, 0.001, 0.25) >= z * 0.25 > max_certifiable_radius(
-        n - 1, 0.001, 0.25)
+    assert (
+        max_certifiable_radius(n, 0.001, 0.25)
+        >= z * 0.25
+        > max_certifiable_radius(n - 1, 0.001, 0.25)
+    )
 
 
 def test_samples_needed_refuses_impossible_requests():

@@ -119,7 +119,9 @@ def test_radius_scales_with_image_and_sigma(digit_images):
     # the noise by c too, so the counts match and R scales by exactly c.
     x = digit_images[3]
     flat = x.flatten().double()
-    other = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    other = torch.randn(
+        flat.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     other -= (other @ flat) / (flat @ flat) * flat
     cos = 0.3 / flat.norm()  # w.x = 0.3 with a unit w and no bias
     w = cos * flat / flat.norm() + torch.sqrt(1 - cos**2) * other / other.norm()
@@ -141,7 +143,8 @@ def test_certify_matches_phi_of_distance_on_average(digit_images):
     # p_A = Phi(d / sigma): the estimation counts' mean must match it (5 standard errors).
     x, sigma, d, n = digit_images[1], 0.25, 0.1, 20_000
     result = SmoothedClassifier(linear_adapter(x, d), sigma, device="cpu", seed=3).certify(
-        x, n0=100, n=n, alpha=0.001)
+        x, n0=100, n=n, alpha=0.001
+    )
     p_a = norm.cdf(d / sigma)
     assert abs(result.counts[1] / n - p_a) < 5 * math.sqrt(p_a * (1 - p_a) / n)
     assert result.label == 1 and 0 < result.radius < d
@@ -167,8 +170,7 @@ def test_denoiser_runs_before_the_adapter_in_inference_mode():
 
     recorder = Recorder()
     x = torch.full((3, 4, 4), 0.8)
-    SmoothedClassifier(recorder, 1e-6, denoiser=Halve(), device="cpu", seed=0).certify(
-        x, n0=2, n=2)
+    SmoothedClassifier(recorder, 1e-6, denoiser=Halve(), device="cpu", seed=0).certify(x, n0=2, n=2)
     assert torch.allclose(recorder.batches[0], torch.full((2, 3, 4, 4), 0.4), atol=1e-4)
 
 

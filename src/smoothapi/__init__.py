@@ -1,8 +1,8 @@
 """smoothapi: certified l2 robustness for any image classifier by denoised randomized smoothing.
 
-    from smoothapi import SmoothedClassifier, LocalModelAdapter
-    smoothed = SmoothedClassifier(LocalModelAdapter(model), sigma=0.25, denoiser=denoiser)
-    result = smoothed.certify(image, n0=100, n=10_000, alpha=0.001)
+from smoothapi import SmoothedClassifier, LocalModelAdapter
+smoothed = SmoothedClassifier(LocalModelAdapter(model), sigma=0.25, denoiser=denoiser)
+result = smoothed.certify(image, n0=100, n=10_000, alpha=0.001)
 """
 
 from .adapters import Adapter, LocalModelAdapter

@@ -15,7 +15,9 @@ from .errors import CheckpointError
 _KEY = "smoothapi"
 
 
-def save_checkpoint(path: str | os.PathLike, module: torch.nn.Module, metadata: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: str | os.PathLike, module: torch.nn.Module, metadata: dict[str, Any]
+) -> None:
     """Write ``module``'s state dict and JSON ``metadata`` (must name ``kind`` and ``arch``)."""
     for required in ("kind", "arch"):
         if required not in metadata:
@@ -34,7 +36,7 @@ def load_checkpoint(
     try:
         with safe_open(path, framework="pt") as f:
             raw = (f.metadata() or {}).get(_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
     if raw is None:

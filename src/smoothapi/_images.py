@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Union
 
 import numpy as np
 import torch
@@ -11,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidInputError
 
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
+ImageLike = Image.Image | np.ndarray | torch.Tensor
 
 _CHANNELS = (1, 3)
 
@@ -61,7 +60,8 @@ def as_image_tensor(image: ImageLike) -> torch.Tensor:
         tensor = image.detach().float()
     else:
         raise InvalidInputError(
-            f"expected a PIL image, a uint8 numpy array or a float tensor, got {type(image).__name__}"
+            "expected a PIL image, a uint8 numpy array or a float tensor, "
+            f"got {type(image).__name__}"
         )
     if tensor.shape[1] == 0 or tensor.shape[2] == 0:
         raise InvalidInputError(f"image has no pixels: shape {tuple(tensor.shape)}")

@@ -162,8 +162,9 @@ def radius_from_p_lower(p_a_lower: float, sigma: float) -> float:
 
 def _ranked(counts: Mapping[Label, int]) -> list[tuple[Label, int]]:
     """Real labels (not ``None``) by count, largest first; ties keep the order first seen."""
-    return sorted(((c, k) for c, k in counts.items() if c is not None and k > 0),
-                  key=lambda item: -item[1])
+    return sorted(
+        ((c, k) for c, k in counts.items() if c is not None and k > 0), key=lambda item: -item[1]
+    )
 
 
 def certify_counts(
@@ -203,7 +204,7 @@ def certify_counts(
 
 
 def predict_counts(counts: Mapping[Label, int], alpha: float) -> Prediction:
-    """PREDICT: the top class if a two-sided binomial test of the top two counts gives ``p <= alpha``."""
+    """PREDICT: the top class if a two-sided binomial test of the top two counts gives p <= a."""
     alpha = check_alpha(alpha)
     n = check_count("n", sum(counts.values()))
     ranked = _ranked(counts)
@@ -229,7 +230,7 @@ def max_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
 
 
 def _min_successes(n: np.ndarray, p_star: float, alpha: float) -> np.ndarray:
-    """Smallest k with ``clopper_pearson_lower(k, n, alpha) >= p_star``, for each n (may exceed n)."""
+    """Smallest k with ``clopper_pearson_lower(k, n, alpha) >= p_star`` per n (may exceed n)."""
     # Duality: the lower bound reaches p* exactly when P[Bin(n, p*) >= k] <= alpha.
     k = binom.isf(alpha, n, p_star).astype(np.int64) + 1
     # Guard the boundary against rounding in isf.

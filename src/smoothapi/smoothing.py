@@ -33,7 +33,7 @@ _SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
 
 
 class SmoothedClassifier:
-    """The smoothed classifier ``g(x) = argmax_c P[f(D(x + delta)) = c]``, ``delta ~ N(0, sigma^2 I)``.
+    """The smoothed classifier ``g(x) = argmax_c P[f(D(x + delta)) = c]``, delta ~ N(0, sigma^2 I).
 
     ``f`` is the base classifier behind ``adapter`` and ``D`` the optional ``denoiser``
     (a ``torch.nn.Module`` mapping ``(B, C, H, W)`` to the same shape). The noise is
@@ -115,7 +115,9 @@ class SmoothedClassifier:
                 images = self.denoiser(images.to(self.device))
         return self.adapter.top_labels(images)
 
-    def noisy_batches(self, x: torch.Tensor, num: int, key: tuple[int, ...]) -> Iterator[torch.Tensor]:
+    def noisy_batches(
+        self, x: torch.Tensor, num: int, key: tuple[int, ...]
+    ) -> Iterator[torch.Tensor]:
         """``num`` samples of ``x + delta`` in batches of at most ``batch_size``.
 
         Each batch draws its own noise from a generator seeded by ``(seed, *key, batch)``

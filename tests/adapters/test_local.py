@@ -24,8 +24,9 @@ class Probe(torch.nn.Module):
 
 def test_normalisation_and_resizing_happen_inside_the_adapter():
     probe = Probe([0.0, 1.0])
-    adapter = LocalModelAdapter(probe, mean=[0.5, 0.25, 0.0], std=[0.5, 0.25, 2.0],
-                                input_size=(4, 6))
+    adapter = LocalModelAdapter(
+        probe, mean=[0.5, 0.25, 0.0], std=[0.5, 0.25, 2.0], input_size=(4, 6)
+    )
     adapter.top_labels(torch.ones(2, 3, 8, 12))
     assert probe.seen.shape == (2, 3, 4, 6)
     assert torch.allclose(probe.seen[:, 0], torch.full((2, 4, 6), 1.0))
@@ -60,8 +61,13 @@ def test_logits_are_differentiable_and_the_model_is_not_updated():
 def test_checkpoint_round_trip_rebuilds_the_same_classifier(tmp_path):
     torch.manual_seed(0)
     model = create_classifier("small_cnn", in_channels=3, num_classes=4, width=4)
-    adapter = LocalModelAdapter(model, mean=[0.4, 0.5, 0.6], std=[0.2, 0.2, 0.3],
-                                class_names=["w", "x", "y", "z"], input_size=(16, 16))
+    adapter = LocalModelAdapter(
+        model,
+        mean=[0.4, 0.5, 0.6],
+        std=[0.2, 0.2, 0.3],
+        class_names=["w", "x", "y", "z"],
+        input_size=(16, 16),
+    )
     path = tmp_path / "clf.safetensors"
     adapter.save(path, dataset="generated", epochs=0)
     loaded = LocalModelAdapter.from_checkpoint(path)

@@ -42,8 +42,7 @@ def test_every_architecture_has_small_test_sizes():
 def test_output_shape_equals_input_shape(name, channels):
     torch.manual_seed(0)
     model = create_denoiser(name, in_channels=channels, **SMALL[name])
-    assert model.arch_config == {"arch": name,
-                                 "kwargs": {"in_channels": channels, **SMALL[name]}}
+    assert model.arch_config == {"arch": name, "kwargs": {"in_channels": channels, **SMALL[name]}}
     for height, width in [(13, 17), (8, 8), (28, 28)]:
         x = torch.rand(2, channels, height, width)
         for train in (True, False):
@@ -57,7 +56,10 @@ def test_output_shape_equals_input_shape(name, channels):
 
 def test_in_channels_is_always_recorded():
     assert create_denoiser("dncnn", depth=3, width=4).arch_config["kwargs"] == {
-        "in_channels": 3, "depth": 3, "width": 4}
+        "in_channels": 3,
+        "depth": 3,
+        "width": 4,
+    }
 
 
 def test_dncnn_default_layout():
@@ -137,8 +139,17 @@ def test_checkpoint_round_trip(tmp_path, name):
         model(torch.rand(4, 1, 10, 10))
     model.eval()
     path = tmp_path / "denoiser.safetensors"
-    save_denoiser(path, model, sigma=0.25, objective="stab+mse", surrogates=["small_cnn"],
-                  dataset="fashion-mnist", input_size=(28, 28), epochs=7, lr=1e-3)
+    save_denoiser(
+        path,
+        model,
+        sigma=0.25,
+        objective="stab+mse",
+        surrogates=["small_cnn"],
+        dataset="fashion-mnist",
+        input_size=(28, 28),
+        epochs=7,
+        lr=1e-3,
+    )
 
     loaded = load_denoiser(path)
     assert not loaded.training

@@ -12,8 +12,9 @@ from smoothapi.training.loop import TrainConfig, fit
 
 def main(out_dir: str) -> None:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.Conv2d(4, 1, 3, padding=1))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1)
+    )
     images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     data = TensorDataset(images, torch.zeros(64, dtype=torch.long))
 

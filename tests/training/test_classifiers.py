@@ -14,8 +14,10 @@ def test_registry_lists_and_builds_architectures():
     for size in (8, 28, 32):
         model = create_classifier("small_cnn", in_channels=3, num_classes=7, width=8)
         assert model(torch.rand(2, 3, size, size)).shape == (2, 7)
-    assert model.arch_config == {"arch": "small_cnn",
-                                 "kwargs": {"in_channels": 3, "num_classes": 7, "width": 8}}
+    assert model.arch_config == {
+        "arch": "small_cnn",
+        "kwargs": {"in_channels": 3, "num_classes": 7, "width": 8},
+    }
 
 
 def test_unknown_name_lists_the_known_ones():

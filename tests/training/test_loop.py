@@ -19,8 +19,12 @@ from smoothapi.training.loop import TrainConfig, fit, lr_at
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
-                               torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 1, 3, padding=1),
+    )
 
 
 def _data(digit_images) -> TensorDataset:
@@ -33,22 +37,50 @@ def _denoise_loss(net, x, _labels, generator, _step):
     return torch.nn.functional.mse_loss(net(x + 0.25 * noise), x)
 
 
-CONFIG = dict(batch_size=32, optimizer="adam-then-sgd", lr=1e-2, adam_epochs=2, sgd_lr=1e-2,
-              lr_step=1, lr_gamma=0.5, progress=False)
+CONFIG = dict(
+    batch_size=32,
+    optimizer="adam-then-sgd",
+    lr=1e-2,
+    adam_epochs=2,
+    sgd_lr=1e-2,
+    lr_step=1,
+    lr_gamma=0.5,
+    progress=False,
+)
 
 
 def test_resuming_gives_the_same_weights_as_an_uninterrupted_run(digit_images, tmp_path):
     whole = _model()
-    history = fit(whole, _data(digit_images), _denoise_loss, TrainConfig(epochs=4, **CONFIG),
-                  tmp_path / "whole")
+    history = fit(
+        whole,
+        _data(digit_images),
+        _denoise_loss,
+        TrainConfig(epochs=4, **CONFIG),
+        tmp_path / "whole",
+    )
     resumed = _model()
-    fit(resumed, _data(digit_images), _denoise_loss, TrainConfig(epochs=1, **CONFIG),
-        tmp_path / "parts")
-    fit(resumed, _data(digit_images), _denoise_loss, TrainConfig(epochs=3, **CONFIG),
-        tmp_path / "parts")
+    fit(
+        resumed,
+        _data(digit_images),
+        _denoise_loss,
+        TrainConfig(epochs=1, **CONFIG),
+        tmp_path / "parts",
+    )
+    fit(
+        resumed,
+        _data(digit_images),
+        _denoise_loss,
+        TrainConfig(epochs=3, **CONFIG),
+        tmp_path / "parts",
+    )
     again = _model()  # a fresh process would start from a fresh model: the state wins
-    resumed_history = fit(again, _data(digit_images), _denoise_loss,
-                          TrainConfig(epochs=4, **CONFIG), tmp_path / "parts")
+    resumed_history = fit(
+        again,
+        _data(digit_images),
+        _denoise_loss,
+        TrainConfig(epochs=4, **CONFIG),
+        tmp_path / "parts",
+    )
     for key, value in whole.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
     assert [r["train_loss"] for r in resumed_history] == [r["train_loss"] for r in history]
@@ -62,16 +94,22 @@ def test_resume_with_other_settings_is_refused(digit_images, tmp_path):
     fit(_model(), _data(digit_images), _denoise_loss, TrainConfig(epochs=1, **CONFIG), tmp_path)
     changed = {**CONFIG, "lr": 0.5}
     with pytest.raises(InvalidInputError, match="lr"):
-        fit(_model(), _data(digit_images), _denoise_loss, TrainConfig(epochs=2, **changed), tmp_path)
+        fit(
+            _model(), _data(digit_images), _denoise_loss, TrainConfig(epochs=2, **changed), tmp_path
+        )
 
 
 def test_learning_rate_schedules():
-    adam_then_sgd = TrainConfig(optimizer="adam-then-sgd", lr=1e-3, adam_epochs=50, sgd_lr=1e-2,
-                                lr_step=100, lr_gamma=0.1)
+    adam_then_sgd = TrainConfig(
+        optimizer="adam-then-sgd", lr=1e-3, adam_epochs=50, sgd_lr=1e-2, lr_step=100, lr_gamma=0.1
+    )
     assert lr_at(adam_then_sgd, 49) == ("adam", 1e-3)
     assert lr_at(adam_then_sgd, 50) == ("sgd", 1e-2)
     assert lr_at(adam_then_sgd, 150) == ("sgd", pytest.approx(1e-3))
-    assert lr_at(TrainConfig(optimizer="sgd", lr=0.1, lr_step=30), 65) == ("sgd", pytest.approx(1e-3))
+    assert lr_at(TrainConfig(optimizer="sgd", lr=0.1, lr_step=30), 65) == (
+        "sgd",
+        pytest.approx(1e-3),
+    )
     assert lr_at(TrainConfig(lr=3e-4), 1000) == ("adam", 3e-4)
     with pytest.raises(InvalidInputError, match="optimizer"):
         TrainConfig(optimizer="lion")
@@ -85,9 +123,19 @@ def _free_port() -> int:
 
 def test_two_process_gloo_ddp_ends_with_the_same_weights_on_both_ranks(tmp_path):
     worker = Path(__file__).with_name("_ddp_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               str(worker), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(worker),
+        str(tmp_path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))

@@ -63,11 +63,25 @@ def test_round_robin_uses_one_classifier_per_step_and_mean_averages_them():
 
 def test_bad_objective_or_guidance_is_refused():
     with pytest.raises(ValueError, match="known"):
-        guided_loss("l1", [_linear(0)], torch.zeros(1, 12), torch.zeros(1, 12),
-                    torch.zeros(1, dtype=torch.long), 0)
+        guided_loss(
+            "l1",
+            [_linear(0)],
+            torch.zeros(1, 12),
+            torch.zeros(1, 12),
+            torch.zeros(1, dtype=torch.long),
+            0,
+        )
     with pytest.raises(ValueError, match="known"):
-        guided_loss("stab", [_linear(0)], torch.zeros(1, 12), torch.zeros(1, 12),
-                    torch.zeros(1, dtype=torch.long), 0, guidance="best")
+        guided_loss(
+            "stab",
+            [_linear(0)],
+            torch.zeros(1, 12),
+            torch.zeros(1, 12),
+            torch.zeros(1, dtype=torch.long),
+            0,
+            guidance="best",
+        )
     with pytest.raises(ValueError, match="classifier"):
-        guided_loss("stab", [], torch.zeros(1, 12), torch.zeros(1, 12),
-                    torch.zeros(1, dtype=torch.long), 0)
+        guided_loss(
+            "stab", [], torch.zeros(1, 12), torch.zeros(1, 12), torch.zeros(1, dtype=torch.long), 0
+        )

@@ -33,9 +33,16 @@ def classifier(digits, tmp_path_factory):
     torch.manual_seed(0)
     model = create_classifier("small_cnn", in_channels=1, num_classes=10, width=8)
     out = tmp_path_factory.mktemp("clf")
-    history = train_classifier(model, digits[0], out_dir=out, mean=[0.3], std=[0.4],
-                               test_set=digits[1], eval_sigma=SIGMA,
-                               config=TrainConfig(epochs=4, lr=3e-3, **FAST))
+    history = train_classifier(
+        model,
+        digits[0],
+        out_dir=out,
+        mean=[0.3],
+        std=[0.4],
+        test_set=digits[1],
+        eval_sigma=SIGMA,
+        config=TrainConfig(epochs=4, lr=3e-3, **FAST),
+    )
     assert history[-1]["accuracy_clean"] > 0.8
     return LocalModelAdapter.from_checkpoint(out / "classifier.safetensors")
 
@@ -45,9 +52,15 @@ def mse_denoiser(digits, tmp_path_factory):
     torch.manual_seed(0)
     denoiser = create_denoiser("dncnn", in_channels=1, depth=5, width=16)
     out = tmp_path_factory.mktemp("mse")
-    history = train_denoiser(denoiser, digits[0], sigma=SIGMA, out_dir=out, test_set=digits[1],
-                             config=TrainConfig(epochs=6, lr=3e-3, **FAST),
-                             metadata={"dataset": "digits"})
+    history = train_denoiser(
+        denoiser,
+        digits[0],
+        sigma=SIGMA,
+        out_dir=out,
+        test_set=digits[1],
+        config=TrainConfig(epochs=6, lr=3e-3, **FAST),
+        metadata={"dataset": "digits"},
+    )
     return out, history
 
 
@@ -80,10 +93,16 @@ def test_stab_fine_tuning_lowers_the_classifiers_loss_and_leaves_it_unchanged(
     denoiser = load_denoiser(out / "denoiser.safetensors")
     before_loss = _stab_loss(classifier, denoiser, digits[1])
     before_weights = copy.deepcopy(classifier.module.state_dict())
-    history = train_denoiser(denoiser, digits[0], sigma=SIGMA, out_dir=tmp_path,
-                             objective="stab+mse", classifiers={"cnn": classifier},
-                             test_set=digits[1],
-                             config=TrainConfig(epochs=3, lr=1e-3, **FAST))
+    history = train_denoiser(
+        denoiser,
+        digits[0],
+        sigma=SIGMA,
+        out_dir=tmp_path,
+        objective="stab+mse",
+        classifiers={"cnn": classifier},
+        test_set=digits[1],
+        config=TrainConfig(epochs=3, lr=1e-3, **FAST),
+    )
     after_loss = _stab_loss(classifier, denoiser.eval(), digits[1])
     assert after_loss < before_loss
     assert "accuracy_cnn" in history[-1]
@@ -96,9 +115,17 @@ def test_stab_fine_tuning_lowers_the_classifiers_loss_and_leaves_it_unchanged(
 def test_noise_augmented_classifier_is_more_accurate_under_noise(digits, classifier, tmp_path):
     torch.manual_seed(0)
     model = create_classifier("small_cnn", in_channels=1, num_classes=10, width=8)
-    history = train_classifier(model, digits[0], out_dir=tmp_path, mean=[0.3], std=[0.4],
-                               noise_sigma=SIGMA, test_set=digits[1], eval_sigma=SIGMA,
-                               config=TrainConfig(epochs=4, lr=3e-3, **FAST))
+    history = train_classifier(
+        model,
+        digits[0],
+        out_dir=tmp_path,
+        mean=[0.3],
+        std=[0.4],
+        noise_sigma=SIGMA,
+        test_set=digits[1],
+        eval_sigma=SIGMA,
+        config=TrainConfig(epochs=4, lr=3e-3, **FAST),
+    )
     augmented = LocalModelAdapter.from_checkpoint(tmp_path / "classifier.safetensors")
     assert augmented.mean.flatten().tolist() == pytest.approx([0.3])
     clean = torch.stack([digits[1][i][0] for i in range(len(digits[1]))])

@@ -101,15 +101,19 @@ class LocalModelAdapter(Adapter):
                 "only classifiers built by create_classifier() can be saved with their "
                 "architecture; save other modules' state_dict yourself"
             )
-        save_checkpoint(path, self.module, {
-            **metadata,
-            "kind": "classifier",
-            **config,
-            "mean": None if self.mean is None else self.mean.flatten().tolist(),
-            "std": None if self.std is None else self.std.flatten().tolist(),
-            "class_names": self.class_names,
-            "input_size": self.input_size,
-        })
+        save_checkpoint(
+            path,
+            self.module,
+            {
+                **metadata,
+                "kind": "classifier",
+                **config,
+                "mean": None if self.mean is None else self.mean.flatten().tolist(),
+                "std": None if self.std is None else self.std.flatten().tolist(),
+                "class_names": self.class_names,
+                "input_size": self.input_size,
+            },
+        )
 
     @classmethod
     def from_checkpoint(

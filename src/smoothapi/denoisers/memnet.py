@@ -87,9 +87,12 @@ class MemNet(nn.Module):
         num_resblocks: int = 6,
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("width", width),
-                            ("num_memory_blocks", num_memory_blocks),
-                            ("num_resblocks", num_resblocks)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("width", width),
+            ("num_memory_blocks", num_memory_blocks),
+            ("num_resblocks", num_resblocks),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
         self.feature_extractor = _BNReLUConv(in_channels, width)

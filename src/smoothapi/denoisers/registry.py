@@ -114,9 +114,7 @@ def save_denoiser(
     save_checkpoint(path, model, metadata)
 
 
-def load_denoiser(
-    path: str | os.PathLike, device: str | torch.device | None = None
-) -> nn.Module:
+def load_denoiser(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
     """Rebuild a denoiser saved by :func:`save_denoiser` from the file alone.
 
     The model is built from the stored architecture, its weights are loaded strictly, it

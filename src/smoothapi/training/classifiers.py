@@ -70,12 +70,18 @@ def lenet(in_channels: int = 1, num_classes: int = 10) -> nn.Module:
     parameters). The first conv is padded, so 28x28 inputs reach the classic 5x5 feature map;
     adaptive pooling to 5x5 lets 32x32 (and any input of at least 12x12) work too."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, 6, 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(5),
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.ReLU(inplace=True),
-        nn.Linear(120, 84), nn.ReLU(inplace=True),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.ReLU(inplace=True),
+        nn.Linear(120, 84),
+        nn.ReLU(inplace=True),
         nn.Linear(84, num_classes),
     )
 
@@ -113,7 +119,8 @@ class _BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.shortcut(x))
@@ -139,7 +146,8 @@ def resnet_small(
             layers.append(_BasicBlock(c_in, c_out, stride))
             c_in = c_out
     return nn.Sequential(
-        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)
+    )
 
 
 @register_classifier
@@ -154,7 +162,8 @@ def vgg_small(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> n
         layers += [*_conv_block(c_in, c_out), *_conv_block(c_out, c_out), nn.MaxPool2d(2)]
         c_in = c_out
     return nn.Sequential(
-        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)
+    )
 
 
 def _separable_block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
@@ -185,4 +194,5 @@ def mobilenet_small(in_channels: int = 1, num_classes: int = 10, width: int = 32
         layers += _separable_block(c_in, c_out, stride)
         c_in = c_out
     return nn.Sequential(
-        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)
+    )

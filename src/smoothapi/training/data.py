@@ -40,8 +40,16 @@ __all__ = [
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
 )
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -57,7 +65,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise InvalidInputError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise InvalidInputError(f"{path}: header says {shape}, body has {body.size} bytes")
@@ -90,8 +98,16 @@ def load_fashion_mnist(
 # --- CIFAR-10 -------------------------------------------------------------------------
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 _CIFAR10_BATCHES = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
@@ -156,9 +172,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_cifar10(
-    root: str | os.PathLike, split: str = "train"
-) -> tuple[np.ndarray, np.ndarray]:
+def load_cifar10(root: str | os.PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 ``(images uint8 (N, 32, 32, 3), labels int64 (N,))`` from the python version.
 
     ``root`` is the folder holding ``data_batch_1`` ... ``data_batch_5`` and ``test_batch``,
@@ -212,7 +226,9 @@ class ArrayDataset(Dataset):
     """
 
     def __init__(
-        self, images: np.ndarray, labels: Sequence[int] | np.ndarray,
+        self,
+        images: np.ndarray,
+        labels: Sequence[int] | np.ndarray,
         classes: Sequence[str] | None = None,
     ) -> None:
         images = np.asarray(images)
@@ -223,7 +239,8 @@ class ArrayDataset(Dataset):
             )
         if labels.shape != (images.shape[0],):
             raise InvalidInputError(
-                f"labels must have shape ({images.shape[0]},), got {labels.shape}")
+                f"labels must have shape ({images.shape[0]},), got {labels.shape}"
+            )
         if images.ndim == 3:
             images = images[..., None]
         self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
@@ -258,7 +275,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int | None = None) ->
         return ImageFolder(root, transform=transforms.Compose(steps))
     except FileNotFoundError as exc:
         raise InvalidInputError(
-            f"{root} holds no images in root/<class>/<image> layout: {exc}") from exc
+            f"{root} holds no images in root/<class>/<image> layout: {exc}"
+        ) from exc
 
 
 DATASET_NAMES = ("cifar10", "digits", "fashion-mnist", "imagefolder")

@@ -48,8 +48,18 @@ STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
 _META_KEY = "smoothapi-training"
 # Settings that change the result: a resumed run must use the same ones.
-_MUST_MATCH = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "lr_step",
-               "lr_gamma", "adam_epochs", "sgd_lr", "seed")
+_MUST_MATCH = (
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_step",
+    "lr_gamma",
+    "adam_epochs",
+    "sgd_lr",
+    "seed",
+)
 
 
 @dataclass
@@ -82,7 +92,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise InvalidInputError(
-                f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+                f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}"
+            )
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive")
@@ -103,8 +114,9 @@ def lr_at(config: TrainConfig, epoch: int) -> tuple[str, float]:
 def _new_optimizer(kind: str, params, config: TrainConfig) -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.sgd_lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.sgd_lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
 
 
 def _step_seed(*key: int) -> int:
@@ -134,10 +146,18 @@ def training_device(config: TrainConfig) -> torch.device:
 # --- training state without pickle ---------------------------------------------------
 
 
-def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, kind: str,
-                epoch: int, history: list[dict], config: TrainConfig) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone()
-               for k, v in model.state_dict().items()}
+def _save_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    epoch: int,
+    history: list[dict],
+    config: TrainConfig,
+) -> None:
+    tensors = {
+        f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+    }
     opt = optimizer.state_dict()
     scalars = {}
     for index, state in opt["state"].items():
@@ -146,8 +166,14 @@ def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
                 tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous().clone()
             else:
                 scalars[f"{index}.{key}"] = value
-    meta = {"epoch": epoch, "optimizer": kind, "param_groups": opt["param_groups"],
-            "scalars": scalars, "history": history, "config": asdict(config)}
+    meta = {
+        "epoch": epoch,
+        "optimizer": kind,
+        "param_groups": opt["param_groups"],
+        "scalars": scalars,
+        "history": history,
+        "config": asdict(config),
+    }
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
     os.replace(tmp, path)  # atomic: a crash leaves the previous epoch's state
@@ -156,13 +182,14 @@ def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
 def _load_state(path: Path, model: nn.Module, config: TrainConfig) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()[_META_KEY])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     saved = meta["config"]
     changed = [k for k in _MUST_MATCH if saved.get(k) != getattr(config, k)]
     if changed:
         raise InvalidInputError(
             f"{path} was written with other settings ({', '.join(changed)}); "
-            "resume with the same settings or use a new output folder")
+            "resume with the same settings or use a new output folder"
+        )
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -225,13 +252,22 @@ def fit(
         start_epoch, history, kind = meta["epoch"], meta["history"], meta["optimizer"]
         optimizer = _new_optimizer(kind, model.parameters(), config)
         optimizer.load_state_dict(meta["optimizer_state"])
-    trained = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
-        if world > 1 else model
+    trained = (
+        DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        if world > 1
+        else model
+    )
 
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=config.seed)
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
-                        num_workers=config.num_workers, pin_memory=cuda)
+    sampler = DistributedSampler(
+        train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        pin_memory=cuda,
+    )
     for epoch in range(start_epoch, config.epochs):
         epoch_kind, lr = lr_at(config, epoch)
         if optimizer is None or epoch_kind != kind:
@@ -241,28 +277,42 @@ def fit(
         sampler.set_epoch(epoch)
         model.train()
         started, loss_sum = time.perf_counter(), torch.zeros(2, device=device)
-        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                       disable=not (config.progress and rank == 0))
+        batches = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            leave=False,
+            disable=not (config.progress and rank == 0),
+        )
         for step, (images, labels) in enumerate(batches):
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
-            generator = torch.Generator(device).manual_seed(_step_seed(config.seed, epoch, step, rank))
+            generator = torch.Generator(device).manual_seed(
+                _step_seed(config.seed, epoch, step, rank)
+            )
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss = loss_fn(trained, images, labels, generator, epoch * len(loader) + step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += torch.stack([loss.detach().float() * len(images),
-                                     torch.tensor(float(len(images)), device=device)])
+            loss_sum += torch.stack(
+                [
+                    loss.detach().float() * len(images),
+                    torch.tensor(float(len(images)), device=device),
+                ]
+            )
             if step % 20 == 0:
                 batches.set_postfix(loss=f"{loss.item():.4f}")
         if world > 1:
             dist.all_reduce(loss_sum)
         if rank == 0:
-            record = {"epoch": epoch + 1, "optimizer": kind, "lr": lr,
-                      "train_loss": (loss_sum[0] / loss_sum[1]).item(),
-                      "seconds": round(time.perf_counter() - started, 3)}
+            record = {
+                "epoch": epoch + 1,
+                "optimizer": kind,
+                "lr": lr,
+                "train_loss": (loss_sum[0] / loss_sum[1]).item(),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
             if evaluate is not None:
                 model.eval()
                 with torch.no_grad():

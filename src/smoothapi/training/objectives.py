@@ -43,7 +43,7 @@ def mse_objective(denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 
 def stab_objective(logits: Logits, denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``logits(D(x + delta))`` against the classifier's own label on ``x`` (eq. 5)."""
+    """Cross-entropy of ``logits(D(x + delta))`` against the classifier's label on ``x`` (eq. 5)."""
     with torch.no_grad():
         pseudo_labels = logits(clean).argmax(dim=1)
     return F.cross_entropy(logits(denoised), pseudo_labels)

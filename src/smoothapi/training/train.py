@@ -47,7 +47,7 @@ def _held_out(test_set: Dataset, size: int, sigma: float, seed: int):
 
 
 def _batched(fn, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return torch.cat([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
 def _accuracy(adapter: LocalModelAdapter, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -62,7 +62,7 @@ def _frozen(classifiers: Sequence[LocalModelAdapter], device: torch.device):
 
 
 def _check_unchanged(classifiers: Sequence[LocalModelAdapter], snapshots) -> None:
-    for adapter, snapshot in zip(classifiers, snapshots):
+    for adapter, snapshot in zip(classifiers, snapshots, strict=False):
         for key, value in adapter.module.state_dict().items():
             if not torch.equal(value, snapshot[key]):
                 raise RuntimeError(f"a guiding classifier changed during training ({key})")
@@ -100,7 +100,9 @@ def train_denoiser(
     if objective not in OBJECTIVES:
         raise InvalidInputError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     if guidance not in GUIDANCE_MODES:
-        raise InvalidInputError(f"unknown guidance {guidance!r}; known: {', '.join(GUIDANCE_MODES)}")
+        raise InvalidInputError(
+            f"unknown guidance {guidance!r}; known: {', '.join(GUIDANCE_MODES)}"
+        )
     guides = dict(classifiers or {})
     if objective != "mse" and not guides:
         raise InvalidInputError(f"objective {objective!r} needs at least one classifier")
@@ -133,12 +135,21 @@ def train_denoiser(
     info.setdefault("input_size", list(train_set[0][0].shape[-2:]))
 
     def save(model, epoch, record):
-        save_denoiser(out_dir / DENOISER_FILE, model, sigma=sigma, objective=objective,
-                      surrogates=list(guides), epochs=epoch, guidance=guidance, **info,
-                      last_epoch=record)
+        save_denoiser(
+            out_dir / DENOISER_FILE,
+            model,
+            sigma=sigma,
+            objective=objective,
+            surrogates=list(guides),
+            epochs=epoch,
+            guidance=guidance,
+            **info,
+            last_epoch=record,
+        )
 
-    history = fit(denoiser, train_set, loss_fn, config, out_dir, evaluate=evaluate,
-                  on_epoch_end=save)
+    history = fit(
+        denoiser, train_set, loss_fn, config, out_dir, evaluate=evaluate, on_epoch_end=save
+    )
     _check_unchanged(list(watchers.values()), snapshots)
     return history
 
@@ -200,14 +211,22 @@ def train_classifier(
 
         def evaluate(_net):
             wrapped = adapter()
-            return {"accuracy_clean": _accuracy(wrapped, clean, labels),
-                    f"accuracy_noise_{eval_sigma:g}": _accuracy(wrapped, noisy, labels)}
+            return {
+                "accuracy_clean": _accuracy(wrapped, clean, labels),
+                f"accuracy_noise_{eval_sigma:g}": _accuracy(wrapped, noisy, labels),
+            }
 
     out_dir = Path(out_dir)
 
     def save(_net, epoch, record):
-        adapter().save(out_dir / CLASSIFIER_FILE, epochs=epoch, noise_sigma=noise_sigma,
-                       flip=flip, **dict(metadata or {}), last_epoch=record)
+        adapter().save(
+            out_dir / CLASSIFIER_FILE,
+            epochs=epoch,
+            noise_sigma=noise_sigma,
+            flip=flip,
+            **dict(metadata or {}),
+            last_epoch=record,
+        )
 
     history = fit(net, train_set, loss_fn, config, out_dir, evaluate=evaluate, on_epoch_end=save)
     model.eval()
