@@ -204,7 +204,7 @@ def certify_counts(
 
 
 def predict_counts(counts: Mapping[Label, int], alpha: float) -> Prediction:
-    """PREDICT: the top class if a two-sided binomial test of the top two counts gives p <= a."""
+    """PREDICT: the top class if the binomial test of the top two counts gives p <= alpha."""
     alpha = check_alpha(alpha)
     n = check_count("n", sum(counts.values()))
     ranked = _ranked(counts)
