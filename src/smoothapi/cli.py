@@ -1,0 +1,369 @@
+"""The ``smoothapi`` command line: certify or predict a folder of images, or run the demo.
+
+    smoothapi certify --model CKPT IMAGES --sigma 0.25 [--n0 100] [--n 10000] [--alpha 0.001]
+    smoothapi predict --model CKPT IMAGES --sigma 0.25 [--n 1000] [--alpha 0.001]
+    smoothapi demo [--n0 100] [--n 1000] [--seed 0]
+
+IMAGES is one image file or a folder. A folder with subfolders is read in ImageFolder
+layout: each subfolder's name is the true label of the images in it (searched
+recursively); images directly in a folder have no known label. Output is one row per
+image, written and flushed as it is produced: TSV with Cohen et al.'s column names, or
+JSON Lines with ``--format json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from . import __version__
+from ._images import load_image
+from .adapters.local import LocalModelAdapter
+from .certification import check_alpha, check_count, check_sigma
+from .errors import InvalidInputError, SmoothAPIError
+from .smoothing import DEFAULT_BATCH_SIZE, SmoothedClassifier
+from .training.commands import add_training_commands
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageEntry", "find_images", "main"]
+
+PROG = "smoothapi"
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+ABSTAIN_CODE = -1  # what Cohen et al.'s logs write in the ``predict`` column on abstention
+
+CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "file")
+PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "file")
+
+EXIT_OK, EXIT_ERROR = 0, 2
+
+
+# --- finding the images ------------------------------------------------------------------
+
+
+class ImageEntry:
+    """One image to process: where it is, how to name it in the output, its true label if known."""
+
+    __slots__ = ("path", "name", "label")
+
+    def __init__(self, path: Path, name: str, label: str | None) -> None:
+        self.path, self.name, self.label = path, name, label
+
+    def __repr__(self) -> str:
+        return f"ImageEntry({self.name!r}, label={self.label!r})"
+
+
+def _natural_key(text: str) -> tuple:
+    """Sort ``2.png`` before ``10.png``; deterministic for any names."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", text))
+
+
+def _is_image(path: Path) -> bool:
+    return (path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+            and not path.name.startswith("."))
+
+
+def find_images(root: str | Path) -> list[ImageEntry]:
+    """The images under ``root`` (a file or a folder), sorted, with their true labels.
+
+    A single file is taken as one image with no label. In a folder, images directly
+    in it have no label, and images anywhere under a subfolder take that subfolder's
+    name as their label (ImageFolder layout). Hidden files and folders are skipped.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InvalidInputError(f"images path not found: {root}")
+    if root.is_file():
+        return [ImageEntry(root, root.name, None)]
+    if not root.is_dir():
+        raise InvalidInputError(f"images path is neither a file nor a folder: {root}")
+    entries = [ImageEntry(p, p.name, None) for p in root.iterdir() if _is_image(p)]
+    for folder in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in folder.rglob("*"):
+            relative = path.relative_to(root)
+            if _is_image(path) and not any(part.startswith(".") for part in relative.parts):
+                entries.append(ImageEntry(path, relative.as_posix(), folder.name))
+    if not entries:
+        raise InvalidInputError(
+            f"no images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return sorted(entries, key=lambda e: _natural_key(e.name))
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def format_elapsed(seconds: float) -> str:
+    """``h:mm:ss.ffffff``, as ``str(datetime.timedelta)`` prints it but always with microseconds."""
+    delta = datetime.timedelta(seconds=seconds)
+    minutes, secs = divmod(delta.seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    hours += delta.days * 24
+    return f"{hours}:{minutes:02d}:{secs:02d}.{delta.microseconds:06d}"
+
+
+def _json_label(label: Any) -> Any:
+    return label if label is None or isinstance(label, (str, int, float, bool)) else str(label)
+
+
+def _counts(counts: dict) -> dict[str, int]:
+    """Label -> count with string keys (``None``, "no label", becomes ``"None"``), largest first."""
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    return {str(label): int(count) for label, count in ranked}
+
+
+class _RowWriter:
+    """Writes one row per image as TSV (with a header) or JSON Lines, flushing each."""
+
+    def __init__(self, out: TextIO, fmt: str, columns: Sequence[str]) -> None:
+        self.out, self.fmt, self.columns = out, fmt, columns
+        self._tsv = csv.writer(out, delimiter="\t", lineterminator="\n") if fmt == "tsv" else None
+        if self._tsv is not None:
+            self._tsv.writerow(columns)
+            out.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._tsv is not None:
+            self._tsv.writerow(["" if row[c] is None else row[c] for c in self.columns])
+        else:
+            self.out.write(json.dumps(row) + "\n")
+        self.out.flush()
+
+
+# --- the subcommands ----------------------------------------------------------------------------
+
+
+def _validate_common(args: argparse.Namespace) -> None:
+    check_sigma(args.sigma)
+    check_alpha(args.alpha)
+    check_count("n", args.n)
+    if getattr(args, "n0", None) is not None:
+        check_count("n0", args.n0)
+    check_count("batch-size", args.batch_size)
+    if args.seed is not None and args.seed < 0:
+        raise InvalidInputError(f"seed must be a non-negative integer, got {args.seed}")
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise InvalidInputError(f"invalid device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def _check_images(entries: list[ImageEntry], adapter: LocalModelAdapter) -> None:
+    """Fail before any output: every image must load, and the model must accept each shape."""
+    tried: set[tuple[int, ...]] = set()
+    for entry in entries:
+        image = load_image(entry.path)  # raises InvalidInputError naming the file
+        if tuple(image.shape) in tried:
+            continue
+        tried.add(tuple(image.shape))
+        try:
+            adapter.top_labels(image.unsqueeze(0))
+        except (RuntimeError, IndexError, ValueError) as exc:
+            message = str(exc).strip()
+            first_line = message.splitlines()[0] if message else type(exc).__name__
+            raise InvalidInputError(
+                f"the model cannot classify {entry.path} (a {image.shape[0]}-channel "
+                f"{image.shape[1]}x{image.shape[2]} image): {first_line}"
+            ) from None
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    """stdout, or the file ``path`` (``-`` is stdout too)."""
+    if path is None or path == "-":
+        yield sys.stdout
+        return
+    try:
+        out = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write output file {path}: {exc.strerror}") from None
+    with out:
+        yield out
+
+
+def _correct(predicted: Any, abstained: bool, label: str | None) -> int | None:
+    if label is None:
+        return None
+    return 0 if abstained else int(str(predicted) == label)
+
+
+def _run_images(args: argparse.Namespace, certify: bool) -> int:
+    _validate_common(args)
+    device = _device(args.device)
+    adapter = LocalModelAdapter.from_checkpoint(args.model, device=device)
+    entries = find_images(args.images)
+    _check_images(entries, adapter)
+    smoothed = SmoothedClassifier(
+        adapter, args.sigma, batch_size=args.batch_size, device=device, seed=args.seed
+    )
+    with _output(args.output) as out:
+        what = f"certify n0={args.n0} n={args.n}" if certify else f"predict n={args.n}"
+        print(f"{PROG}: {what} alpha={args.alpha} sigma={args.sigma} seed={smoothed.seed} "
+              f"on {len(entries)} image(s), device {device}", file=sys.stderr, flush=True)
+        writer = _RowWriter(out, args.format, CERTIFY_COLUMNS if certify else PREDICT_COLUMNS)
+        for idx, entry in enumerate(entries):
+            image = load_image(entry.path)
+            started = time.perf_counter()
+            if certify:
+                result = smoothed.certify(image, n0=args.n0, n=args.n, alpha=args.alpha)
+            else:
+                result = smoothed.predict(image, n=args.n, alpha=args.alpha)
+            elapsed = time.perf_counter() - started
+            row: dict[str, Any] = {
+                "idx": idx,
+                "label": entry.label,
+                "predict": ABSTAIN_CODE if result.abstained else _json_label(result.label),
+            }
+            if certify:
+                row["radius"] = float(result.radius)
+            row["correct"] = _correct(result.label, result.abstained, entry.label)
+            row["time"] = format_elapsed(elapsed)
+            row["file"] = entry.name
+            if args.format == "json":
+                if certify:
+                    row.update(p_a_lower=result.p_a_lower, n0=result.n0)
+                else:
+                    row["p_value"] = result.p_value
+                row.update(n=result.n, alpha=result.alpha, sigma=smoothed.sigma,
+                           queries=result.queries, counts=_counts(result.counts))
+            writer.write(row)
+    return EXIT_OK
+
+
+def _cmd_certify(args: argparse.Namespace) -> int:
+    return _run_images(args, certify=True)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    return _run_images(args, certify=False)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    check_count("n0", args.n0)
+    check_count("n", args.n)
+    if args.seed is not None and args.seed < 0:
+        raise InvalidInputError(f"seed must be a non-negative integer, got {args.seed}")
+    run_demo(n0=args.n0, n=args.n, seed=args.seed)
+    return EXIT_OK
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
+    parser.add_argument("images", metavar="IMAGES",
+                        help="an image file, or a folder of images (subfolders = true labels)")
+    parser.add_argument("--model", required=True, metavar="CKPT",
+                        help="classifier checkpoint (.safetensors) saved by LocalModelAdapter.save")
+    parser.add_argument("--sigma", type=float, required=True,
+                        help="noise level, an l2 distance in [0,1] pixel space")
+    if certify:
+        parser.add_argument("--n0", type=int, default=100,
+                            help="selection samples (default: 100)")
+    parser.add_argument("--n", type=int, default=10_000 if certify else 1_000,
+                        help=f"{'estimation ' if certify else ''}samples "
+                             f"(default: {10_000 if certify else 1_000})")
+    parser.add_argument("--alpha", type=float, default=0.001,
+                        help="failure probability (default: 0.001)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"noisy samples per forward pass (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="noise seed, for a reproducible run "
+                             "(default: random, printed to stderr)")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    parser.add_argument("--output", "-o", default=None, metavar="FILE",
+                        help="write rows here instead of stdout")
+    parser.add_argument("--format", choices=("tsv", "json"), default="tsv",
+                        help="tsv (default) or json (JSON Lines, with counts and bounds)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Certified l2 robustness of image classifiers by randomized smoothing.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    certify = commands.add_parser(
+        "certify", help="certify a class and an l2 radius for each image (CERTIFY)",
+        description="CERTIFY (Cohen et al. 2019): for each image, a class and an l2 radius "
+                    "(in [0,1] pixel space) within which the smoothed classifier cannot change, "
+                    "with probability at least 1 - alpha. Columns: "
+                    + ", ".join(CERTIFY_COLUMNS) + ".",
+    )
+    _add_image_options(certify, certify=True)
+    certify.set_defaults(handler=_cmd_certify)
+
+    predict = commands.add_parser(
+        "predict", help="predict the smoothed classifier's class for each image (PREDICT)",
+        description="PREDICT (Cohen et al. 2019): the smoothed classifier's class for each "
+                    "image, or -1 (abstain); wrong with probability at most alpha.",
+    )
+    _add_image_options(predict, certify=False)
+    predict.set_defaults(handler=_cmd_predict)
+
+    demo = commands.add_parser(
+        "demo", help="certify the bundled Fashion-MNIST images with the bundled model",
+        description="Certify 20 bundled Fashion-MNIST test images with a bundled small CNN "
+                    "trained with Gaussian noise (sigma=0.25).",
+    )
+    demo.add_argument("--n0", type=int, default=100, help="selection samples (default: 100)")
+    demo.add_argument("--n", type=int, default=1_000, help="estimation samples (default: 1000)")
+    demo.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    add_training_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 on a usage or input error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        return args.handler(args)
+    except SmoothAPIError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`smoothapi certify ... | head`): stop quietly, and point
+        # stdout at /dev/null so that Python's final flush does not complain again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a process killed by SIGPIPE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
