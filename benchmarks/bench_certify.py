@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from smoothapi import LocalModelAdapter, SmoothedClassifier
+from smoothapi import LocalModelAdapter, SmoothedClassifier, create_denoiser
 from smoothapi.training import create_classifier
 
 
@@ -44,33 +44,10 @@ class ForwardTimer:
         self.seconds += time.perf_counter() - self._start
 
 
-def conv_denoiser(channels: int, depth: int = 6, width: int = 32) -> nn.Module:
-    """A DnCNN-shaped residual denoiser (conv-BN-ReLU stack predicting the noise)."""
-    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
-    for _ in range(depth - 2):
-        layers += [
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-        ]
-    layers.append(nn.Conv2d(width, channels, 3, padding=1))
-    body = nn.Sequential(*layers)
-
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = body
-
-        def forward(self, x):
-            return x - self.body(x)
-
-    return Residual()
-
-
 def run(device: torch.device, batch_size: int, denoise: bool, n: int, images: int) -> dict:
     torch.manual_seed(0)
     classifier = create_classifier("small_cnn", in_channels=1, num_classes=10)
-    denoiser = conv_denoiser(1) if denoise else None
+    denoiser = create_denoiser("dncnn", in_channels=1, depth=6, width=32) if denoise else None
     timer = ForwardTimer(device)
     timer.attach(classifier)
     if denoiser is not None:
@@ -121,7 +98,7 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             r = run(device, batch_size, denoise, args.n, args.images)
             print(
-                f"{'6-layer' if denoise else 'none':<10}{batch_size:>7}"
+                f"{'dncnn-6' if denoise else 'none':<10}{batch_size:>7}"
                 f"{r['samples_per_s']:>12,.0f}{r['in_forward']:>11.1%}{r['wall']:>9.2f}"
             )
 
