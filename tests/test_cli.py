@@ -455,3 +455,24 @@ def test_closed_pipe_stops_quietly(tmp_path, constant_model_path, image_folder):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_denoiser_option_runs_the_denoiser_first(capsys, model_path, image_folder, tmp_path):
+    from smoothapi.denoisers import create_denoiser, save_denoiser
+
+    identity = create_denoiser("dncnn", in_channels=1, depth=3, width=4)
+    with torch.no_grad():
+        identity.body[-1].weight.zero_()  # DnCNN returns x - net(x): now exactly x
+    path = tmp_path / "identity.safetensors"
+    save_denoiser(path, identity, sigma=SIGMA, objective="mse")
+    common = ["certify", "--model", model_path, image_folder, "--sigma", SIGMA, "--n0", "20",
+              "--n", "100", "--seed", "3", "--format", "json"]
+    _, plain, _ = _run(capsys, *common)
+    code, denoised, _ = _run(capsys, *common, "--denoiser", path)
+    assert code == 0
+    strip = [{k: v for k, v in json.loads(line).items() if k != "time"}
+             for line in plain.splitlines()]
+    assert [{k: v for k, v in json.loads(line).items() if k != "time"}
+            for line in denoised.splitlines()] == strip
+    code, _, err = _run(capsys, *common, "--denoiser", tmp_path / "missing.safetensors")
+    assert code == 2 and "missing.safetensors" in err

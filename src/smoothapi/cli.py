@@ -32,6 +32,7 @@ from . import __version__
 from ._images import load_image
 from .adapters.local import LocalModelAdapter
 from .certification import check_alpha, check_count, check_sigma
+from .denoisers import load_denoiser
 from .errors import InvalidInputError, SmoothAPIError
 from .smoothing import DEFAULT_BATCH_SIZE, SmoothedClassifier
 from .training.commands import add_training_commands
@@ -212,8 +213,9 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
     adapter = LocalModelAdapter.from_checkpoint(args.model, device=device)
     entries = find_images(args.images)
     _check_images(entries, adapter)
+    denoiser = load_denoiser(args.denoiser) if args.denoiser else None
     smoothed = SmoothedClassifier(
-        adapter, args.sigma, batch_size=args.batch_size, device=device, seed=args.seed
+        adapter, args.sigma, denoiser, batch_size=args.batch_size, device=device, seed=args.seed
     )
     with _output(args.output) as out:
         what = f"certify n0={args.n0} n={args.n}" if certify else f"predict n={args.n}"
@@ -276,6 +278,8 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
                         help="an image file, or a folder of images (subfolders = true labels)")
     parser.add_argument("--model", required=True, metavar="CKPT",
                         help="classifier checkpoint (.safetensors) saved by LocalModelAdapter.save")
+    parser.add_argument("--denoiser", default=None, metavar="CKPT",
+                        help="denoiser checkpoint (.safetensors) run before the classifier")
     parser.add_argument("--sigma", type=float, required=True,
                         help="noise level, an l2 distance in [0,1] pixel space")
     if certify:
