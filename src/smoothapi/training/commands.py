@@ -222,6 +222,26 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     return _report(history, Path(args.out), "denoiser.safetensors")
 
 
+def _add_model_options(
+    parser: argparse.ArgumentParser, choices: list[str], default: str | None, example: str
+) -> None:
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--arch",
+        choices=choices,
+        default=default,
+        help=f"architecture (default: {default or 'dncnn, or that of --pretrained'})",
+    )
+    parser.add_argument(
+        "--arch-arg",
+        type=_arch_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"architecture argument, e.g. {example} (repeat)",
+    )
+
+
 def add_training_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``train-classifier`` and ``train-denoiser`` to the ``smoothapi`` command."""
     from ..denoisers import list_denoisers
@@ -234,21 +254,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
         "Writes OUT/classifier.safetensors, OUT/log.jsonl and OUT/state.safetensors; rerunning "
         "the same command resumes. Launch with `torchrun --nproc_per_node N` for DDP.",
     )
-    clf.add_argument("--out", required=True, help="output folder")
-    clf.add_argument(
-        "--arch",
-        choices=list_classifiers(),
-        default="small_cnn",
-        help="architecture (default: small_cnn)",
-    )
-    clf.add_argument(
-        "--arch-arg",
-        type=_arch_arg,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="architecture argument, e.g. width=16 (repeat)",
-    )
+    _add_model_options(clf, list_classifiers(), "small_cnn", "width=16")
     clf.add_argument(
         "--num-classes",
         type=int,
@@ -283,21 +289,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
         "MSE denoiser given by --pretrained. Writes OUT/denoiser.safetensors; rerunning "
         "resumes. Launch with `torchrun --nproc_per_node N` for DDP.",
     )
-    den.add_argument("--out", required=True, help="output folder")
-    den.add_argument(
-        "--arch",
-        choices=list_denoisers(),
-        default=None,
-        help="architecture (default: dncnn, or that of --pretrained)",
-    )
-    den.add_argument(
-        "--arch-arg",
-        type=_arch_arg,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="architecture argument, e.g. depth=7 (repeat)",
-    )
+    _add_model_options(den, list_denoisers(), None, "depth=7")
     den.add_argument("--objective", choices=OBJECTIVES, default="mse", help="(default: mse)")
     den.add_argument(
         "--sigma",
