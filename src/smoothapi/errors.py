@@ -4,20 +4,48 @@ Every error the package raises on purpose derives from :class:`SmoothAPIError`,
 so ``except smoothapi.SmoothAPIError`` catches all of them::
 
     SmoothAPIError
-    ├── InvalidInputError        (also a ValueError): bad image, sigma, alpha, n0, n ...
-    ├── CheckpointError          a weights file that is missing, malformed or of the wrong kind
-    └── MissingDependencyError   (also an ImportError): an optional extra is not installed
+    ├── InvalidInputError          (also a ValueError): bad image, sigma, alpha, n0, n ...
+    ├── CheckpointError            a weights file that is missing, malformed or of the wrong kind
+    ├── MissingDependencyError     (also an ImportError): an optional extra is not installed
+    ├── ReplayMissError            a replayed recording has no response for this request
+    └── ProviderError              a vision API refused or failed a request
+        ├── AuthenticationError    401: missing or wrong credentials
+        ├── PermissionDeniedError  403: no access, or the quota is spent
+        ├── RateLimitError         429: too many requests (retryable; .retry_after if sent)
+        ├── BadRequestError        400, 404, 413, 415, 422: the request itself is wrong
+        │   └── InvalidImageError  the image was rejected (format, size, dimensions)
+        ├── ServerError            5xx (retryable)
+        └── APIConnectionError     no answer: refused, reset, DNS (retryable)
+            └── APITimeoutError    no answer in time (retryable)
 
-Errors never carry credentials: messages name the setting, not its value.
+``ProviderError.retryable`` says whether sending the same request again may succeed.
+HTTP statuses map to classes through one table, :data:`STATUS_ERRORS`. Errors never
+carry credentials: messages name the setting, not its value.
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+
 __all__ = [
+    "STATUS_ERRORS",
+    "APIConnectionError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
     "CheckpointError",
+    "InvalidImageError",
     "InvalidInputError",
     "MissingDependencyError",
+    "PermissionDeniedError",
+    "ProviderError",
+    "RateLimitError",
+    "ReplayMissError",
+    "ServerError",
     "SmoothAPIError",
+    "error_for_status",
+    "parse_retry_after",
 ]
 
 DISTRIBUTION = "smoothapi-certified"
@@ -44,3 +72,120 @@ class MissingDependencyError(SmoothAPIError, ImportError):
         super().__init__(
             f"{package} is not installed; install it with: pip install '{DISTRIBUTION}[{extra}]'"
         )
+
+
+class ReplayMissError(SmoothAPIError, LookupError):
+    """Replaying a recording met a request that was never recorded."""
+
+
+class ProviderError(SmoothAPIError):
+    """A vision API refused or failed a request.
+
+    ``provider`` names the adapter, ``status`` is the HTTP (or mapped) status when
+    there is one, ``code`` the provider's own error code, and ``retryable`` says
+    whether the same request may succeed if sent again.
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        prefix = f"{provider}: " if provider else ""
+        super().__init__(prefix + message)
+        self.provider, self.status, self.code = provider, status, code
+
+
+class AuthenticationError(ProviderError):
+    """Missing or wrong credentials (HTTP 401)."""
+
+
+class PermissionDeniedError(ProviderError):
+    """The credentials may not do this, or the quota is spent (HTTP 403)."""
+
+
+class RateLimitError(ProviderError):
+    """Too many requests (HTTP 429); ``retry_after`` is the server's wait in seconds, if sent."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class BadRequestError(ProviderError):
+    """The request is wrong and will fail again as it is (HTTP 400, 404, 413, 415, 422)."""
+
+
+class InvalidImageError(BadRequestError):
+    """The provider rejected the image (format, bytes or pixel dimensions)."""
+
+
+class ServerError(ProviderError):
+    """The provider failed (HTTP 5xx); retryable."""
+
+    retryable = True
+
+
+class APIConnectionError(ProviderError):
+    """No answer: the connection was refused, reset or dropped; retryable."""
+
+    retryable = True
+
+
+class APITimeoutError(APIConnectionError):
+    """No answer in time; retryable."""
+
+
+#: HTTP status -> error class. Statuses not listed map by range (4xx bad request, 5xx server).
+STATUS_ERRORS: dict[int, type[ProviderError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: BadRequestError,
+    408: APITimeoutError,
+    413: InvalidImageError,
+    415: InvalidImageError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    provider: str = "",
+    code: str | None = None,
+    retry_after: float | None = None,
+) -> ProviderError:
+    """The error for an HTTP ``status``, through :data:`STATUS_ERRORS`."""
+    cls = STATUS_ERRORS.get(status) or (ServerError if status >= 500 else BadRequestError)
+    if cls is RateLimitError:
+        return RateLimitError(
+            message, retry_after=retry_after, provider=provider, status=status, code=code
+        )
+    return cls(message, provider=provider, status=status, code=code)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())

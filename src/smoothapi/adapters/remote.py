@@ -1,0 +1,216 @@
+"""The shared half of every vision-API adapter: encode, batch, send, parse, rank.
+
+A provider module subclasses :class:`RemoteAdapter` and supplies three things:
+
+* ``parse(raw)``, a pure static function from one image's response body (a JSON-like
+  dict) to its ranked ``[(label, score), ...]``, so parsing is tested on real payloads;
+* ``async _send(images)``, the thin transport: one request carrying up to
+  ``max_batch`` encoded images, returning one response body per image, or a
+  :class:`~smoothapi.errors.ProviderError` in that image's place when the provider
+  failed just that image inside a successful batch. Whole-request failures raise
+  the mapped error. The vendor SDK is imported here, never at module import;
+* the class attributes ``name``, ``max_batch`` and ``limits``.
+
+Labels are ranked by score, highest first; ties go to the label that sorts first
+alphabetically unless the provider's ``parse`` documents a better rule. An image with
+no labels has top label ``None``. A ``label_map`` (e.g. synonyms onto your own class
+names) is applied to the top label: a fixed function of the provider's answer, so
+the smoothed classifier built on it is certified just the same.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import importlib
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from ..certification import Label
+from ..errors import InvalidInputError, MissingDependencyError, ProviderError
+from ..recording import Recording, request_key
+from .base import Adapter
+from .encoding import ImageLimits, encode_image
+
+__all__ = ["RemoteAdapter", "import_optional", "rank", "run_sync"]
+
+T = TypeVar("T")
+Ranked = list[tuple[str, float]]
+
+
+def rank(labels: Sequence[tuple[str, float]]) -> Ranked:
+    """Sort ``(label, score)`` pairs by score, highest first; ties alphabetically."""
+    return sorted(((str(n), float(s)) for n, s in labels), key=lambda item: (-item[1], item[0]))
+
+
+def import_optional(module: str, extra: str, package: str | None = None) -> Any:
+    """Import a vendor SDK, or raise MissingDependencyError naming the extra that brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(package or module.split(".")[0], extra) from None
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running event loop
+    (a notebook): then it runs on a fresh loop in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coroutine))
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+class RemoteAdapter(Adapter):
+    """Base class of the adapters that send images to a vision API.
+
+    Args:
+        image_format: ``"png"`` (lossless, default) or ``"jpeg"``.
+        jpeg_quality: 1-100, for ``image_format="jpeg"``.
+        small_images: ``"upscale"`` images below the provider's minimum side, or ``"reject"``.
+        label_map: provider label -> your label, applied to the top label.
+        recording: a :class:`~smoothapi.recording.Recording` to record or replay responses.
+        timeout: seconds before one request counts as failed (``APITimeoutError``).
+    """
+
+    name = "remote"
+    max_batch = 1
+    limits = ImageLimits()
+
+    def __init__(
+        self,
+        *,
+        image_format: str = "png",
+        jpeg_quality: int = 95,
+        small_images: str = "upscale",
+        label_map: Mapping[str, Label] | None = None,
+        recording: Recording | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if not 1 <= jpeg_quality <= 100:
+            raise InvalidInputError(f"jpeg_quality must lie in 1..100, got {jpeg_quality}")
+        if timeout <= 0:
+            raise InvalidInputError(f"timeout must be positive, got {timeout}")
+        self.image_format, self.jpeg_quality = image_format, jpeg_quality
+        self.small_images = small_images
+        self.label_map = dict(label_map or {})
+        self.recording = recording
+        self.timeout = float(timeout)
+        self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        encode_image(torch.zeros(1, 1, 1), ImageLimits(), fmt=image_format, small=small_images)
+
+    # --- what a provider supplies ------------------------------------------------------
+
+    @staticmethod
+    @abc.abstractmethod
+    def parse(raw: Mapping[str, Any]) -> Ranked:
+        """One image's response body -> ranked ``[(label, score), ...]``."""
+
+    @abc.abstractmethod
+    async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:
+        """One request with ``len(images) <= max_batch`` images; one body (or error) each."""
+
+    def request_params(self) -> dict[str, Any]:
+        """What, besides the images, decides the response (model, features ...); keys recordings."""
+        return {}
+
+    # --- shared machinery --------------------------------------------------------------
+
+    def encode(self, image: torch.Tensor) -> bytes:
+        """One ``(C, H, W)`` image as the bytes this provider will receive."""
+        return encode_image(
+            image,
+            self.limits,
+            fmt=self.image_format,
+            quality=self.jpeg_quality,
+            small=self.small_images,
+        )
+
+    def loop_local(self, key: str, factory: Callable[[], T]) -> T:
+        """An object (HTTP session, async channel) made once per running event loop."""
+        loop = asyncio.get_running_loop()
+        objects = self._per_loop.setdefault(loop, {})
+        if key not in objects:
+            objects[key] = factory()
+        return objects[key]
+
+    async def send_encoded(
+        self, images: Sequence[bytes]
+    ) -> list[Mapping[str, Any] | ProviderError]:
+        """One request, through the recording when there is one."""
+        if len(images) > self.max_batch:
+            raise InvalidInputError(f"{self.name} takes at most {self.max_batch} images a request")
+        key = None
+        if self.recording is not None:
+            key = request_key(self.name, self.request_params(), images)
+            recorded = self.recording.lookup(key, self.name)
+            if recorded is not None:
+                return recorded
+        responses = await self._with_timeout(self._send(images))
+        if len(responses) != len(images):
+            raise ProviderError(
+                f"sent {len(images)} images, got {len(responses)} responses", provider=self.name
+            )
+        if self.recording is not None:
+            self.recording.store(key, self.name, responses)
+        return responses
+
+    async def _with_timeout(self, request: Awaitable[T]) -> T:
+        from ..errors import APITimeoutError
+
+        try:
+            return await asyncio.wait_for(request, self.timeout)
+        except asyncio.TimeoutError:
+            raise APITimeoutError(
+                f"no answer within {self.timeout:g} s", provider=self.name
+            ) from None
+
+    async def aranked_labels_batch(self, images: torch.Tensor) -> list[Ranked]:
+        """Ranked labels of each image of a ``(B, C, H, W)`` batch, ``max_batch`` per request.
+
+        A per-image error inside a batch response is raised, never dropped.
+        """
+        encoded = [self.encode(image) for image in images]
+        ranked: list[Ranked] = []
+        for start in range(0, len(encoded), self.max_batch):
+            for index, response in enumerate(
+                await self.send_encoded(encoded[start : start + self.max_batch]), start
+            ):
+                if isinstance(response, ProviderError):
+                    response.image_index = index
+                    raise response
+                ranked.append(self.parse(response))
+        return ranked
+
+    def _top(self, ranked: Ranked) -> Label | None:
+        if not ranked:
+            return None
+        top = ranked[0][0]
+        return self.label_map.get(top, top)
+
+    async def atop_labels(self, images: torch.Tensor) -> list[Label | None]:
+        return [self._top(r) for r in await self.aranked_labels_batch(images)]
+
+    def top_labels(self, images: torch.Tensor) -> list[Label | None]:
+        return run_sync(self.atop_labels(images))
+
+    def ranked_labels(self, image: torch.Tensor) -> Ranked:
+        return run_sync(self.aranked_labels_batch(image.unsqueeze(0)))[0]

@@ -1,0 +1,50 @@
+"""The error tree and the one status table."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+
+from smoothapi import errors
+from smoothapi.errors import error_for_status, parse_retry_after
+
+
+@pytest.mark.parametrize(
+    "status, cls, retryable",
+    [
+        (400, errors.BadRequestError, False),
+        (401, errors.AuthenticationError, False),
+        (403, errors.PermissionDeniedError, False),
+        (404, errors.BadRequestError, False),
+        (413, errors.InvalidImageError, False),
+        (415, errors.InvalidImageError, False),
+        (418, errors.BadRequestError, False),
+        (429, errors.RateLimitError, True),
+        (500, errors.ServerError, True),
+        (503, errors.ServerError, True),
+        (408, errors.APITimeoutError, True),
+    ],
+)
+def test_status_table(status, cls, retryable):
+    error = error_for_status(status, "boom", provider="p", code="E1", retry_after=2.0)
+    assert type(error) is cls and error.retryable is retryable
+    assert isinstance(error, errors.ProviderError) and isinstance(error, errors.SmoothAPIError)
+    assert (error.status, error.code, str(error)) == (status, "E1", "p: boom")
+    if cls is errors.RateLimitError:
+        assert error.retry_after == 2.0
+
+
+def test_retry_after_seconds_and_dates():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= parse_retry_after(later) <= 31
+
+
+def test_tree_shape():
+    assert issubclass(errors.APITimeoutError, errors.APIConnectionError)
+    assert issubclass(errors.InvalidImageError, errors.BadRequestError)
+    assert issubclass(errors.InvalidInputError, ValueError)
+    assert issubclass(errors.MissingDependencyError, ImportError)
