@@ -31,6 +31,11 @@ __all__ = [
 #: name -> (module, class, optional extra holding its SDK)
 PROVIDERS: dict[str, tuple[str, str, str | None]] = {
     "local": ("smoothapi.adapters.local", "LocalModelAdapter", None),
+    "http": ("smoothapi.adapters.http", "HTTPAdapter", None),
+    "azure": ("smoothapi.adapters.azure", "AzureVisionAdapter", "azure"),
+    "google": ("smoothapi.adapters.google", "GoogleVisionAdapter", "google"),
+    "aws": ("smoothapi.adapters.aws", "RekognitionAdapter", "aws"),
+    "clarifai": ("smoothapi.adapters.clarifai", "ClarifaiAdapter", "clarifai"),
 }
 
 
