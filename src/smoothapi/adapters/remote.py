@@ -11,6 +11,10 @@ A provider module subclasses :class:`RemoteAdapter` and supplies three things:
   the mapped error. The vendor SDK is imported here, never at module import;
 * the class attributes ``name``, ``max_batch`` and ``limits``.
 
+Clients bound to an event loop (HTTP sessions, async gRPC channels) are made with
+:meth:`RemoteAdapter.loop_local`; the sync methods close them when their call ends,
+and async users close them with ``await adapter.aclose()``.
+
 Labels are ranked by score, highest first; ties go to the label that sorts first
 alphabetically unless the provider's ``parse`` documents a better rule. An image with
 no labels has top label ``None``. A ``label_map`` (e.g. synonyms onto your own class
@@ -23,6 +27,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import importlib
+import inspect
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -152,6 +157,27 @@ class RemoteAdapter(Adapter):
             objects[key] = factory()
         return objects[key]
 
+    async def aclose(self) -> None:
+        """Close what :meth:`loop_local` made for the running event loop (sessions, channels)."""
+        objects = self._per_loop.pop(asyncio.get_running_loop(), {})
+        for obj in objects.values():
+            closer = getattr(obj, "aclose", None) or getattr(obj, "close", None)
+            if closer is not None:
+                result = closer()
+                if inspect.isawaitable(result):
+                    await result
+
+    def _run_scoped(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run from sync code on a loop of its own, closing that loop's clients afterwards."""
+
+        async def scoped() -> T:
+            try:
+                return await coroutine
+            finally:
+                await self.aclose()
+
+        return run_sync(scoped())
+
     async def send_encoded(
         self, images: Sequence[bytes]
     ) -> list[Mapping[str, Any] | ProviderError]:
@@ -210,7 +236,7 @@ class RemoteAdapter(Adapter):
         return [self._top(r) for r in await self.aranked_labels_batch(images)]
 
     def top_labels(self, images: torch.Tensor) -> list[Label | None]:
-        return run_sync(self.atop_labels(images))
+        return self._run_scoped(self.atop_labels(images))
 
     def ranked_labels(self, image: torch.Tensor) -> Ranked:
-        return run_sync(self.aranked_labels_batch(image.unsqueeze(0)))[0]
+        return self._run_scoped(self.aranked_labels_batch(image.unsqueeze(0)))[0]

@@ -1,0 +1,166 @@
+"""The generic HTTP adapter against a real loopback server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from aiohttp import web
+from PIL import Image
+
+from smoothapi import SmoothedClassifier
+from smoothapi.adapters import create_adapter
+from smoothapi.adapters.http import HTTPAdapter
+from smoothapi.errors import (
+    APIConnectionError,
+    AuthenticationError,
+    InvalidInputError,
+    RateLimitError,
+    ServerError,
+)
+from smoothapi.recording import Recording
+
+from ..loopback import serve
+
+TOKEN = "Bearer very-secret-token-42"
+
+
+def _brightness(data: bytes) -> float:
+    return float(np.asarray(Image.open(io.BytesIO(data)).convert("L")).mean()) / 255
+
+
+def _labels(data: bytes) -> list[dict]:
+    mean = _brightness(data)
+    return [{"class": "dark", "p": 1 - mean}, {"class": "bright", "p": mean}]
+
+
+@pytest.fixture(scope="module")
+def server():
+    state = {"requests": 0, "fail": None}
+
+    async def classify(request: web.Request) -> web.Response:
+        state["requests"] += 1
+        if request.headers.get("Authorization") != TOKEN:
+            return web.json_response({"error": "who are you"}, status=401)
+        if state["fail"] == "429":
+            return web.json_response({"error": "slow down"}, status=429,
+                                     headers={"Retry-After": "7"})
+        if state["fail"] == "500":
+            return web.Response(status=500, text="oops")
+        if state["fail"] == "garbage":
+            return web.Response(text="<html>not json")
+        kind = request.query.get("kind", "raw")
+        if kind == "raw":
+            assert request.content_type == "image/png"
+            return web.json_response({"out": {"predictions": _labels(await request.read())}})
+        if kind == "multipart":
+            form = await request.post()
+            return web.json_response({"out": {"predictions": _labels(form["file"].file.read())}})
+        body = await request.json()
+        images = body["images"]
+        if isinstance(images, str):
+            return web.json_response({"out": {"predictions": _labels(base64.b64decode(images))}})
+        assert body["model"] == "v2"
+        return web.json_response({"results": [
+            {"out": {"predictions": {d["class"]: d["p"] for d in _labels(base64.b64decode(i))}}}
+            for i in images]})
+
+    app = web.Application()
+    app.router.add_post("/classify", classify)
+    with serve(app) as url:
+        yield url, state
+
+
+def _adapter(url, kind="raw", **options):
+    return HTTPAdapter(f"{url}/classify?kind={kind}", labels_path="out.predictions",
+                       label_key="class", score_key="p", headers={"Authorization": TOKEN},
+                       **options)
+
+
+@pytest.mark.parametrize("kind", ["raw", "multipart", "json"])
+def test_each_way_of_sending_gets_labels(server, kind):
+    url, state = server
+    state["fail"] = None
+    extra = {"send": kind, "field": "file" if kind == "multipart" else "images"}
+    adapter = _adapter(url, kind, **extra)
+    images = torch.cat([torch.full((1, 1, 16, 16), 0.9), torch.full((1, 1, 16, 16), 0.2)])
+    assert adapter.top_labels(images) == ["bright", "dark"]
+    ranked = adapter.ranked_labels(images[1])
+    assert [label for label, _ in ranked] == ["dark", "bright"]
+
+
+def test_batched_json_requests(server):
+    url, state = server
+    state["fail"] = None
+    adapter = HTTPAdapter(f"{url}/classify?kind=batch", send="json", field="images",
+                          json_extra={"model": "v2"}, max_batch=3, batch_path="results",
+                          labels_path="out.predictions", headers={"Authorization": TOKEN})
+    before = state["requests"]
+    labels = adapter.top_labels(torch.rand(7, 3, 8, 8) * 0.2)
+    assert labels == ["dark"] * 7 and state["requests"] - before == 3
+
+
+def test_errors_map_to_the_tree_and_never_show_the_token(server, caplog):
+    url, state = server
+    caplog.set_level(logging.DEBUG)
+    image = torch.rand(1, 1, 8, 8)
+    state["fail"] = "429"
+    with pytest.raises(RateLimitError) as caught:
+        _adapter(url).top_labels(image)
+    assert caught.value.retry_after == 7.0 and caught.value.status == 429
+    state["fail"] = "500"
+    with pytest.raises(ServerError):
+        _adapter(url).top_labels(image)
+    state["fail"] = "garbage"
+    with pytest.raises(ServerError, match="malformed"):
+        _adapter(url).top_labels(image)
+    state["fail"] = None
+    wrong = HTTPAdapter(f"{url}/classify", labels_path="out.predictions",
+                        headers={"Authorization": "Bearer nope"})
+    with pytest.raises(AuthenticationError) as denied:
+        wrong.top_labels(image)
+    assert "TOKEN" not in repr(_adapter(url)) and TOKEN not in repr(_adapter(url))
+    assert TOKEN not in caplog.text and TOKEN not in str(denied.value)
+
+
+def test_connection_refused_is_a_retryable_connection_error():
+    adapter = HTTPAdapter("http://127.0.0.1:9/classify")
+    with pytest.raises(APIConnectionError) as caught:
+        adapter.top_labels(torch.rand(1, 1, 8, 8))
+    assert caught.value.retryable
+
+
+def test_headers_from_the_environment(monkeypatch, server, tmp_path):
+    url, state = server
+    state["fail"] = None
+    monkeypatch.setenv("MODEL_TOKEN", TOKEN)
+    adapter = create_adapter("http", url=f"{url}/classify", labels_path="out.predictions",
+                             label_key="class", score_key="p",
+                             header_env={"Authorization": "MODEL_TOKEN"},
+                             recording=Recording(tmp_path / "http.jsonl", mode="record"))
+    smoothed = SmoothedClassifier(adapter, 0.1, batch_size=10, device="cpu", seed=0)
+    result = smoothed.certify(torch.full((1, 12, 12), 0.85), n0=5, n=20, alpha=0.05)
+    assert result.label == "bright"
+    assert TOKEN not in (tmp_path / "http.jsonl").read_text()
+    assert json.loads((tmp_path / "http.jsonl").read_text().splitlines()[0])["provider"] == "http"
+    monkeypatch.delenv("MODEL_TOKEN")
+    with pytest.raises(InvalidInputError, match="MODEL_TOKEN"):
+        HTTPAdapter(url, header_env={"Authorization": "MODEL_TOKEN"})
+
+
+def test_parse_shapes_and_bad_options():
+    adapter = HTTPAdapter("http://127.0.0.1:1/", labels_path="a.0.b")
+    assert adapter.parse({"a": [{"b": [["x", 0.2], ["y", 0.7]]}]}) == [("y", 0.7), ("x", 0.2)]
+    assert adapter.parse({"a": [{"b": {"x": 0.5, "w": 0.5}}]}) == [("w", 0.5), ("x", 0.5)]
+    assert adapter.parse({"a": [{"b": []}]}) == []
+    with pytest.raises(ServerError, match="no labels"):
+        adapter.parse({"a": []})
+    with pytest.raises(InvalidInputError):
+        HTTPAdapter("http://x", send="carrier-pigeon")
+    with pytest.raises(InvalidInputError):
+        HTTPAdapter("http://x", max_batch=4)
