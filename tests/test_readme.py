@@ -21,7 +21,7 @@ def test_quick_start_runs_and_certifies():
     label_line, ceiling_line = out.getvalue().splitlines()
     label, radius = label_line.rsplit(" ", 1)
     assert label in {"sneaker", "sandal", "ankle-boot", "ABSTAIN"}
-    assert 0.0 <= float(radius) <= float(ceiling_line) + 1e-9
+    assert 0.0 <= float(radius) <= float(ceiling_line) + 5e-4  # the radius is printed rounded
     assert float(ceiling_line) == pytest_approx(0.7996)
 
 
