@@ -1,16 +1,32 @@
-"""SmoothedClassifier: Gaussian noise, an optional denoiser, a base classifier, and counting."""
+"""SmoothedClassifier: Gaussian noise, an optional denoiser, a base classifier, and counting.
+
+The async methods (:meth:`SmoothedClassifier.acertify`, :meth:`~SmoothedClassifier.apredict`)
+do the work; the sync ones run them to completion. Noisy samples go out in requests
+of the adapter's size (``adapter.max_batch``; a local model takes a whole batch), with
+up to ``adapter.max_in_flight`` requests outstanding; while they are in flight the next
+batch is noised and denoised in a worker thread, so neither side waits on the other.
+With a :class:`~smoothapi.journal.Journal` every answer is committed before it counts
+and a rerun sends only what is missing.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import os
 import secrets
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from ._images import ImageLike, as_image_tensor
 from .adapters.base import Adapter
+from .adapters.remote import run_sync
 from .certification import (
     Certification,
     Label,
@@ -22,14 +38,39 @@ from .certification import (
     predict_counts,
 )
 from .errors import InvalidInputError
+from .journal import Journal
 
 __all__ = ["SmoothedClassifier"]
 
+T = TypeVar("T")
+
 DEFAULT_BATCH_SIZE = 256
 
-# Noise streams are keyed by (call, phase, batch) so that every batch of every call
-# draws fresh noise, and a run with the same seed draws the same noise again.
+# Sampling phases. Noise is keyed by (seed, image hash, occurrence, phase, batch): every
+# batch of every phase of every certification draws fresh noise, and a rerun with the
+# same seed draws the same noise again. Bump NOISE_SCHEME if that derivation changes.
 _SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
+NOISE_SCHEME = 1
+
+
+def module_digest(module: torch.nn.Module | None) -> str | None:
+    """SHA-256 of a module's class and state dict: identifies a denoiser or model."""
+    if module is None:
+        return None
+    digest = hashlib.sha256(type(module).__qualname__.encode())
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """One image being sampled: its pixels, key (hash of its pixels or id), occurrence."""
+
+    x: torch.Tensor
+    image: str
+    occurrence: int
 
 
 class SmoothedClassifier:
@@ -49,6 +90,11 @@ class SmoothedClassifier:
         device: where noise is drawn and the denoiser runs (default: CUDA if available).
         seed: makes runs reproducible; by default a fresh seed from OS entropy,
             kept in ``self.seed`` so a run can be repeated.
+        journal: a :class:`~smoothapi.journal.Journal` (or a path for one) where every
+            answer is committed before it counts; rerunning with the same seed resumes.
+
+    Use it as a context manager, or call :meth:`close`, to release the adapter's
+    connections and the journal.
     """
 
     def __init__(
@@ -60,6 +106,7 @@ class SmoothedClassifier:
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | torch.device | None = None,
         seed: int | None = None,
+        journal: Journal | str | os.PathLike | None = None,
     ) -> None:
         if not isinstance(adapter, Adapter):
             raise InvalidInputError(
@@ -74,7 +121,46 @@ class SmoothedClassifier:
         if seed is not None and (not isinstance(seed, int) or seed < 0):
             raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = secrets.randbits(63) if seed is None else seed
-        self._calls = 0
+        self._owns_journal = journal is not None and not isinstance(journal, Journal)
+        self.journal = Journal(journal) if self._owns_journal else journal
+        self._occurrences: Counter[str] = Counter()
+        self._run_key: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __enter__(self) -> SmoothedClassifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the adapter's connections made by this classifier, and an owned journal."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.run_until_complete(self.adapter.aclose())
+            self._loop.close()
+        if self._owns_journal and self.journal is not None:
+            self.journal.close()
+
+    @property
+    def run_key(self) -> str:
+        """What decides the noise and the answers, hashed: the journal's run key."""
+        if self._run_key is None:
+            config = self.run_config()
+            self._run_key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+            if self.journal is not None:
+                self.journal.start_run(self._run_key, config)
+        return self._run_key
+
+    def run_config(self) -> dict[str, Any]:
+        """The settings a journal run is keyed by (no credentials: adapter identities only)."""
+        return {
+            "adapter": self.adapter.identity(),
+            "denoiser": module_digest(self.denoiser),
+            "sigma": self.sigma,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "noise_scheme": NOISE_SCHEME,
+        }
 
     # --- Cohen et al.'s algorithms ----------------------------------------------------
 
@@ -84,10 +170,7 @@ class SmoothedClassifier:
         Draws ``n`` noisy samples and returns the top class when a two-sided binomial
         test of the top two counts rejects a tie at level ``alpha``.
         """
-        x = as_image_tensor(image)
-        n, alpha = check_count("n", n), check_alpha(alpha)
-        call = self._next_call()
-        return predict_counts(self.sample_counts(x, n, key=(call, _PREDICTION)), alpha)
+        return self._run(self.apredict(image, n, alpha))
 
     def certify(
         self, image: ImageLike, n0: int = 100, n: int = 10_000, alpha: float = 0.001
@@ -99,49 +182,147 @@ class SmoothedClassifier:
         returned class is ``g(x')`` for every ``x'`` with ``||x' - x||_2 < radius``.
         ``radius`` is at most :func:`~smoothapi.max_certifiable_radius` ``(n, alpha, sigma)``.
         """
+        return self._run(self.acertify(image, n0, n, alpha))
+
+    async def apredict(
+        self, image: ImageLike, n: int = 1_000, alpha: float = 0.001, *, image_id: str | None = None
+    ) -> Prediction:
+        """Async :meth:`predict`; ``image_id`` as in :meth:`acertify`."""
+        x = as_image_tensor(image)
+        n, alpha = check_count("n", n), check_alpha(alpha)
+        draw = self._draw(x, image_id)
+        return predict_counts(await self.sample_counts(draw, _PREDICTION, n), alpha)
+
+    async def acertify(
+        self,
+        image: ImageLike,
+        n0: int = 100,
+        n: int = 10_000,
+        alpha: float = 0.001,
+        *,
+        image_id: str | None = None,
+    ) -> Certification:
+        """Async :meth:`certify`.
+
+        ``image_id`` names the image for the noise streams and the journal (e.g. its
+        dataset index); by default it is the SHA-256 of the pixels.
+        """
         x = as_image_tensor(image)
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-        call = self._next_call()
-        selection = self.sample_counts(x, n0, key=(call, _SELECTION))
-        estimation = self.sample_counts(x, n, key=(call, _ESTIMATION))
+        draw = self._draw(x, image_id)
+        selection = await self.sample_counts(draw, _SELECTION, n0)
+        estimation = await self.sample_counts(draw, _ESTIMATION, n)
         return certify_counts(selection, estimation, self.sigma, alpha)
 
     # --- the pieces -------------------------------------------------------------------
 
-    def base_classify(self, images: torch.Tensor) -> list[Label | None]:
-        """The base classifier ``f(D(images))`` on a ``(B, C, H, W)`` batch."""
-        if self.denoiser is not None:
-            with torch.inference_mode():
-                images = self.denoiser(images.to(self.device))
-        return self.adapter.top_labels(images)
+    async def sample_counts(self, draw: _Draw, phase: int, num: int) -> Counter:
+        """How often ``f(D(x + delta))`` returns each label over ``num`` noise draws.
 
-    def noisy_batches(
-        self, x: torch.Tensor, num: int, key: tuple[int, ...]
-    ) -> Iterator[torch.Tensor]:
-        """``num`` samples of ``x + delta`` in batches of at most ``batch_size``.
-
-        Each batch draws its own noise from a generator seeded by ``(seed, *key, batch)``
-        through numpy's ``SeedSequence``, so no noise is shared between samples,
-        batches or calls, and the same seed replays the same noise.
+        Answers already in the journal are counted without being asked again.
         """
-        x = x.to(self.device)
-        for index, start in enumerate(range(0, num, self.batch_size)):
-            size = min(self.batch_size, num - start)
-            generator = torch.Generator(self.device).manual_seed(self._stream_seed(*key, index))
-            noise = torch.randn((size, *x.shape), generator=generator, device=self.device)
-            yield noise.mul_(self.sigma).add_(x)
-
-    def sample_counts(self, x: torch.Tensor, num: int, key: tuple[int, ...]) -> Counter:
-        """How often ``f(D(x + delta))`` returns each label over ``num`` noise draws."""
+        known = (
+            self.journal.answers(self.run_key, draw.image, draw.occurrence, phase)
+            if self.journal is not None
+            else {}
+        )
+        request_size = self.adapter.max_batch or self.batch_size
+        in_flight = max(1, self.adapter.max_in_flight)
         counts: Counter = Counter()
-        for batch in self.noisy_batches(x, num, key):
-            counts.update(self.base_classify(batch))
+        pending: set[asyncio.Task] = set()
+
+        async def settle(until: int) -> None:
+            nonlocal pending
+            while len(pending) > until:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    counts.update(task.result())
+
+        try:
+            for index, start in enumerate(range(0, num, self.batch_size)):
+                indices = range(start, min(start + self.batch_size, num))
+                counts.update(known[i] for i in indices if i in known)
+                todo = [i for i in indices if i not in known]
+                if not todo:
+                    continue
+                batch = await self._noisy_denoised(draw, phase, index, len(indices), in_flight)
+                for first in range(0, len(todo), request_size):
+                    chunk = todo[first : first + request_size]
+                    images = batch[[i - start for i in chunk]]
+                    pending.add(asyncio.ensure_future(self._ask(images, chunk, draw, phase)))
+                    await settle(in_flight - 1)
+            await settle(0)
+        except BaseException:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
         return counts
 
-    def _next_call(self) -> int:
-        self._calls += 1
-        return self._calls
+    async def _ask(
+        self, images: torch.Tensor, indices: list[int], draw: _Draw, phase: int
+    ) -> list[Label | None]:
+        """One request: the base classifier's answers, committed to the journal first."""
+        labels = await self.adapter.atop_labels(images)
+        if self.journal is not None:
+            self.journal.record(
+                self.run_key, draw.image, draw.occurrence, phase, zip(indices, labels, strict=True)
+            )
+        return labels
 
-    def _stream_seed(self, *key: int) -> int:
-        state = np.random.SeedSequence(self.seed, spawn_key=key).generate_state(2, np.uint32)
-        return (int(state[0]) << 31) ^ int(state[1])
+    async def _noisy_denoised(
+        self, draw: _Draw, phase: int, index: int, size: int, in_flight: int
+    ) -> torch.Tensor:
+        """Batch ``index`` of a phase; in a worker thread when requests are in flight."""
+        if in_flight > 1:
+            return await asyncio.to_thread(self.noisy_batch, draw, phase, index, size)
+        return self.noisy_batch(draw, phase, index, size)
+
+    def noisy_batch(self, draw: _Draw, phase: int, index: int, size: int) -> torch.Tensor:
+        """``D(x + delta)`` for ``size`` fresh noise draws: batch ``index`` of ``phase``.
+
+        The noise comes from a generator seeded by ``(seed, image hash, occurrence,
+        phase, index)`` through numpy's ``SeedSequence``, so no noise is shared between
+        samples, batches, phases or certifications, and the same seed replays it.
+        """
+        x = draw.x.to(self.device)
+        words = [int(draw.image[i : i + 8], 16) for i in (0, 8)]
+        seed_seq = np.random.SeedSequence(
+            self.seed, spawn_key=(*words, draw.occurrence, phase, index)
+        )
+        state = seed_seq.generate_state(2, np.uint32)
+        generator = torch.Generator(self.device).manual_seed((int(state[0]) << 31) ^ int(state[1]))
+        noise = torch.randn((size, *x.shape), generator=generator, device=self.device)
+        batch = noise.mul_(self.sigma).add_(x)
+        if self.denoiser is not None:
+            with torch.inference_mode():
+                batch = self.denoiser(batch)
+        return batch
+
+    def _draw(self, x: torch.Tensor, image_id: str | None) -> _Draw:
+        if image_id is None:
+            digest = hashlib.sha256(str(tuple(x.shape)).encode())
+            digest.update(x.contiguous().numpy().tobytes())
+        else:
+            digest = hashlib.sha256(f"id:{image_id}".encode())
+        image = digest.hexdigest()
+        occurrence = self._occurrences[image]
+        self._occurrences[image] += 1
+        return _Draw(x, image, occurrence)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine from sync code on this classifier's own event loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self._loop is None or self._loop.is_closed():
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(coroutine)
+
+        async def scoped() -> T:  # inside a running loop (a notebook): a loop of its own
+            try:
+                return await coroutine
+            finally:
+                await self.adapter.aclose()
+
+        return run_sync(scoped())

@@ -27,6 +27,10 @@ class Adapter(abc.ABC):
 
     #: A short name for logs and journals.
     name: str = "adapter"
+    #: Most images one request may carry; ``None``: any batch (a local model).
+    max_batch: int | None = None
+    #: Requests the smoothing client may have outstanding at once.
+    max_in_flight: int = 1
 
     @abc.abstractmethod
     def top_labels(self, images: torch.Tensor) -> list[Label | None]:
@@ -44,3 +48,10 @@ class Adapter(abc.ABC):
         """Async :meth:`top_labels`. The default runs the sync form in a worker thread;
         network adapters override it with a native async call."""
         return await asyncio.to_thread(self.top_labels, images)
+
+    def identity(self) -> dict:
+        """What decides this classifier's answers, without secrets: keys journal runs."""
+        return {"adapter": self.name, "class": type(self).__qualname__}
+
+    async def aclose(self) -> None:  # noqa: B027 (optional hook, not abstract)
+        """Release connections made for the running event loop (nothing by default)."""

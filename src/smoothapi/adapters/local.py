@@ -80,6 +80,23 @@ class LocalModelAdapter(Adapter):
             return indices
         return [self.class_names[i] for i in indices]
 
+    async def atop_labels(self, images: torch.Tensor) -> list[Label]:
+        """The model runs inline: local inference is compute, and the smoothing client
+        sends a local model one batch at a time, so a thread would only add overhead."""
+        return self.top_labels(images)
+
+    def identity(self) -> dict:
+        from ..smoothing import module_digest
+
+        return {
+            **super().identity(),
+            "model": module_digest(self.module),
+            "mean": None if self.mean is None else self.mean.flatten().tolist(),
+            "std": None if self.std is None else self.std.flatten().tolist(),
+            "class_names": self.class_names,
+            "input_size": self.input_size,
+        }
+
     def ranked_labels(self, image: torch.Tensor) -> list[tuple[Label, float]]:
         """Softmax scores, highest first (ties: lower class index first)."""
         with torch.inference_mode():

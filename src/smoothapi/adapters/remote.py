@@ -137,6 +137,11 @@ class RemoteAdapter(Adapter):
         """What, besides the images, decides the response (model, features ...); keys recordings."""
         return {}
 
+    def identity(self) -> dict:
+        return {**super().identity(), "params": self.request_params(),
+                "format": self.image_format, "quality": self.jpeg_quality,
+                "small": self.small_images, "label_map": self.label_map}
+
     # --- shared machinery --------------------------------------------------------------
 
     def encode(self, image: torch.Tensor) -> bytes:

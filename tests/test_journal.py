@@ -1,0 +1,105 @@
+"""The journal: answers committed before they count, exact resume, nothing sent twice."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from smoothapi import SmoothedClassifier
+from smoothapi.journal import Journal
+
+from .adapters.fake import FakeAdapter
+
+IMAGE = torch.full((1, 12, 12), 0.7)
+
+
+class Crash(Exception):
+    """Stands for the process dying mid-run."""
+
+
+class Flaky(FakeAdapter):
+    """Fails (as a crash would) once it has answered ``budget`` requests."""
+
+    max_in_flight = 4
+
+    def __init__(self, budget=10**9):
+        super().__init__()
+        self.budget = budget
+
+    async def _send(self, images):
+        if len(self.requests) >= self.budget:
+            raise Crash
+        return await super()._send(images)
+
+
+def _certify(adapter, journal, seed=3):
+    smoothed = SmoothedClassifier(adapter, 0.3, batch_size=16, device="cpu", seed=seed,
+                                  journal=journal)
+    return smoothed.certify(IMAGE, n0=16, n=80, alpha=0.01)
+
+
+def test_rerun_sends_nothing_and_gives_the_same_certificate(tmp_path):
+    reference = _certify(Flaky(), None)
+    first = Flaky()
+    assert _certify(first, tmp_path / "j.sqlite") == reference
+    assert sum(map(len, first.requests)) == 96
+    again = Flaky(budget=0)  # any request would crash
+    assert _certify(again, tmp_path / "j.sqlite") == reference
+
+
+def test_interrupted_run_resumes_without_resending(tmp_path):
+    reference = _certify(Flaky(), None)
+    crashed = Flaky(budget=9)
+    with pytest.raises(Crash):
+        _certify(crashed, tmp_path / "j.sqlite")
+    paid = sum(map(len, crashed.requests))
+    resumed = Flaky()
+    assert _certify(resumed, tmp_path / "j.sqlite") == reference
+    assert paid + sum(map(len, resumed.requests)) == 96  # none lost, none sent twice
+
+
+def test_other_seed_is_another_run(tmp_path):
+    _certify(Flaky(), tmp_path / "j.sqlite", seed=1)
+    other = Flaky()
+    _certify(other, tmp_path / "j.sqlite", seed=2)
+    assert sum(map(len, other.requests)) == 96
+    assert len(Journal(tmp_path / "j.sqlite").runs()) == 2
+
+
+def test_sigkill_mid_run_then_resume(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
+        from tests.journal_helper import run
+        run({str(tmp_path / "j.sqlite")!r}, kill_after=7)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -9, done.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "j.sqlite") as db:
+        journaled = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    assert 0 < journaled < 96
+    from .journal_helper import run
+
+    resumed, sent = run(str(tmp_path / "j.sqlite"))
+    reference, _ = run(None)
+    assert resumed == reference
+    assert sent == 96 - journaled
+
+
+def test_journal_holds_labels_not_images_or_secrets(tmp_path):
+    _certify(Flaky(), tmp_path / "j.sqlite")
+    journal = Journal(tmp_path / "j.sqlite")
+    (run,) = journal.runs()
+    config = journal.runs()[run]
+    assert config["sigma"] == 0.3 and config["adapter"]["adapter"] == "fake"
+    (image, occurrence), = journal.images(run)
+    answers = journal.answers(run, image, occurrence, 1)
+    assert sorted(answers) == list(range(80)) and set(answers.values()) <= {"bright", "dark"}
+    assert (tmp_path / "j.sqlite").stat().st_size < 200_000
