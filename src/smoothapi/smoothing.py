@@ -12,17 +12,22 @@ and a rerun sends only what is missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import random
 import secrets
+import weakref
 from collections import Counter
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from ._images import ImageLike, as_image_tensor
 from .adapters.base import Adapter
@@ -37,10 +42,10 @@ from .certification import (
     check_sigma,
     predict_counts,
 )
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ProviderError, RateLimitError
 from .journal import Journal
 
-__all__ = ["SmoothedClassifier"]
+__all__ = ["ClientStats", "RateLimits", "RetryPolicy", "SmoothedClassifier"]
 
 T = TypeVar("T")
 
@@ -51,6 +56,64 @@ DEFAULT_BATCH_SIZE = 256
 # same seed draws the same noise again. Bump NOISE_SCHEME if that derivation changes.
 _SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
 NOISE_SCHEME = 1
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Client option: how failed requests are retried.
+
+    Only retryable errors (rate limits, 5xx, timeouts, dropped connections) are
+    retried, at most ``max_attempts`` tries in all, waiting a random time up to
+    ``initial_wait * 2**k`` seconds (capped at ``max_wait``) before try ``k + 2``, and at
+    least the server's ``Retry-After``. Only the images that failed are sent again.
+    """
+
+    max_attempts: int = 6
+    initial_wait: float = 0.5
+    max_wait: float = 60.0
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Client option: how hard the provider is pushed.
+
+    ``None`` takes the adapter's documented default (``adapter.requests_per_second``,
+    ``adapter.max_in_flight``); ``images_per_second`` is unlimited unless given.
+    Requests are spaced evenly (no bursts), so a steady run draws no 429s.
+    """
+
+    requests_per_second: float | None = None
+    images_per_second: float | None = None
+    max_in_flight: int | None = None
+
+
+@dataclass
+class ClientStats:
+    """What a classifier has sent so far."""
+
+    requests: int = 0
+    images: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    errors: Counter = field(default_factory=Counter)
+
+
+class _Throttle:
+    """In-flight slots and evenly spaced request/image tokens, for one event loop."""
+
+    def __init__(self, in_flight: int, rps: float | None, ips: float | None, batch: int):
+        self.slots = asyncio.Semaphore(in_flight)
+        self.requests = AsyncLimiter(1, 1 / rps) if rps else None
+        self.images = AsyncLimiter(batch, batch / ips) if ips else None
+
+    @contextlib.asynccontextmanager
+    async def request(self, images: int) -> AsyncIterator[None]:
+        async with self.slots:
+            if self.requests is not None:
+                await self.requests.acquire()
+            if self.images is not None:
+                await self.images.acquire(min(images, self.images.max_rate))
+            yield
 
 
 def module_digest(module: torch.nn.Module | None) -> str | None:
@@ -92,6 +155,8 @@ class SmoothedClassifier:
             kept in ``self.seed`` so a run can be repeated.
         journal: a :class:`~smoothapi.journal.Journal` (or a path for one) where every
             answer is committed before it counts; rerunning with the same seed resumes.
+        retry: how failed requests are retried (:class:`RetryPolicy`).
+        limits: request rate, image rate and requests in flight (:class:`RateLimits`).
 
     Use it as a context manager, or call :meth:`close`, to release the adapter's
     connections and the journal.
@@ -107,6 +172,8 @@ class SmoothedClassifier:
         device: str | torch.device | None = None,
         seed: int | None = None,
         journal: Journal | str | os.PathLike | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        limits: RateLimits = RateLimits(),
     ) -> None:
         if not isinstance(adapter, Adapter):
             raise InvalidInputError(
@@ -126,6 +193,14 @@ class SmoothedClassifier:
         self._occurrences: Counter[str] = Counter()
         self._run_key: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.retry = retry
+        self.in_flight = check_count(
+            "max_in_flight", limits.max_in_flight or max(1, adapter.max_in_flight)
+        )
+        self.requests_per_second = limits.requests_per_second or adapter.requests_per_second
+        self.images_per_second = limits.images_per_second
+        self.stats = ClientStats()
+        self._throttles: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __enter__(self) -> SmoothedClassifier:
         return self
@@ -227,7 +302,8 @@ class SmoothedClassifier:
             else {}
         )
         request_size = self.adapter.max_batch or self.batch_size
-        in_flight = max(1, self.adapter.max_in_flight)
+        in_flight = self.in_flight
+        queue = in_flight if in_flight == 1 else 2 * in_flight  # keeps the pipe full
         counts: Counter = Counter()
         pending: set[asyncio.Task] = set()
 
@@ -250,7 +326,7 @@ class SmoothedClassifier:
                     chunk = todo[first : first + request_size]
                     images = batch[[i - start for i in chunk]]
                     pending.add(asyncio.ensure_future(self._ask(images, chunk, draw, phase)))
-                    await settle(in_flight - 1)
+                    await settle(queue - 1)
             await settle(0)
         except BaseException:
             for task in pending:
@@ -262,13 +338,75 @@ class SmoothedClassifier:
     async def _ask(
         self, images: torch.Tensor, indices: list[int], draw: _Draw, phase: int
     ) -> list[Label | None]:
-        """One request: the base classifier's answers, committed to the journal first."""
-        labels = await self.adapter.atop_labels(images)
-        if self.journal is not None:
-            self.journal.record(
-                self.run_key, draw.image, draw.occurrence, phase, zip(indices, labels, strict=True)
+        """One request, retried per :attr:`retry` for the images that failed; every answer
+        is committed to the journal before it counts."""
+        answers: dict[int, Label | None] = {}
+        todo = list(range(len(indices)))
+        throttle = self._throttle()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
+            stop=stop_after_attempt(self.retry.max_attempts),
+            wait=self._retry_wait,
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                async with throttle.request(len(todo)):
+                    self.stats.requests += 1
+                    self.stats.images += len(todo)
+                    outcomes = await self.adapter.atop_labels_or_errors(images[todo])
+                done = [
+                    (i, o)
+                    for i, o in zip(todo, outcomes, strict=True)
+                    if not isinstance(o, ProviderError)
+                ]
+                if self.journal is not None and done:
+                    self.journal.record(
+                        self.run_key,
+                        draw.image,
+                        draw.occurrence,
+                        phase,
+                        [(indices[i], label) for i, label in done],
+                    )
+                answers.update(done)
+                failed = [
+                    (i, o)
+                    for i, o in zip(todo, outcomes, strict=True)
+                    if isinstance(o, ProviderError)
+                ]
+                if failed:
+                    todo = [i for i, _ in failed]
+                    errors = [error for _, error in failed]
+                    raise next((e for e in errors if not e.retryable), errors[0])
+        return [answers[i] for i in range(len(indices))]
+
+    def _retry_wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        ceiling = min(
+            self.retry.max_wait, self.retry.initial_wait * 2 ** (state.attempt_number - 1)
+        )
+        wait = random.uniform(0, ceiling)  # full jitter: retries from many tasks spread out
+        if isinstance(error, RateLimitError) and error.retry_after is not None:
+            wait = max(wait, error.retry_after)
+        return wait
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        self.stats.retries += 1
+        self.stats.rate_limited += isinstance(error, RateLimitError)
+        self.stats.errors[type(error).__name__] += 1
+
+    def _throttle(self) -> _Throttle:
+        loop = asyncio.get_running_loop()
+        if loop not in self._throttles:
+            self._throttles[loop] = _Throttle(
+                self.in_flight,
+                self.requests_per_second,
+                self.images_per_second,
+                self.adapter.max_batch or self.batch_size,
             )
-        return labels
+        return self._throttles[loop]
 
     async def _noisy_denoised(
         self, draw: _Draw, phase: int, index: int, size: int, in_flight: int
@@ -317,6 +455,7 @@ class SmoothedClassifier:
         except RuntimeError:
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
+                weakref.finalize(self, self._loop.close)  # if close() is never called
             return self._loop.run_until_complete(coroutine)
 
         async def scoped() -> T:  # inside a running loop (a notebook): a loop of its own

@@ -29,8 +29,10 @@ class Adapter(abc.ABC):
     name: str = "adapter"
     #: Most images one request may carry; ``None``: any batch (a local model).
     max_batch: int | None = None
-    #: Requests the smoothing client may have outstanding at once.
+    #: Requests the smoothing client may have outstanding at once (its default).
     max_in_flight: int = 1
+    #: The provider's documented request rate, the smoothing client's default limit.
+    requests_per_second: float | None = None
 
     @abc.abstractmethod
     def top_labels(self, images: torch.Tensor) -> list[Label | None]:
@@ -48,6 +50,12 @@ class Adapter(abc.ABC):
         """Async :meth:`top_labels`. The default runs the sync form in a worker thread;
         network adapters override it with a native async call."""
         return await asyncio.to_thread(self.top_labels, images)
+
+    async def atop_labels_or_errors(self, images: torch.Tensor) -> list:
+        """Top labels, where an adapter that can fail single images of a batch puts the
+        :class:`~smoothapi.errors.ProviderError` in that image's place (so the client
+        retries just those). The default fails or succeeds as a whole."""
+        return await self.atop_labels(images)
 
     def identity(self) -> dict:
         """What decides this classifier's answers, without secrets: keys journal runs."""

@@ -214,22 +214,38 @@ class RemoteAdapter(Adapter):
                 f"no answer within {self.timeout:g} s", provider=self.name
             ) from None
 
-    async def aranked_labels_batch(self, images: torch.Tensor) -> list[Ranked]:
-        """Ranked labels of each image of a ``(B, C, H, W)`` batch, ``max_batch`` per request.
-
-        A per-image error inside a batch response is raised, never dropped.
-        """
+    async def _ranked_or_errors(self, images: torch.Tensor) -> list[Ranked | ProviderError]:
+        """Ranked labels of each image, ``max_batch`` per request; per-image errors in place."""
         encoded = [self.encode(image) for image in images]
-        ranked: list[Ranked] = []
+        results: list[Ranked | ProviderError] = []
         for start in range(0, len(encoded), self.max_batch):
             for index, response in enumerate(
                 await self.send_encoded(encoded[start : start + self.max_batch]), start
             ):
                 if isinstance(response, ProviderError):
                     response.image_index = index
-                    raise response
-                ranked.append(self.parse(response))
-        return ranked
+                    results.append(response)
+                else:
+                    results.append(self.parse(response))
+        return results
+
+    async def aranked_labels_batch(self, images: torch.Tensor) -> list[Ranked]:
+        """Ranked labels of each image of a ``(B, C, H, W)`` batch, ``max_batch`` per request.
+
+        A per-image error inside a batch response is raised, never dropped.
+        """
+        results = await self._ranked_or_errors(images)
+        for result in results:
+            if isinstance(result, ProviderError):
+                raise result
+        return results  # type: ignore[return-value]
+
+    async def atop_labels_or_errors(
+        self, images: torch.Tensor
+    ) -> list[Label | None | ProviderError]:
+        """Top labels, with a per-image failure's error in that image's place."""
+        return [r if isinstance(r, ProviderError) else self._top(r)
+                for r in await self._ranked_or_errors(images)]
 
     def _top(self, ranked: Ranked) -> Label | None:
         if not ranked:
