@@ -176,6 +176,10 @@ class RekognitionAdapter(RemoteAdapter):
 
     name = "aws"
     max_batch = 1
+    #: Rekognition DetectLabels: 5 TPS is the smallest regional default quota (some regions
+    #: allow 50); raise it with RateLimits(requests_per_second=...) if yours is higher.
+    requests_per_second = 5.0
+    max_in_flight = 16
     # DetectLabels: JPEG or PNG of at most 5 MB as raw bytes, 80 to 10,000 px per side.
     limits = ImageLimits(max_bytes=5 * 1024 * 1024, min_side=80, max_side=10_000)
     max_pool_connections = 64

@@ -145,6 +145,10 @@ class AzureVisionAdapter(RemoteAdapter):
 
     name = "azure"
     max_batch = 1
+    #: Half of S1's ~20 TPS; the free tier allows 20 calls a minute:
+    #: pass RateLimits(requests_per_second=0.33) there.
+    requests_per_second = 10.0
+    max_in_flight = 8
     limits = API_VERSIONS["v3.2"]
 
     def __init__(

@@ -230,6 +230,8 @@ class ClarifaiAdapter(RemoteAdapter):
 
     name = "clarifai"
     max_batch = 128
+    requests_per_second = float(REQUESTS_PER_SECOND)
+    max_in_flight = 16
     limits = ImageLimits(max_bytes=20_000_000, max_pixels=85_000_000)
 
     def __init__(

@@ -160,6 +160,9 @@ class GoogleVisionAdapter(RemoteAdapter):
 
     name = "google"
     max_batch = 16
+    #: About 1,800 requests a minute by default.
+    requests_per_second = 30.0
+    max_in_flight = 16
     limits = ImageLimits(max_bytes=7_300_000, min_side=1)
     #: Largest request, counted as the REST API's JSON with base64 images.
     max_request_bytes = MAX_REQUEST_BYTES

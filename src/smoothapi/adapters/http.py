@@ -63,6 +63,8 @@ class HTTPAdapter(RemoteAdapter):
     """A vision model behind a generic HTTP API (see the module docstring for the options)."""
 
     name = "http"
+    #: Your own server: no rate limit unless you set one with RateLimits.
+    max_in_flight = 8
 
     def __init__(
         self,
