@@ -148,3 +148,33 @@ def test_requests_per_second_and_in_flight_are_respected():
     assert len(adapter.times) == 50
     assert span >= 49 / 100 * 0.95  # evenly spaced: 49 gaps of 10 ms
     assert adapter.peak <= 3
+
+
+def test_certify_many_streams_outcomes_goes_on_after_errors_and_stops_at_the_budget(
+    monkeypatch,
+):
+    from smoothapi.errors import BudgetExceededError
+
+    images = [torch.full((1, 12, 12), v) for v in (0.9, 0.1, 0.8)]
+    adapter = Faulty()
+    smoothed = SmoothedClassifier(adapter, 0.2, batch_size=8, device="cpu", seed=0, retry=FAST)
+    outcomes = list(smoothed.certify_many(images, n0=8, n=16, alpha=0.05))
+    assert [o.certification.label for o in outcomes] == ["bright", "dark", "bright"]
+    assert [o.queries for o in outcomes] == [24, 24, 24] and all(o.error is None for o in outcomes)
+
+    failing = Faulty(storm=10**6, error=BadRequestError)
+    smoothed = SmoothedClassifier(failing, 0.2, device="cpu", seed=0, retry=FAST)
+    outcomes = list(smoothed.certify_many(images, n0=4, n=4))
+    assert len(outcomes) == 3 and all(isinstance(o.error, BadRequestError) for o in outcomes)
+
+    smoothed = SmoothedClassifier(Faulty(), 0.2, device="cpu", seed=0, retry=FAST)
+    seen = []
+    with pytest.raises(BudgetExceededError, match="stopped before image 2"):
+        for outcome in smoothed.certify_many(images, n0=8, n=16, max_queries=60):
+            seen.append(outcome.index)
+    assert seen == [0, 1]
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    smoothed = SmoothedClassifier(Faulty(), 0.2, device="cpu", seed=0, retry=FAST)
+    assert [o.index for o in smoothed.certify_many(images, n0=4, n=4)] == [1]

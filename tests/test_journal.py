@@ -103,3 +103,13 @@ def test_journal_holds_labels_not_images_or_secrets(tmp_path):
     answers = journal.answers(run, image, occurrence, 1)
     assert sorted(answers) == list(range(80)) and set(answers.values()) <= {"bright", "dark"}
     assert (tmp_path / "j.sqlite").stat().st_size < 200_000
+
+
+def test_offline_recertification_needs_no_query(tmp_path):
+    reference = _certify(Flaky(), tmp_path / "j.sqlite")
+    journal = Journal(tmp_path / "j.sqlite")
+    (run,) = journal.runs()
+    (same,) = journal.recertify(run, alpha=0.01).values()
+    assert same == reference
+    (looser,) = journal.recertify(run, alpha=0.1, n=40).values()
+    assert looser.n == 40 and looser.n0 == 16 and looser.alpha == 0.1

@@ -8,6 +8,7 @@ so ``except smoothapi.SmoothAPIError`` catches all of them::
     ├── CheckpointError            a weights file that is missing, malformed or of the wrong kind
     ├── MissingDependencyError     (also an ImportError): an optional extra is not installed
     ├── ReplayMissError            a replayed recording has no response for this request
+    ├── BudgetExceededError        a run stopped at its query or cost cap
     └── ProviderError              a vision API refused or failed a request
         ├── AuthenticationError    401: missing or wrong credentials
         ├── PermissionDeniedError  403: no access, or the quota is spent
@@ -34,6 +35,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "CheckpointError",
     "InvalidImageError",
     "InvalidInputError",
@@ -76,6 +78,10 @@ class MissingDependencyError(SmoothAPIError, ImportError):
 
 class ReplayMissError(SmoothAPIError, LookupError):
     """Replaying a recording met a request that was never recorded."""
+
+
+class BudgetExceededError(SmoothAPIError):
+    """A run reached its query (or cost) cap; the results so far were kept."""
 
 
 class ProviderError(SmoothAPIError):

@@ -25,14 +25,18 @@ import json
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .certification import Label
+from .certification import Certification, Label, certify_counts
 from .errors import InvalidInputError
 
 __all__ = ["Journal"]
+
+#: Sampling phases: CERTIFY's selection (n0) and estimation (n) samples, PREDICT's samples.
+SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -129,3 +133,27 @@ class Journal:
                 (run,),
             )
         )
+
+    def recertify(
+        self, run: str, alpha: float, n0: int | None = None, n: int | None = None
+    ) -> dict[tuple[str, int], Certification]:
+        """CERTIFY again from the journal alone, with another ``alpha`` or fewer samples.
+
+        Uses the first ``n0`` selection and ``n`` estimation answers of every image of
+        ``run`` (all of them by default); no query is sent. As with any re-analysis,
+        choosing ``alpha`` or ``n`` after looking at the results voids the guarantee.
+        """
+        sigma = self.runs()[run]["sigma"]
+        results = {}
+        for image, occurrence in self.images(run):
+            selection = self.answers(run, image, occurrence, SELECTION)
+            estimation = self.answers(run, image, occurrence, ESTIMATION)
+            if not selection or not estimation:
+                continue
+            results[image, occurrence] = certify_counts(
+                Counter(label for i, label in selection.items() if n0 is None or i < n0),
+                Counter(label for i, label in estimation.items() if n is None or i < n),
+                sigma,
+                alpha,
+            )
+        return results

@@ -20,7 +20,7 @@ import random
 import secrets
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -42,10 +42,10 @@ from .certification import (
     check_sigma,
     predict_counts,
 )
-from .errors import InvalidInputError, ProviderError, RateLimitError
-from .journal import Journal
+from .errors import BudgetExceededError, InvalidInputError, ProviderError, RateLimitError
+from .journal import ESTIMATION, PREDICTION, SELECTION, Journal
 
-__all__ = ["ClientStats", "RateLimits", "RetryPolicy", "SmoothedClassifier"]
+__all__ = ["ClientStats", "ImageOutcome", "RateLimits", "RetryPolicy", "SmoothedClassifier"]
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ DEFAULT_BATCH_SIZE = 256
 # Sampling phases. Noise is keyed by (seed, image hash, occurrence, phase, batch): every
 # batch of every phase of every certification draws fresh noise, and a rerun with the
 # same seed draws the same noise again. Bump NOISE_SCHEME if that derivation changes.
-_SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
+_SELECTION, _ESTIMATION, _PREDICTION = SELECTION, ESTIMATION, PREDICTION
 NOISE_SCHEME = 1
 
 
@@ -96,6 +96,19 @@ class ClientStats:
     retries: int = 0
     rate_limited: int = 0
     errors: Counter = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """One image of :meth:`SmoothedClassifier.certify_many`: its certificate, or the error
+    that stopped it; ``queries`` were sent for it (answers found in the journal are free)."""
+
+    index: int
+    image_id: str | None
+    certification: Certification | None
+    error: ProviderError | None
+    queries: int
+    seconds: float
 
 
 class _Throttle:
@@ -288,6 +301,94 @@ class SmoothedClassifier:
         selection = await self.sample_counts(draw, _SELECTION, n0)
         estimation = await self.sample_counts(draw, _ESTIMATION, n)
         return certify_counts(selection, estimation, self.sigma, alpha)
+
+    # --- datasets ---------------------------------------------------------------------
+
+    def certify_many(
+        self,
+        images: Iterable[ImageLike],
+        n0: int = 100,
+        n: int = 10_000,
+        alpha: float = 0.001,
+        **options: Any,
+    ) -> Iterator[ImageOutcome]:
+        """Certify a stream of images, yielding one :class:`ImageOutcome` each, in order.
+
+        Options as in :meth:`acertify_many`. Use :meth:`acertify_many` from async code.
+        """
+        outcomes = self.acertify_many(images, n0, n, alpha, **options)
+        while True:
+            try:
+                yield self._run(outcomes.__anext__())
+            except StopAsyncIteration:
+                return
+
+    async def acertify_many(
+        self,
+        images: Iterable[ImageLike],
+        n0: int = 100,
+        n: int = 10_000,
+        alpha: float = 0.001,
+        *,
+        ids: Sequence[str] | None = None,
+        max_queries: int | None = None,
+        shard: bool = True,
+        progress: bool = False,
+    ) -> AsyncIterator[ImageOutcome]:
+        """Certify images one after another, each with its requests fanned out.
+
+        * An image whose request fails for good (a non-retryable error, or retries spent)
+          gets an outcome with ``error`` set, and the run goes on to the next image.
+        * ``max_queries`` caps the queries this run sends: before an image that could
+          take it past the cap, the run stops with
+          :class:`~smoothapi.errors.BudgetExceededError`; what was done is already yielded
+          (and journaled).
+        * Under ``torchrun`` (``WORLD_SIZE`` > 1) with ``shard=True`` each process takes
+          every ``WORLD_SIZE``-th image, starting at its ``RANK``; outcomes keep the
+          dataset index so the processes' logs merge.
+        * ``ids`` name the images for the noise and the journal (default: pixel hashes).
+        """
+        rank = int(os.environ.get("RANK", "0")) if shard else 0
+        world = int(os.environ.get("WORLD_SIZE", "1")) if shard else 1
+        per_image = check_count("n0", n0) + check_count("n", n)
+        spent = 0
+        total = len(images) if hasattr(images, "__len__") else None  # type: ignore[arg-type]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=None if total is None else len(range(rank, total, world)),
+                unit="img",
+                desc=f"certify {self.adapter.name}",
+            )
+        try:
+            for index, image in enumerate(images):
+                if index % world != rank:
+                    continue
+                if max_queries is not None and spent + per_image > max_queries:
+                    raise BudgetExceededError(
+                        f"stopped before image {index}: {spent} queries sent, the next image "
+                        f"may need {per_image} and max_queries is {max_queries}; the results "
+                        "so far were returned (and journaled, if a journal is set)"
+                    )
+                before, started = self.stats.images, asyncio.get_running_loop().time()
+                image_id = None if ids is None else str(ids[index])
+                certification, error = None, None
+                try:
+                    certification = await self.acertify(image, n0, n, alpha, image_id=image_id)
+                except ProviderError as exc:
+                    error = exc
+                queries = self.stats.images - before
+                spent += queries
+                seconds = asyncio.get_running_loop().time() - started
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(queries=self.stats.images, retries=self.stats.retries)
+                yield ImageOutcome(index, image_id, certification, error, queries, seconds)
+        finally:
+            if bar is not None:
+                bar.close()
 
     # --- the pieces -------------------------------------------------------------------
 
