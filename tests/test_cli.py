@@ -403,7 +403,7 @@ def test_usage_errors_exit_2(capsys, model_path, image_folder):
 
 def test_help_exits_0(capsys):
     code, out, _ = _run(capsys, "certify", "--help")
-    assert code == 0 and "--sigma" in out and "--denoiser" not in out
+    assert code == 0 and "--sigma" in out and "--denoiser" in out
 
 
 def test_console_entry_point_exit_code_without_traceback(tmp_path):
