@@ -1,0 +1,93 @@
+"""The loopback provider: wire formats, rate limit, and the client surviving every fault."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+
+import pytest
+import torch
+
+from smoothapi import SmoothedClassifier
+from smoothapi.adapters.encoding import encode_image
+from smoothapi.adapters.http import HTTPAdapter
+from smoothapi.smoothing import RetryPolicy
+from smoothapi.testing import Faults, LoopbackProvider
+
+IMAGE = torch.full((1, 12, 12), 0.6)
+RETRY = RetryPolicy(max_attempts=40, initial_wait=0.005, max_wait=0.05)
+
+
+def brightness(images):
+    means = images.flatten(1).mean(1).tolist()
+    return [[("bright", m), ("dark", 1 - m)] if m >= 0.5 else [("dark", 1 - m), ("bright", m)]
+            for m in means]
+
+
+def _post(url, data, content_type="image/png"):
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def test_wire_formats():
+    png = encode_image(torch.full((1, 8, 8), 0.9))
+    b64 = base64.b64encode(png).decode()
+    with LoopbackProvider(brightness) as api:
+        assert _post(api.url("generic"), png)["labels"][0]["label"] == "bright"
+        assert _post(api.url("azure"), png)["tags"][0]["name"] == "bright"
+        assert _post(api.url("azure4"), png)["tagsResult"]["values"][0]["name"] == "bright"
+        google = _post(api.url("google"), json.dumps(
+            {"requests": [{"image": {"content": b64}}] * 3}).encode(), "application/json")
+        assert [r["labelAnnotations"][0]["description"] for r in google["responses"]] == [
+            "bright"] * 3
+        clarifai = _post(api.url("clarifai"), json.dumps(
+            {"inputs": [{"data": {"image": {"base64": b64}}}]}).encode(), "application/json")
+        assert clarifai["outputs"][0]["data"]["concepts"][0]["name"] == "bright"
+        assert api.stats.requests == 5 and api.stats.images == 7
+
+
+def _certify(api, **adapter_options):
+    adapter = HTTPAdapter(api.url("generic"), **adapter_options)
+    with SmoothedClassifier(adapter, 0.3, batch_size=32, device="cpu", seed=4,
+                            retry=RETRY) as smoothed:
+        return smoothed.certify(IMAGE, n0=16, n=64, alpha=0.05), smoothed.stats
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [dict(rate_limit=40, retry_after=0.05), dict(faults=Faults(error_5xx=0.2, seed=1)),
+     dict(faults=Faults(drop=0.15, seed=2)), dict(faults=Faults(malformed=0.15, seed=3)),
+     dict(faults=Faults(timeout=0.1, timeout_seconds=2, seed=4))],
+    ids=["429-storm", "5xx", "dropped", "malformed", "timeouts"],
+)
+def test_the_client_survives_faults_with_the_same_certificate(setting):
+    with LoopbackProvider(brightness) as api:
+        reference, _ = _certify(api)
+    with LoopbackProvider(brightness, **setting) as api:
+        result, stats = _certify(api, timeout=0.5)
+        assert result == reference
+        assert stats.retries > 0
+        faults = sum(api.stats.faults.values())
+        assert api.stats.rate_limited + faults > 0
+        assert api.stats.images - faults == 80  # every sample answered once: none paid twice
+
+
+def test_per_image_errors_in_a_batch_answer_are_retried_alone():
+    with LoopbackProvider(brightness, faults=Faults(per_image=0.3, seed=5)) as api:
+        png = encode_image(torch.full((1, 8, 8), 0.2))
+        b64 = base64.b64encode(png).decode()
+        answer = _post(api.url("google"), json.dumps(
+            {"requests": [{"image": {"content": b64}}] * 16}).encode(), "application/json")
+        errors = [r for r in answer["responses"] if "error" in r]
+        assert 0 < len(errors) < 16 and api.stats.faults["per_image"] == len(errors)
+
+
+def test_batched_generic_endpoint_with_the_http_adapter():
+    with LoopbackProvider(brightness) as api:
+        adapter = HTTPAdapter(api.url("generic-batch"), send="json", field="images",
+                              max_batch=16, batch_path="results")
+        labels = adapter.top_labels(torch.rand(40, 1, 8, 8) * 0.3)
+        assert labels == ["dark"] * 40
+        assert api.stats.requests == 3 and api.stats.images == 40
