@@ -1,4 +1,4 @@
-"""A real vision-API server on loopback, serving a local model, with faults on demand.
+r"""A real vision-API server on loopback, serving a local model, with faults on demand.
 
     from smoothapi.testing import LoopbackProvider, Faults
 
