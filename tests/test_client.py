@@ -88,7 +88,7 @@ def test_non_retryable_errors_stop_at_once():
     smoothed = SmoothedClassifier(adapter, 0.3, device="cpu", seed=1, retry=FAST)
     with pytest.raises(BadRequestError):
         smoothed.certify(IMAGE, n0=4, n=4)
-    assert adapter.calls == 1 and smoothed.stats.retries == 0
+    assert smoothed.stats.retries == 0 and adapter.calls <= 2  # one per phase, none again
 
 
 def test_retries_are_capped():
@@ -98,7 +98,8 @@ def test_retries_are_capped():
     )
     with pytest.raises(ServerError):
         smoothed.certify(IMAGE, n0=4, n=4)
-    assert adapter.calls == 3
+    assert 3 <= adapter.calls <= 6  # 3 tries for the request that gave up, the other cancelled
+    assert not asyncio.all_tasks(smoothed._loop)  # nothing left to send after the failure
 
 
 def test_retry_after_is_honoured():

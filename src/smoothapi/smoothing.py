@@ -129,6 +129,18 @@ class _Throttle:
             yield
 
 
+async def _all_or_nothing(*coroutines: Coroutine[Any, Any, T]) -> list[T]:
+    """Run coroutines together; if one fails, cancel the others before raising."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 def module_digest(module: torch.nn.Module | None) -> str | None:
     """SHA-256 of a module's class and state dict: identifies a denoiser or model."""
     if module is None:
@@ -298,8 +310,11 @@ class SmoothedClassifier:
         x = as_image_tensor(image)
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
         draw = self._draw(x, image_id)
-        selection = await self.sample_counts(draw, _SELECTION, n0)
-        estimation = await self.sample_counts(draw, _ESTIMATION, n)
+        # The two sample sets are independent, so they are drawn at the same time: the
+        # candidate is still chosen from the selection samples alone.
+        selection, estimation = await _all_or_nothing(
+            self.sample_counts(draw, _SELECTION, n0), self.sample_counts(draw, _ESTIMATION, n)
+        )
         return certify_counts(selection, estimation, self.sigma, alpha)
 
     # --- datasets ---------------------------------------------------------------------
