@@ -179,3 +179,19 @@ def test_certify_many_streams_outcomes_goes_on_after_errors_and_stops_at_the_bud
     monkeypatch.setenv("RANK", "1")
     smoothed = SmoothedClassifier(Faulty(), 0.2, device="cpu", seed=0, retry=FAST)
     assert [o.index for o in smoothed.certify_many(images, n0=4, n=4)] == [1]
+
+
+def test_cost_cap_target_radius_and_progress(capsys):
+    from smoothapi.errors import BudgetExceededError, InvalidInputError
+
+    images = [torch.full((1, 12, 12), v) for v in (0.9, 0.1, 0.8)]
+    smoothed = SmoothedClassifier(Faulty(), 0.2, device="cpu", seed=0, retry=FAST)
+    done = []
+    with pytest.raises(BudgetExceededError):
+        for outcome in smoothed.certify_many(images, n0=8, n=16, max_cost=0.05,
+                                             price_per_1000=1.0, progress=True):
+            done.append(outcome)
+    assert [o.cost for o in done] == [pytest.approx(0.024), pytest.approx(0.024)]
+    assert "plan: 3 image(s) x 24 queries" in capsys.readouterr().err
+    with pytest.raises(InvalidInputError, match="largest radius"):
+        list(smoothed.certify_many(images, n0=8, n=16, target_radius=1.0))

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import secrets
+import sys
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequence
@@ -109,6 +110,7 @@ class ImageOutcome:
     error: ProviderError | None
     queries: int
     seconds: float
+    cost: float | None = None
 
 
 class _Throttle:
@@ -347,6 +349,9 @@ class SmoothedClassifier:
         *,
         ids: Sequence[str] | None = None,
         max_queries: int | None = None,
+        max_cost: float | None = None,
+        price_per_1000: float | None = None,
+        target_radius: float | None = None,
         shard: bool = True,
         progress: bool = False,
     ) -> AsyncIterator[ImageOutcome]:
@@ -354,24 +359,49 @@ class SmoothedClassifier:
 
         * An image whose request fails for good (a non-retryable error, or retries spent)
           gets an outcome with ``error`` set, and the run goes on to the next image.
-        * ``max_queries`` caps the queries this run sends: before an image that could
-          take it past the cap, the run stops with
+        * ``max_queries`` and ``max_cost`` (USD, at ``price_per_1000``, by default the
+          adapter's entry in :data:`smoothapi.pricing.PRICES`) cap what this run sends:
+          before an image that could take it past a cap, the run stops with
           :class:`~smoothapi.errors.BudgetExceededError`; what was done is already yielded
           (and journaled).
+        * ``target_radius``: refuse at once, saying why, if ``n`` samples could never
+          certify it. ``progress=True`` prints the plan (queries, cost, best radius) and
+          shows a bar with queries, cost, requests per second and the ETA.
         * Under ``torchrun`` (``WORLD_SIZE`` > 1) with ``shard=True`` each process takes
           every ``WORLD_SIZE``-th image, starting at its ``RANK``; outcomes keep the
           dataset index so the processes' logs merge.
         * ``ids`` name the images for the noise and the journal (default: pixel hashes).
         """
+        from .pricing import PRICES, plan_run
+
         rank = int(os.environ.get("RANK", "0")) if shard else 0
         world = int(os.environ.get("WORLD_SIZE", "1")) if shard else 1
         per_image = check_count("n0", n0) + check_count("n", n)
-        spent = 0
         total = len(images) if hasattr(images, "__len__") else None  # type: ignore[arg-type]
+        plan = plan_run(
+            total or 1,
+            n0,
+            n,
+            alpha,
+            self.sigma,
+            provider=self.adapter.name,
+            target_radius=target_radius,
+        )
+        if price_per_1000 is None and self.adapter.name in PRICES:
+            price_per_1000 = PRICES[self.adapter.name].per_1000
+        if max_cost is not None:
+            if price_per_1000 is None:
+                raise InvalidInputError("max_cost needs price_per_1000 for this adapter")
+            by_cost = int(max_cost / price_per_1000 * 1000)
+            max_queries = by_cost if max_queries is None else min(max_queries, by_cost)
+        spent, run_started = 0, asyncio.get_running_loop().time()
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
+            tqdm.write(
+                f"plan: {plan}" if total is not None else f"plan per image: {plan}", file=sys.stderr
+            )
             bar = tqdm(
                 total=None if total is None else len(range(rank, total, world)),
                 unit="img",
@@ -397,10 +427,19 @@ class SmoothedClassifier:
                 queries = self.stats.images - before
                 spent += queries
                 seconds = asyncio.get_running_loop().time() - started
+                cost = None if price_per_1000 is None else queries * price_per_1000 / 1000
                 if bar is not None:
+                    elapsed = asyncio.get_running_loop().time() - run_started
                     bar.update(1)
-                    bar.set_postfix(queries=self.stats.images, retries=self.stats.retries)
-                yield ImageOutcome(index, image_id, certification, error, queries, seconds)
+                    bar.set_postfix(
+                        queries=self.stats.images,
+                        cost="-"
+                        if price_per_1000 is None
+                        else f"${spent * price_per_1000 / 1000:.2f}",
+                        qps=f"{self.stats.requests / max(elapsed, 1e-9):.1f}",
+                        retries=self.stats.retries,
+                    )
+                yield ImageOutcome(index, image_id, certification, error, queries, seconds, cost)
         finally:
             if bar is not None:
                 bar.close()
