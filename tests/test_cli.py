@@ -6,6 +6,7 @@ import io
 import json
 import math
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -476,3 +477,43 @@ def test_denoiser_option_runs_the_denoiser_first(capsys, model_path, image_folde
             for line in denoised.splitlines()] == strip
     code, _, err = _run(capsys, *common, "--denoiser", tmp_path / "missing.safetensors")
     assert code == 2 and "missing.safetensors" in err
+
+
+def _rows_without_time(text: str) -> list[list[str]]:
+    lines = text.splitlines()
+    time_column = lines[0].split("\t").index("time")
+    return [[c for i, c in enumerate(line.split("\t")) if i != time_column] for line in lines]
+
+
+def test_torchrun_shards_the_images_and_merges_one_log(capsys, model_path, image_folder,
+                                                       tmp_path):
+    common = ["certify", "--model", str(model_path), str(image_folder), "--sigma", "0.5",
+              "--n0", "10", "--num-samples", "50", "--seed", "9"]  # torchrun takes --n itself
+    single = tmp_path / "single.tsv"
+    assert main([*common, "--output", str(single)]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    merged = tmp_path / "merged.tsv"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "smoothapi.cli",
+         *common, "--output", str(merged)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _rows_without_time(merged.read_text()) == _rows_without_time(single.read_text())
+    assert not list(tmp_path.glob("merged.tsv.rank*"))
+
+
+def test_journal_option_resumes_without_work(capsys, model_path, image_folder, tmp_path):
+    common = ["certify", "--model", model_path, image_folder, "--sigma", SIGMA, "--n0", "10",
+              "--n", "40", "--seed", "5", "--journal", tmp_path / "j.sqlite"]
+    code, first, _ = _run(capsys, *common)
+    code_again, again, _ = _run(capsys, *common)
+    assert code == code_again == 0
+    assert _rows_without_time(again) == _rows_without_time(first)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "j.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 6 * 50

@@ -214,15 +214,27 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
     entries = find_images(args.images)
     _check_images(entries, adapter)
     denoiser = load_denoiser(args.denoiser) if args.denoiser else None
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and (args.output is None or args.output == "-"):
+        raise InvalidInputError("under torchrun, give --output: each process writes its "
+                                "share and the first one merges them there")
+    if world > 1 and args.seed is None:
+        raise InvalidInputError("under torchrun, give --seed so that all processes agree")
     smoothed = SmoothedClassifier(
-        adapter, args.sigma, denoiser, batch_size=args.batch_size, device=device, seed=args.seed
+        adapter, args.sigma, denoiser, batch_size=args.batch_size, device=device, seed=args.seed,
+        journal=args.journal,
     )
-    with _output(args.output) as out:
+    output = args.output if world == 1 else f"{args.output}.rank{rank}"
+    columns = CERTIFY_COLUMNS if certify else PREDICT_COLUMNS
+    with smoothed, _output(output) as out:
         what = f"certify n0={args.n0} n={args.n}" if certify else f"predict n={args.n}"
+        share = f" (process {rank} of {world})" if world > 1 else ""
         print(f"{PROG}: {what} alpha={args.alpha} sigma={args.sigma} seed={smoothed.seed} "
-              f"on {len(entries)} image(s), device {device}", file=sys.stderr, flush=True)
-        writer = _RowWriter(out, args.format, CERTIFY_COLUMNS if certify else PREDICT_COLUMNS)
+              f"on {len(entries)} image(s){share}, device {device}", file=sys.stderr, flush=True)
+        writer = _RowWriter(out, args.format, columns)
         for idx, entry in enumerate(entries):
+            if idx % world != rank:
+                continue
             image = load_image(entry.path)
             started = time.perf_counter()
             if certify:
@@ -248,7 +260,32 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
                 row.update(n=result.n, alpha=result.alpha, sigma=smoothed.sigma,
                            queries=result.queries, counts=_counts(result.counts))
             writer.write(row)
+    if world > 1:
+        _merge_shards(args.output, world, rank, args.format, columns)
     return EXIT_OK
+
+
+def _merge_shards(output: str, world: int, rank: int, fmt: str, columns: Sequence[str]) -> None:
+    """Under torchrun: wait for every process, then the first merges the shards by idx."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+    if rank == 0:
+        rows: list[tuple[int, str]] = []
+        for shard in (Path(f"{output}.rank{r}") for r in range(world)):
+            lines = shard.read_text(encoding="utf-8").splitlines()
+            body = lines[1:] if fmt == "tsv" else lines
+            rows += [(int(json.loads(line)["idx"]) if fmt == "json" else int(line.split("\t")[0]),
+                      line) for line in body if line]
+            shard.unlink()
+        with open(output, "w", encoding="utf-8") as merged:
+            if fmt == "tsv":
+                merged.write("\t".join(columns) + "\n")
+            merged.writelines(line + "\n" for _, line in sorted(rows))
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _cmd_certify(args: argparse.Namespace) -> int:
@@ -285,7 +322,8 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
     if certify:
         parser.add_argument("--n0", type=int, default=100,
                             help="selection samples (default: 100)")
-    parser.add_argument("--n", type=int, default=10_000 if certify else 1_000,
+    parser.add_argument("--n", "--num-samples", dest="n", type=int,
+                        default=10_000 if certify else 1_000,
                         help=f"{'estimation ' if certify else ''}samples "
                              f"(default: {10_000 if certify else 1_000})")
     parser.add_argument("--alpha", type=float, default=0.001,
@@ -298,7 +336,11 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu or cuda (default: cuda if available)")
     parser.add_argument("--output", "-o", default=None, metavar="FILE",
-                        help="write rows here instead of stdout")
+                        help="write rows here instead of stdout (required under torchrun, "
+                             "where each process takes every WORLD_SIZE-th image)")
+    parser.add_argument("--journal", default=None, metavar="FILE",
+                        help="SQLite journal of every answer: rerunning the same command "
+                             "with the same --seed resumes without repeating work")
     parser.add_argument("--format", choices=("tsv", "json"), default="tsv",
                         help="tsv (default) or json (JSON Lines, with counts and bounds)")
 
