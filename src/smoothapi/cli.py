@@ -307,6 +307,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import (
+        average_certified_radius,
+        best_sigma_table,
+        certified_accuracy,
+        format_table,
+        plot_curves,
+        read_log,
+    )
+
+    logs = []
+    for spec in args.logs:
+        name, sep, path = spec.rpartition("=")
+        logs.append(read_log(path, name if sep else None))
+    radii = args.radii
+    header = ["log", "n", "ACR"] + [f"{r:g}" for r in radii]
+    rows = [[log.name, str(len(log)), f"{average_certified_radius(log):.3f}"]
+            + [f"{a:.3f}" for a in certified_accuracy(log, radii)] for log in logs]
+    if args.format == "latex":
+        print(" & ".join(header) + r" \\")
+        print("\n".join(" & ".join(row) + r" \\" for row in rows))
+    else:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        print("\n".join("| " + " | ".join(row) + " |" for row in rows))
+    grouped: dict[str, dict[float, Any]] = {}
+    for log in logs:
+        method, at, sigma = log.name.rpartition("@")
+        if at:
+            try:
+                grouped.setdefault(method, {})[float(sigma)] = log
+            except ValueError:
+                raise InvalidInputError(f"{log.name}: expected METHOD@SIGMA") from None
+    if grouped:
+        print()
+        print(format_table(best_sigma_table(grouped, radii), radii,
+                           style="latex" if args.format == "latex" else "markdown",
+                           caption="certified accuracy (standard accuracy), best sigma per radius"))
+    if args.plot:
+        print(f"\nsaved {plot_curves(logs, args.plot)}")
+    return EXIT_OK
+
+
 # --- the parser ----------------------------------------------------------------------------
 
 
@@ -380,6 +422,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=1_000, help="estimation samples (default: 1000)")
     demo.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     demo.set_defaults(handler=_cmd_demo)
+
+    analyze = commands.add_parser(
+        "analyze", help="certified accuracy, average radius and best-sigma tables from logs",
+        description="Read certification logs (smoothapi certify's TSV or JSON Lines, or Cohen "
+                    "et al.'s TSV) and print certified accuracy at the given radii and the "
+                    "average certified radius. Name logs METHOD@SIGMA=PATH to also get the "
+                    "paper's table: per method and radius the best sigma's certified accuracy "
+                    "with its standard accuracy in parentheses.",
+    )
+    analyze.add_argument("logs", nargs="+", metavar="[NAME=]LOG")
+    analyze.add_argument("--radii", type=float, nargs="+",
+                         default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5],
+                         help="radii of the table (default: 0 0.25 ... 1.5)")
+    analyze.add_argument("--format", choices=("markdown", "latex"), default="markdown")
+    analyze.add_argument("--plot", default=None, metavar="PNG",
+                         help="also save certified-accuracy curves here")
+    analyze.set_defaults(handler=_cmd_analyze)
 
     add_training_commands(commands)
     return parser

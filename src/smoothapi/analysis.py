@@ -1,0 +1,168 @@
+"""Reading certification logs: certified accuracy, average radius, best-sigma tables, curves.
+
+A log is one row per image with at least ``correct`` and ``radius`` (Cohen et al.'s
+TSV columns ``idx label predict radius correct time``, as ``smoothapi certify`` and the
+authors' code write them), or the JSON Lines that ``smoothapi certify --format json``
+writes. An image counts as certified at radius ``r`` when its prediction is correct
+and its radius is at least ``r``; abstentions are never correct.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInputError, MissingDependencyError
+
+__all__ = [
+    "DEFAULT_RADII",
+    "CertificationLog",
+    "average_certified_radius",
+    "best_sigma_table",
+    "certified_accuracy",
+    "format_table",
+    "plot_curves",
+    "read_log",
+]
+
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+@dataclass(frozen=True)
+class CertificationLog:
+    """The per-image ``correct`` (bool) and ``radius`` arrays of one certification run."""
+
+    name: str
+    correct: np.ndarray
+    radius: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.correct)
+
+
+def _truthy(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "true", "1.0")
+
+
+def read_log(path: str | os.PathLike, name: str | None = None) -> CertificationLog:
+    """Read a TSV (Cohen et al.'s columns) or JSON Lines certification log."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"log not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    first = text.lstrip()[:1]
+    try:
+        if first == "{":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = list(csv.DictReader(text.splitlines(), delimiter="\t"))
+        correct = np.array([_truthy(row["correct"]) for row in rows], dtype=bool)
+        radius = np.array([float(row["radius"]) for row in rows], dtype=float)
+    except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(
+            f"{path}: not a certification log (needs 'correct' and 'radius' columns): {exc}"
+        ) from None
+    return CertificationLog(name or path.stem, correct, radius)
+
+
+def certified_accuracy(log: CertificationLog, radii: Sequence[float] = DEFAULT_RADII) -> np.ndarray:
+    """Share of images certified correctly at each radius (``radius >= r``)."""
+    if len(log) == 0:
+        raise InvalidInputError(f"{log.name}: empty log")
+    r = np.asarray(radii, dtype=float)[:, None]
+    return (log.correct[None, :] & (log.radius[None, :] >= r)).mean(axis=1)
+
+
+def average_certified_radius(log: CertificationLog) -> float:
+    """Mean over images of the radius when correct, 0 otherwise (ACR)."""
+    return float(np.where(log.correct, log.radius, 0.0).mean())
+
+
+def best_sigma_table(
+    logs: Mapping[str, Mapping[float, CertificationLog]],
+    radii: Sequence[float] = DEFAULT_RADII,
+) -> dict[str, list[tuple[float, float, float]]]:
+    """Per method and radius, the best sigma's ``(certified, standard accuracy, sigma)``.
+
+    ``logs`` maps method -> sigma -> log. The standard accuracy is the certified
+    accuracy at radius 0 of the sigma that won at that radius, as in the paper's tables.
+    """
+    table = {}
+    for method, by_sigma in logs.items():
+        rows = []
+        for index, _ in enumerate(radii):
+            best = max(by_sigma.items(),
+                       key=lambda item: (certified_accuracy(item[1], radii)[index], -item[0]))
+            sigma, log = best
+            rows.append((float(certified_accuracy(log, radii)[index]),
+                         float(certified_accuracy(log, [0.0])[0]), sigma))
+        table[method] = rows
+    return table
+
+
+def format_table(
+    table: Mapping[str, Sequence[tuple[float, float, float]]],
+    radii: Sequence[float] = DEFAULT_RADII,
+    *,
+    style: str = "markdown",
+    caption: str = "",
+) -> str:
+    """The paper's format: ``(standard)certified`` in percent per radius, one row per method."""
+    if style not in ("markdown", "latex"):
+        raise InvalidInputError(f"style must be 'markdown' or 'latex', got {style!r}")
+    header = ["method"] + [f"{r:g}" for r in radii]
+    body = [[method] + [f"({100 * std:.0f}){100 * cert:.0f}" for cert, std, _ in cells]
+            for method, cells in table.items()]
+    if style == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return (f"{caption}\n\n" if caption else "") + "\n".join(lines)
+    lines = [r"\begin{table}", r"\centering"]
+    if caption:
+        lines.append(rf"\caption{{{caption}}}")
+    lines += [r"\begin{tabular}{l" + "c" * len(radii) + "}", r"\toprule",
+              r"$\ell_2$ radius & " + " & ".join(header[1:]) + r" \\", r"\midrule"]
+    lines += [" & ".join(row).replace("%", r"\%") + r" \\" for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def plot_curves(
+    logs: Sequence[CertificationLog],
+    path: str | os.PathLike,
+    *,
+    max_radius: float | None = None,
+    title: str = "",
+) -> Path:
+    """Certified accuracy against radius, one line per log, saved as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError("matplotlib", "train") from None
+    top = max_radius or max(float(log.radius.max(initial=0.0)) for log in logs) * 1.05 or 1.0
+    grid = np.linspace(0.0, top, 300)
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    for log in logs:
+        axes.plot(grid, certified_accuracy(log, grid), label=f"{log.name} (n={len(log)})")
+    axes.set_xlabel(r"$\ell_2$ radius")
+    axes.set_ylabel("certified accuracy")
+    axes.set_ylim(0, 1)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,96 @@
+"""Certification-log analysis on small synthetic logs with hand-computed answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smoothapi.analysis import (
+    CertificationLog,
+    average_certified_radius,
+    best_sigma_table,
+    certified_accuracy,
+    format_table,
+    plot_curves,
+    read_log,
+)
+from smoothapi.cli import main
+from smoothapi.errors import InvalidInputError
+
+# Cohen et al.'s format: 5 images; abstain is predict -1, correct 0.
+COHEN = """idx\tlabel\tpredict\tradius\tcorrect\ttime
+0\t3\t3\t0.6\t1\t0:00:01.0
+1\t8\t8\t0.2\t1\t0:00:01.0
+2\t8\t1\t0.9\t0\t0:00:01.0
+3\t0\t-1\t0.0\t0\t0:00:01.0
+4\t6\t6\t0.3\t1\t0:00:01.0
+"""
+
+
+@pytest.fixture
+def cohen_log(tmp_path):
+    path = tmp_path / "noise_0.25.tsv"
+    path.write_text(COHEN)
+    return path
+
+
+def test_certified_accuracy_and_acr_by_hand(cohen_log):
+    log = read_log(cohen_log)
+    assert log.name == "noise_0.25" and len(log) == 5
+    # correct radii: 0.6, 0.2, 0.3 -> at r=0: 3/5; 0.25: 2/5; 0.5: 1/5; 0.75: 0.
+    assert certified_accuracy(log, [0, 0.25, 0.5, 0.75]).tolist() == [0.6, 0.4, 0.2, 0.0]
+    assert average_certified_radius(log) == pytest.approx((0.6 + 0.2 + 0.3) / 5)
+
+
+def test_json_lines_from_our_cli(tmp_path):
+    path = tmp_path / "ours.jsonl"
+    rows = [{"idx": 0, "radius": 0.5, "correct": 1}, {"idx": 1, "radius": 0.0, "correct": None},
+            {"idx": 2, "radius": 0.1, "correct": 0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert certified_accuracy(read_log(path), [0, 0.5, 0.6]).tolist() == pytest.approx(
+        [1 / 3, 1 / 3, 0])
+
+
+def _log(name, correct, radius):
+    return CertificationLog(name, np.array(correct, dtype=bool), np.array(radius, dtype=float))
+
+
+def test_best_sigma_envelope_and_paper_format():
+    small = _log("a", [1, 1, 1, 0], [0.1, 0.2, 0.3, 0])  # sigma 0.12: std 75%
+    large = _log("b", [1, 1, 0, 0], [0.6, 0.8, 0, 0])  # sigma 0.5: std 50%
+    table = best_sigma_table({"MSE": {0.12: small, 0.5: large}}, radii=[0.0, 0.25, 0.5])
+    assert table["MSE"] == [(0.75, 0.75, 0.12), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)]
+    markdown = format_table(table, [0.0, 0.25, 0.5])
+    assert "| MSE | (75)75 | (50)50 | (50)50 |" in markdown
+    latex = format_table(table, [0.0, 0.25, 0.5], style="latex", caption="x")
+    assert r"\begin{tabular}{lccc}" in latex and r"MSE & (75)75 & (50)50 & (50)50 \\" in latex
+
+
+def test_curves_are_written_as_png(tmp_path):
+    path = plot_curves([_log("a", [1, 1, 0], [0.2, 0.5, 0])], tmp_path / "curves.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_cli_analyze(cohen_log, tmp_path, capsys):
+    other = tmp_path / "other.tsv"
+    other.write_text(COHEN.replace("\t0.6\t1", "\t1.2\t1"))
+    code = main(["analyze", f"cohen@0.25={cohen_log}", f"cohen@0.5={other}", "--radii", "0",
+                 "0.5", "1.0", "--plot", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| cohen@0.25 | 5 | 0.220 | 0.600 | 0.200 | 0.000 |" in out
+    assert "| cohen | (60)60 | (60)20 | (60)20 |" in out
+    assert (tmp_path / "c.png").exists()
+
+
+def test_bad_logs(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\n1\t2\n")
+    with pytest.raises(InvalidInputError, match="correct"):
+        read_log(bad)
+    with pytest.raises(InvalidInputError, match="not found"):
+        read_log(tmp_path / "none.tsv")
