@@ -1,0 +1,475 @@
+"""The paper's study end to end: classifiers, denoisers, certification, report.
+
+``smoothapi experiment fashion-mnist --out results/fashion-mnist`` runs, in order:
+
+1. **classifiers**: the target (standard training), surrogates of other architectures
+   (standard), and a white-box baseline per sigma (Gaussian noise augmentation);
+2. **denoisers** per sigma: MSE; STAB+MSE in full access (through the target);
+   STAB+MSE in query access (through the surrogates only, averaged); at sigma 0.25
+   also STAB from scratch and CLF+MSE (both full access);
+3. **certification** (CERTIFY, ``n0``, ``n``, ``alpha``) of every ``skip``-th test
+   image with no denoiser, each denoiser, and the white-box classifier;
+4. **report**: the paper's table (best sigma per radius), per-sigma tables,
+   certified-accuracy curves, denoising examples, ``summary.json`` and stage times.
+
+Each stage writes its outputs and a marker under ``OUT/stages/``; a rerun skips the
+finished ones, so the study can run across several invocations or in the background.
+``--scale`` picks a configuration: ``small`` (this machine: 2 CPU cores, about three
+hours), ``tiny`` (scikit-learn digits, a minute, for tests) or ``paper`` (the paper's
+hyperparameters for CIFAR-10 on GPUs: DnCNN, 90 MSE epochs with Adam 1e-3, 20 STAB+MSE
+epochs, n = 10,000; it needs ``--data-root`` with the CIFAR-10 python batches).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from ..adapters.local import LocalModelAdapter
+from ..analysis import (
+    DEFAULT_RADII,
+    best_sigma_table,
+    certified_accuracy,
+    format_table,
+    plot_curves,
+    read_log,
+)
+from ..errors import InvalidInputError
+from ..smoothing import SmoothedClassifier
+from .classifiers import create_classifier
+from .data import load_dataset
+from .loop import TrainConfig
+from .train import train_classifier, train_denoiser
+
+__all__ = ["SCALES", "Scale", "run_experiment"]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Everything that sizes the study."""
+
+    dataset: str
+    sigmas: tuple[float, ...]
+    target: tuple[str, dict]
+    surrogates: dict[str, tuple[str, dict]]
+    denoiser: tuple[str, dict]
+    classifier_epochs: int
+    mse_epochs: int
+    stab_epochs: int
+    scratch_epochs: int
+    train_subset: int | None
+    certify_images: int
+    certify_skip: int
+    n0: int = 100
+    n: int = 1_000
+    alpha: float = 0.001
+    batch_size: int = 128
+    classifier_lr: float = 2e-3
+    mse_lr: float = 1e-3
+    stab_lr: float = 1e-4
+    extras_sigma: float = 0.25
+    eval_size: int = 1_000
+    notes: list[str] = field(default_factory=list)
+
+
+SCALES: dict[str, Scale] = {
+    "small": Scale(
+        dataset="fashion-mnist",
+        sigmas=(0.12, 0.25, 0.5),
+        target=("small_cnn", {"width": 32}),
+        surrogates={
+            "lenet": ("lenet", {}),
+            "mobilenet": ("mobilenet_small", {}),
+            "vgg": ("vgg_small", {"width": 16}),
+        },
+        denoiser=("dncnn", {"depth": 6, "width": 32}),
+        classifier_epochs=3,
+        mse_epochs=3,
+        stab_epochs=2,
+        scratch_epochs=4,
+        train_subset=30_000,
+        certify_images=200,
+        certify_skip=50,
+    ),
+    "tiny": Scale(
+        dataset="digits",
+        sigmas=(0.25,),
+        target=("small_cnn", {"width": 8}),
+        surrogates={"mlp": ("mlp", {"input_size": 8, "hidden": [32]})},
+        denoiser=("dncnn", {"depth": 3, "width": 8}),
+        classifier_epochs=1,
+        mse_epochs=1,
+        stab_epochs=1,
+        scratch_epochs=1,
+        train_subset=None,
+        certify_images=4,
+        certify_skip=10,
+        n0=10,
+        n=50,
+        alpha=0.01,
+        classifier_lr=3e-3,
+        mse_lr=3e-3,
+        stab_lr=1e-3,
+        eval_size=100,
+    ),
+    "paper": Scale(
+        dataset="cifar10",
+        sigmas=(0.12, 0.25, 0.5, 1.0),
+        target=("resnet_small", {"blocks_per_stage": 3, "width": 32}),
+        surrogates={
+            "vgg": ("vgg_small", {"width": 64}),
+            "mobilenet": ("mobilenet_small", {"width": 64}),
+            "lenet": ("lenet", {}),
+        },
+        denoiser=("dncnn", {"depth": 17, "width": 64}),
+        classifier_epochs=90,
+        mse_epochs=90,
+        stab_epochs=20,
+        scratch_epochs=600,
+        train_subset=None,
+        certify_images=500,
+        certify_skip=20,
+        n=10_000,
+        batch_size=128,
+        classifier_lr=1e-3,
+        mse_lr=1e-3,
+        stab_lr=1e-5,
+        eval_size=2_000,
+    ),
+}
+
+METHODS = (
+    "none",
+    "whitebox",
+    "mse",
+    "stab+mse-full",
+    "stab+mse-query",
+    "stab-full",
+    "clf+mse-full",
+)
+
+
+class Study:
+    """One run of the study in ``out``: its stages, skipped when already done."""
+
+    def __init__(self, scale: Scale, out: Path, data_root: str | None, device: str | None):
+        self.scale, self.out, self.device = scale, out, device
+        self.train = load_dataset(scale.dataset, "train", data_root)
+        self.test = load_dataset(scale.dataset, "test", data_root)
+        if scale.train_subset and len(self.train) > scale.train_subset:
+            step = len(self.train) // scale.train_subset
+            self.train = Subset(self.train, range(0, step * scale.train_subset, step))
+        image = self.test[0][0]
+        self.channels, self.size = image.shape[0], list(image.shape[-2:])
+        stats = torch.stack([self.train[i][0] for i in range(min(5_000, len(self.train)))])
+        self.mean = stats.mean(dim=(0, 2, 3)).tolist()
+        self.std = stats.std(dim=(0, 2, 3)).tolist()
+        self.times: dict[str, float] = {}
+
+    # --- bookkeeping -------------------------------------------------------------------
+
+    def stage(self, name: str, work: Callable[[], Any]) -> None:
+        marker = self.out / "stages" / f"{name.replace('@', '_at_')}.json"
+        if marker.exists():
+            self.times[name] = json.loads(marker.read_text())["seconds"]
+            return
+        print(f"[experiment] {name} ...", flush=True)
+        started = time.perf_counter()
+        work()
+        seconds = round(time.perf_counter() - started, 1)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"stage": name, "seconds": seconds}))
+        self.times[name] = seconds
+        print(f"[experiment] {name} done in {seconds:.0f} s", flush=True)
+
+    def config(self, epochs: int, lr: float, **extra: Any) -> TrainConfig:
+        return TrainConfig(
+            epochs=epochs,
+            batch_size=self.scale.batch_size,
+            lr=lr,
+            device=self.device,
+            progress=False,
+            **extra,
+        )
+
+    def classifier_path(self, name: str) -> Path:
+        return self.out / "classifiers" / name / "classifier.safetensors"
+
+    def denoiser_path(self, method: str, sigma: float) -> Path:
+        return self.out / "denoisers" / f"{method}@{sigma:g}" / "denoiser.safetensors"
+
+    def log_path(self, method: str, sigma: float) -> Path:
+        return self.out / "logs" / f"{method}@{sigma:g}.tsv"
+
+    # --- stages ------------------------------------------------------------------------
+
+    def train_classifier(self, name: str, arch: tuple[str, dict], noise: float = 0.0) -> None:
+        torch.manual_seed(0)
+        model = create_classifier(arch[0], in_channels=self.channels, num_classes=10, **arch[1])
+        train_classifier(
+            model,
+            self.train,
+            out_dir=self.classifier_path(name).parent,
+            mean=self.mean,
+            std=self.std,
+            class_names=getattr(self.test, "classes", None) or None,
+            noise_sigma=noise,
+            test_set=self.test,
+            eval_sigma=noise or 0.25,
+            eval_size=self.scale.eval_size,
+            config=self.config(self.scale.classifier_epochs, self.scale.classifier_lr),
+            metadata={"dataset": self.scale.dataset, "role": name},
+        )
+
+    def classifier(self, name: str) -> LocalModelAdapter:
+        return LocalModelAdapter.from_checkpoint(self.classifier_path(name), device=self.device)
+
+    def train_denoiser(self, method: str, sigma: float) -> None:
+        from ..denoisers import create_denoiser, load_denoiser
+
+        scale = self.scale
+        objective = method.split("-")[0]
+        guides = (
+            {"target": self.classifier("target")}
+            if method.endswith("full")
+            else {name: self.classifier(name) for name in scale.surrogates}
+        )
+        if objective == "mse":
+            guides = {}
+        if objective.endswith("+mse"):
+            denoiser = load_denoiser(self.denoiser_path("mse", sigma))
+            epochs, lr = scale.stab_epochs, scale.stab_lr
+        else:
+            torch.manual_seed(0)
+            denoiser = create_denoiser(
+                scale.denoiser[0], in_channels=self.channels, **scale.denoiser[1]
+            )
+            epochs = scale.mse_epochs if objective == "mse" else scale.scratch_epochs
+            lr = scale.mse_lr
+        train_denoiser(
+            denoiser,
+            self.train,
+            sigma=sigma,
+            out_dir=self.denoiser_path(method, sigma).parent,
+            objective=objective,
+            classifiers=guides,
+            guidance="mean",
+            test_set=self.test,
+            eval_classifiers={"target": self.classifier("target")},
+            eval_size=scale.eval_size,
+            config=self.config(epochs, lr),
+            metadata={"dataset": scale.dataset, "method": method},
+        )
+
+    def certify(self, method: str, sigma: float) -> None:
+        from ..denoisers import load_denoiser
+
+        scale = self.scale
+        name = f"whitebox@{sigma:g}" if method == "whitebox" else "target"
+        denoiser = None
+        if method not in ("none", "whitebox"):
+            denoiser = load_denoiser(self.denoiser_path(method, sigma))
+        adapter = self.classifier(name)
+        path = self.log_path(method, sigma)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        indices = range(
+            0, min(len(self.test), scale.certify_images * scale.certify_skip), scale.certify_skip
+        )
+        with (
+            SmoothedClassifier(
+                adapter, sigma, denoiser, batch_size=500, device=self.device, seed=0
+            ) as smoothed,
+            open(path.with_suffix(".part"), "w") as f,
+        ):
+            log = csv.writer(f, delimiter="\t", lineterminator="\n")
+            log.writerow(["idx", "label", "predict", "radius", "correct", "time"])
+            for idx in indices:
+                image, label = self.test[idx]
+                started = time.perf_counter()
+                result = smoothed.certify(image, scale.n0, scale.n, scale.alpha)
+                predicted = -1 if result.abstained else result.label
+                label_name = adapter.class_names[label] if adapter.class_names else label
+                log.writerow(
+                    [
+                        idx,
+                        label_name,
+                        predicted,
+                        f"{result.radius:.6f}",
+                        int(predicted == label_name),
+                        f"{time.perf_counter() - started:.3f}",
+                    ]
+                )
+        path.with_suffix(".part").rename(path)
+
+    def runs(self) -> list[tuple[str, float]]:
+        return [
+            (method, sigma)
+            for sigma in self.scale.sigmas
+            for method in METHODS
+            if method in ("none", "whitebox", "mse", "stab+mse-full", "stab+mse-query")
+            or sigma == self.scale.extras_sigma
+        ]
+
+    def examples(self, sigma: float, count: int = 6) -> None:
+        """The paper's Figure 5: rows of clean, noisy, MSE and STAB+MSE denoised images."""
+        from PIL import Image
+
+        from ..adapters.encoding import to_pil
+        from ..denoisers import load_denoiser
+
+        clean = torch.stack([self.test[i * self.scale.certify_skip][0] for i in range(count)])
+        noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+        rows = [clean, noisy]
+        for method in ("mse", "stab+mse-full"):
+            path = self.denoiser_path(method, sigma)
+            if path.exists():
+                with torch.inference_mode():
+                    rows.append(load_denoiser(path)(noisy))
+        tiles = [[to_pil(image) for image in row] for row in rows]
+        width, height = tiles[0][0].size
+        zoom = max(1, 96 // max(width, height))
+        sheet = Image.new(tiles[0][0].mode, (count * width * zoom, len(rows) * height * zoom))
+        for r, row in enumerate(tiles):
+            for c, tile in enumerate(row):
+                sheet.paste(
+                    tile.resize((width * zoom, height * zoom), Image.Resampling.NEAREST),
+                    (c * width * zoom, r * height * zoom),
+                )
+        sheet.save(self.out / f"denoising_examples_sigma{sigma:g}.png")
+
+    def report(self) -> None:
+        scale = self.scale
+        done = [(m, s) for m, s in self.runs() if self.log_path(m, s).exists()]
+        if not done:
+            return
+        if self.denoiser_path("mse", scale.extras_sigma).exists():
+            self.examples(scale.extras_sigma)
+        logs = {(m, s): read_log(self.log_path(m, s), f"{m}@{s:g}") for m, s in done}
+        radii = DEFAULT_RADII
+        grouped: dict[str, dict[float, Any]] = {}
+        for (method, sigma), log in logs.items():
+            grouped.setdefault(method, {})[sigma] = log
+        header = (
+            f"{scale.dataset}, CERTIFY n0={scale.n0}, n={scale.n}, alpha={scale.alpha}, "
+            f"{len(next(iter(logs.values())))} test images (every "
+            f"{scale.certify_skip}th)"
+        )
+        lines = [
+            f"# {header}",
+            "",
+            format_table(
+                best_sigma_table(grouped, radii),
+                radii,
+                caption="Certified accuracy % (standard accuracy), best sigma per radius",
+            ),
+            "",
+        ]
+        summary: dict[str, Any] = {
+            "dataset": scale.dataset,
+            "n0": scale.n0,
+            "n": scale.n,
+            "alpha": scale.alpha,
+            "images": len(next(iter(logs.values()))),
+            "methods": {},
+        }
+        for sigma in scale.sigmas:
+            table = {
+                m: [
+                    (float(a), float(certified_accuracy(log, [0])[0]), sigma)
+                    for a in certified_accuracy(log, radii)
+                ]
+                for (m, s), log in logs.items()
+                if s == sigma
+            }
+            images = len(next(iter(logs.values())))
+            lines += [format_table(table, radii, caption=f"sigma = {sigma:g} (n = {scale.n}, "
+                                                         f"{images} images)"), ""]
+            if not table:
+                continue
+            plot_curves(
+                [log for (m, s), log in logs.items() if s == sigma],
+                self.out / f"curves_sigma{sigma:g}.png",
+                title=f"sigma = {sigma:g}",
+            )
+            for method, cells in table.items():
+                summary["methods"].setdefault(method, {})[f"{sigma:g}"] = {
+                    "standard_accuracy": cells[0][1],
+                    "certified_accuracy": {
+                        f"{r:g}": c for r, (c, _, _) in zip(radii, cells, strict=True)
+                    },
+                }
+        gaps = self.gaps(logs)
+        summary["gap_closed"] = gaps
+        summary["stage_seconds"] = self.times
+        lines += [
+            f"Share of the white-box minus no-denoiser gap closed at sigma {scale.extras_sigma:g}:",
+            "",
+        ]
+        lines += [
+            f"- {method}: "
+            + ", ".join(
+                f"r={r}: {v:.0%}" if v is not None else f"r={r}: -" for r, v in by_r.items()
+            )
+            for method, by_r in gaps.items()
+        ]
+        lines += ["", "Stage wall times (s):", ""]
+        lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
+        (self.out / "README.md").write_text("\n".join(lines) + "\n")
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def gaps(self, logs) -> dict[str, dict[str, float | None]]:
+        sigma = self.scale.extras_sigma
+        if ("none", sigma) not in logs or ("whitebox", sigma) not in logs:
+            return {}
+        radii = [0.25, 0.5]
+        none = certified_accuracy(logs["none", sigma], radii)
+        white = certified_accuracy(logs["whitebox", sigma], radii)
+        out = {}
+        for method in ("mse", "stab+mse-full", "stab+mse-query", "stab-full", "clf+mse-full"):
+            if (method, sigma) in logs:
+                got = certified_accuracy(logs[method, sigma], radii)
+                out[method] = {
+                    f"{r:g}": (float((g - a) / (w - a)) if w > a else None)
+                    for r, g, a, w in zip(radii, got, none, white, strict=True)
+                }
+        return out
+
+
+def run_experiment(
+    scale_name: str, out: str | Path, *, data_root: str | None = None, device: str | None = None
+) -> Path:
+    """Run (or resume) the study; returns the output folder."""
+    if scale_name not in SCALES:
+        raise InvalidInputError(f"unknown scale {scale_name!r}; known: {', '.join(SCALES)}")
+    scale, out = SCALES[scale_name], Path(out)
+    study = Study(scale, out, data_root, device)
+    study.stage("classifier:target", lambda: study.train_classifier("target", scale.target))
+    for name, arch in scale.surrogates.items():
+        study.stage(f"classifier:{name}", lambda n=name, a=arch: study.train_classifier(n, a))
+    for sigma in scale.sigmas:
+        study.stage(
+            f"classifier:whitebox@{sigma:g}",
+            lambda s=sigma: study.train_classifier(f"whitebox@{s:g}", scale.target, s),
+        )
+    for method, sigma in study.runs():
+        if method in ("none", "whitebox"):
+            continue
+        if method != "mse":
+            study.stage(f"denoiser:mse@{sigma:g}", lambda s=sigma: study.train_denoiser("mse", s))
+        study.stage(
+            f"denoiser:{method}@{sigma:g}", lambda m=method, s=sigma: study.train_denoiser(m, s)
+        )
+    for method, sigma in study.runs():
+        study.stage(f"certify:{method}@{sigma:g}", lambda m=method, s=sigma: study.certify(m, s))
+    started = time.perf_counter()
+    study.report()  # always rewritten: it reflects whatever has finished
+    print(f"[experiment] report written to {out} in {time.perf_counter() - started:.0f} s")
+    return out

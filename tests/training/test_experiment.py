@@ -1,0 +1,35 @@
+"""The study end to end at the tiny scale (digits), and its resumption."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from smoothapi.cli import main
+from smoothapi.training.experiment import METHODS
+
+
+def test_tiny_study_writes_every_output_and_a_rerun_skips_finished_stages(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["experiment", "digits", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 50 and summary["images"] == 4
+    assert set(summary["methods"]) == set(METHODS)
+    for by_sigma in summary["methods"].values():
+        cells = by_sigma["0.25"]["certified_accuracy"]
+        assert list(cells) == ["0", "0.25", "0.5", "0.75", "1", "1.25", "1.5"]
+        assert all(0 <= v <= 1 for v in cells.values())
+        values = list(cells.values())
+        assert values == sorted(values, reverse=True)  # certified accuracy falls with radius
+    readme = (out / "README.md").read_text()
+    assert "n = 50, 4 images" in readme and "| stab+mse-query |" in readme
+    for png in ("curves_sigma0.25.png", "denoising_examples_sigma0.25.png"):
+        with Image.open(out / png) as image:
+            assert image.format == "PNG"
+    checkpoint = out / "denoisers" / "mse@0.25" / "denoiser.safetensors"
+    stamp = checkpoint.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["experiment", "digits", "--out", str(out)]) == 0
+    assert "..." not in capsys.readouterr().out  # every stage was skipped
+    assert checkpoint.stat().st_mtime_ns == stamp
