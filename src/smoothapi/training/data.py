@@ -243,7 +243,7 @@ class ArrayDataset(Dataset):
             )
         if images.ndim == 3:
             images = images[..., None]
-        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
         self.labels = labels.astype(np.int64)
         self.classes = list(classes) if classes is not None else None
 
