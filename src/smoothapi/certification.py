@@ -339,26 +339,40 @@ def log_mixture_upper(k: np.ndarray, t: np.ndarray, p_star: float) -> np.ndarray
 
     ``M_t = (1/(1-p*)) * int_{p*}^1 (p/p*)^k ((1-p)/(1-p*))^(t-k) dp``
     ``    = B(k+1, t-k+1) * I^c_{p*}(k+1, t-k+1) / (p*^k (1-p*)^(t-k+1))``, with ``I^c`` the
-    upper regularised incomplete beta function. Where ``I^c`` underflows to 0 (``k`` far
-    below ``t p*``) the statistic is ``-inf``: it is then astronomically far below any
-    threshold, so the underflow cannot change a decision.
+    upper regularised incomplete beta function.
+
+    ``I^c`` can underflow to 0 only when ``k / t < p*``. There the log-integrand
+    ``h(p) = k log(p/p*) + (t-k) log((1-p)/(1-p*))`` is concave with ``h(p*) = 0`` and
+    ``h'(p*) < 0``, so ``M_t <= min(1, 1 / (|h'(p*)| (1-p*)))``; that bound is returned
+    instead. Since ``M_t <= 1 < 1/alpha`` in that region, no decision can depend on it.
     """
     k, t = np.asarray(k, dtype=float), np.asarray(t, dtype=float)
     a, b = k + 1.0, t - k + 1.0
     tail = _log(special.betaincc(a, b, p_star))
-    return special.betaln(a, b) + tail - k * math.log(p_star) - (b * math.log1p(-p_star))
+    value = special.betaln(a, b) + tail - k * math.log(p_star) - (b * math.log1p(-p_star))
+    return np.where(tail > -np.inf, value, _tangent_bound(k, t, p_star, upper=True))
+
+
+def _tangent_bound(k: np.ndarray, t: np.ndarray, p_star: float, upper: bool) -> np.ndarray:
+    """``log min(1, 1 / (|h'(p*)| * width))``: the mixture where its beta function underflows."""
+    slope = np.abs(k / p_star - (t - k) / (1.0 - p_star))
+    width = 1.0 - p_star if upper else p_star
+    with np.errstate(divide="ignore"):
+        return np.minimum(0.0, -np.log(slope * width))
 
 
 def log_mixture_lower(k: np.ndarray, t: np.ndarray, p_star: float) -> np.ndarray:
     """``log M'_t``: uniform prior on ``[0, p*]`` against ``p*`` (the futility statistic).
 
-    ``M'_t = (1/p*) * int_0^{p*} (p/p*)^k ((1-p)/(1-p*))^(t-k) dp``; ``-inf`` where the
-    regularised incomplete beta underflows (``k`` far above ``t p*``), as above.
+    ``M'_t = (1/p*) * int_0^{p*} (p/p*)^k ((1-p)/(1-p*))^(t-k) dp``. Where the regularised
+    incomplete beta underflows (only when ``k / t > p*``, where ``M'_t <= 1``) the tangent
+    bound ``min(1, 1 / (h'(p*) p*))`` is returned, as in :func:`log_mixture_upper`.
     """
     k, t = np.asarray(k, dtype=float), np.asarray(t, dtype=float)
     a, b = k + 1.0, t - k + 1.0
     head = _log(special.betainc(a, b, p_star))
-    return special.betaln(a, b) + head - a * math.log(p_star) - (t - k) * math.log1p(-p_star)
+    value = special.betaln(a, b) + head - a * math.log(p_star) - (t - k) * math.log1p(-p_star)
+    return np.where(head > -np.inf, value, _tangent_bound(k, t, p_star, upper=False))
 
 
 def check_radius(radius: float) -> float:

@@ -6,7 +6,8 @@ Every answer is written (and committed) before it is counted, keyed by
   denoiser identity, sigma, seed and batch size;
 * the **image**: the SHA-256 of its pixels, and which occurrence of that image in the
   run it is (the same image certified twice draws fresh noise the second time);
-* the **phase** (selection, estimation, prediction) and the **sample index**.
+* the **phase** (selection, estimation, prediction, sequential, clean selection) and the
+  **sample index**.
 
 Running the same job again with the same seed regenerates the same noise, finds the
 answers already paid for, and sends only what is missing, so a run killed at any
@@ -37,6 +38,9 @@ __all__ = ["Journal"]
 
 #: Sampling phases: CERTIFY's selection (n0) and estimation (n) samples, PREDICT's samples.
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
+#: The sequential test of "R >= r" (``certify(image, radius=r)``): its estimation samples,
+#: and the single clean-image query of ``selection="clean"`` (index 0).
+SEQUENTIAL, CLEAN_SELECTION = 3, 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -34,17 +34,22 @@ from ._images import ImageLike, as_image_tensor
 from .adapters.base import Adapter
 from .adapters.remote import run_sync
 from .certification import (
+    ABSTAIN,
     Certification,
     Label,
+    Outcome,
     Prediction,
+    RadiusCertification,
+    SequentialTest,
     certify_counts,
     check_alpha,
     check_count,
+    check_radius,
     check_sigma,
     predict_counts,
 )
 from .errors import BudgetExceededError, InvalidInputError, ProviderError, RateLimitError
-from .journal import ESTIMATION, PREDICTION, SELECTION, Journal
+from .journal import CLEAN_SELECTION, ESTIMATION, PREDICTION, SELECTION, SEQUENTIAL, Journal
 
 __all__ = ["ClientStats", "ImageOutcome", "RateLimits", "RetryPolicy", "SmoothedClassifier"]
 
@@ -56,6 +61,7 @@ DEFAULT_BATCH_SIZE = 256
 # batch of every phase of every certification draws fresh noise, and a rerun with the
 # same seed draws the same noise again. Bump NOISE_SCHEME if that derivation changes.
 _SELECTION, _ESTIMATION, _PREDICTION = SELECTION, ESTIMATION, PREDICTION
+_SEQUENTIAL, _CLEAN_SELECTION = SEQUENTIAL, CLEAN_SELECTION
 NOISE_SCHEME = 1
 
 
@@ -141,6 +147,14 @@ async def _all_or_nothing(*coroutines: Coroutine[Any, Any, T]) -> list[T]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def _top(counts: Counter) -> Label | None:
+    """The most frequent real label (not ``None``), ties to the first seen; ``None`` if none."""
+    ranked = sorted(
+        ((c, k) for c, k in counts.items() if c is not None and k > 0), key=lambda item: -item[1]
+    )
+    return ranked[0][0] if ranked else None
 
 
 def module_digest(module: torch.nn.Module | None) -> str | None:
@@ -275,16 +289,32 @@ class SmoothedClassifier:
         return self._run(self.apredict(image, n, alpha))
 
     def certify(
-        self, image: ImageLike, n0: int = 100, n: int = 10_000, alpha: float = 0.001
-    ) -> Certification:
+        self,
+        image: ImageLike,
+        n0: int = 100,
+        n: int = 10_000,
+        alpha: float = 0.001,
+        *,
+        radius: float | None = None,
+        selection: str | Adapter = "samples",
+        futility: bool | float = True,
+    ) -> Certification | RadiusCertification:
         """CERTIFY: a class and an l2 radius around ``image`` where ``g`` cannot change.
 
         The candidate class comes from ``n0`` samples; ``p_A`` is bounded from ``n``
         fresh samples. With probability at least ``1 - alpha`` over the noise, the
         returned class is ``g(x')`` for every ``x'`` with ``||x' - x||_2 < radius``.
         ``radius`` is at most :func:`~smoothapi.max_certifiable_radius` ``(n, alpha, sigma)``.
+
+        With ``radius=r``, certify that one radius with as few queries as possible
+        instead (a :class:`~smoothapi.certification.RadiusCertification`; ``n`` is then the
+        budget of estimation samples); see :meth:`acertify`.
         """
-        return self._run(self.acertify(image, n0, n, alpha))
+        return self._run(
+            self.acertify(
+                image, n0, n, alpha, radius=radius, selection=selection, futility=futility
+            )
+        )
 
     async def apredict(
         self, image: ImageLike, n: int = 1_000, alpha: float = 0.001, *, image_id: str | None = None
@@ -302,15 +332,54 @@ class SmoothedClassifier:
         n: int = 10_000,
         alpha: float = 0.001,
         *,
+        radius: float | None = None,
+        selection: str | Adapter = "samples",
+        futility: bool | float = True,
         image_id: str | None = None,
-    ) -> Certification:
+    ) -> Certification | RadiusCertification:
         """Async :meth:`certify`.
 
         ``image_id`` names the image for the noise streams and the journal (e.g. its
         dataset index); by default it is the SHA-256 of the pixels.
+
+        **Certifying a given radius** (``radius=r``): instead of spending ``n`` samples to
+        find the largest radius, test "the smoothed classifier's radius is at least ``r``"
+        with the anytime-valid :class:`~smoothapi.certification.SequentialTest`, looking
+        after every answer and stopping as soon as it decides. ``n`` is the budget
+        (``max_n``) of estimation samples. The outcome is "certified" (false with
+        probability at most ``alpha``), "not_certifiable" (the answers say ``p_A`` is below
+        ``Phi(r/sigma)``; see ``futility`` in the test) or "budget_exhausted".
+
+        ``selection`` picks the candidate class before any estimation sample is used:
+
+        * ``"samples"``: the top class of ``n0`` noisy samples (as CERTIFY does);
+        * ``"clean"``: ONE query of ``f(D(x))`` on the clean image (no noise);
+        * an :class:`~smoothapi.adapters.Adapter` (a local surrogate, e.g. a
+          :class:`~smoothapi.LocalModelAdapter` speaking the same labels), asked once on
+          ``D(x)``; it costs no query of ``self.adapter``.
+
+        All three are valid because the candidate is a function of data independent of
+        the estimation noise (the clean image, a surrogate, or separate noise draws):
+        conditionally on the candidate, the estimation samples are still i.i.d.
+        Bernoulli(``p_candidate``), so the test's level-``alpha`` guarantee holds given the
+        candidate, and hence overall. A candidate that is not the top class only has a
+        smaller ``p``, and cannot certify more often than ``alpha`` beyond its true radius.
+
+        Estimation samples are drawn in batches through the usual fan-out (throttle,
+        retries, journal phase ``SEQUENTIAL``). Answers can complete out of order; the
+        test only ever sees the prefix of sample indices answered so far, in index
+        order, so its decisions do not depend on completion order. No new batch is sent
+        once it stops; requests already in flight are awaited and journaled (paid for,
+        so counted in ``estimation_queries``), but not fed to the test.
         """
         x = as_image_tensor(image)
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
+        if radius is not None:
+            return await self._acertify_radius(
+                x, n0, n, alpha, check_radius(radius), selection, futility, image_id
+            )
+        if not (isinstance(selection, str) and selection == "samples"):
+            raise InvalidInputError("selection is only used with radius=...; leave it 'samples'")
         draw = self._draw(x, image_id)
         # The two sample sets are independent, so they are drawn at the same time: the
         # candidate is still chosen from the selection samples alone.
@@ -318,6 +387,138 @@ class SmoothedClassifier:
             self.sample_counts(draw, _SELECTION, n0), self.sample_counts(draw, _ESTIMATION, n)
         )
         return certify_counts(selection, estimation, self.sigma, alpha)
+
+    async def _acertify_radius(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        radius: float,
+        selection: str | Adapter,
+        futility: bool | float,
+        image_id: str | None,
+    ) -> RadiusCertification:
+        test = SequentialTest(radius, self.sigma, alpha, n, futility)
+        if isinstance(selection, Adapter):
+            pass
+        elif selection not in ("samples", "clean"):
+            raise InvalidInputError(
+                f"selection must be 'samples', 'clean' or an Adapter, got {selection!r}"
+            )
+        draw = self._draw(x, image_id)
+        candidate, selection_queries = await self._select(draw, selection, n0)
+        counts: Counter = Counter()
+        evaluated = 0
+        if candidate is None:  # nothing to test: no class was ever returned
+            test.outcome = Outcome.NOT_CERTIFIABLE
+        else:
+            counts, evaluated = await self._sequential_counts(draw, candidate, test)
+        certified = test.outcome is Outcome.CERTIFIED
+        return RadiusCertification(
+            label=candidate if certified else ABSTAIN,
+            radius=radius if certified else 0.0,
+            outcome=test.outcome or Outcome.BUDGET_EXHAUSTED,
+            n=test.t,
+            alpha=alpha,
+            sigma=self.sigma,
+            tested_radius=radius,
+            candidate=candidate,
+            counts=dict(counts),
+            selection_queries=selection_queries,
+            estimation_queries=evaluated,
+            max_n=n,
+        )
+
+    async def _select(
+        self, draw: _Draw, selection: str | Adapter, n0: int
+    ) -> tuple[Label | None, int]:
+        """The candidate class and the queries of ``self.adapter`` it takes."""
+        if isinstance(selection, str) and selection == "samples":
+            ranked = _top(await self.sample_counts(draw, _SELECTION, n0))
+            return ranked, n0
+        clean = self._clean(draw)
+        if isinstance(selection, Adapter):
+            return (await selection.atop_labels(clean))[0], 0
+        known = (
+            self.journal.answers(self.run_key, draw.image, draw.occurrence, _CLEAN_SELECTION)
+            if self.journal is not None
+            else {}
+        )
+        if 0 in known:
+            return known[0], 1
+        return (await self._ask(clean, [0], draw, _CLEAN_SELECTION))[0], 1
+
+    def _clean(self, draw: _Draw) -> torch.Tensor:
+        """``D(x)`` for the clean image, as a batch of one."""
+        batch = draw.x.to(self.device).unsqueeze(0)
+        if self.denoiser is not None:
+            with torch.inference_mode():
+                batch = self.denoiser(batch)
+        return batch
+
+    async def _sequential_counts(
+        self, draw: _Draw, candidate: Label, test: SequentialTest
+    ) -> tuple[Counter, int]:
+        """Feed ``test`` noisy answers until it stops; returns the labels of the samples
+        it used and how many estimation answers were paid for (now or in an earlier run)."""
+        known = (
+            self.journal.answers(self.run_key, draw.image, draw.occurrence, _SEQUENTIAL)
+            if self.journal is not None
+            else {}
+        )
+        request_size = self.adapter.max_batch or self.batch_size
+        in_flight = self.in_flight
+        queue = in_flight if in_flight == 1 else 2 * in_flight
+        answered: dict[int, Label | None] = {}
+        pending: dict[asyncio.Task, list[int]] = {}
+        fed = 0  # the test has seen samples 0 .. fed - 1
+
+        def advance() -> None:
+            nonlocal fed
+            start = fed
+            while fed < test.max_n and fed in answered:
+                fed += 1
+            if fed > start and test.outcome is None:
+                test.feed([answered[i] == candidate for i in range(start, fed)])
+
+        async def settle(until: int) -> None:
+            while len(pending) > until:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    answered.update(zip(pending.pop(task), task.result(), strict=True))
+                advance()
+
+        try:
+            batch_index = 0
+            while test.outcome is None and batch_index * self.batch_size < test.max_n:
+                start = batch_index * self.batch_size
+                indices = range(start, min(start + self.batch_size, test.max_n))
+                answered.update((i, known[i]) for i in indices if i in known)
+                todo = [i for i in indices if i not in known]
+                if todo:
+                    batch = await self._noisy_denoised(
+                        draw, _SEQUENTIAL, batch_index, len(indices), in_flight
+                    )
+                    for first in range(0, len(todo), request_size):
+                        chunk = todo[first : first + request_size]
+                        images = batch[[i - start for i in chunk]]
+                        task = asyncio.ensure_future(self._ask(images, chunk, draw, _SEQUENTIAL))
+                        pending[task] = chunk
+                batch_index += 1
+                advance()
+                while test.outcome is None and len(pending) >= queue:
+                    await settle(len(pending) - 1)
+            while test.outcome is None and pending:
+                await settle(len(pending) - 1)
+            await settle(0)  # already paid for: journal them, but the test has decided
+        except BaseException:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
+        used = Counter(answered[i] for i in range(test.t))
+        return used, len(answered.keys() | known.keys())
 
     # --- datasets ---------------------------------------------------------------------
 

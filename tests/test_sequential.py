@@ -1,0 +1,290 @@
+"""The sequential test of "R >= r": exact error rates, query counts, and the SDK path.
+
+Exact checks run the dynamic program over count paths (no sampling, no false alarms).
+Sampled checks are seeded; each states the false-alarm rate of its statistical test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+from scipy.stats import binom, binomtest, norm
+
+from smoothapi import ABSTAIN, LocalModelAdapter, Outcome, SequentialTest, SmoothedClassifier
+from smoothapi.certification import (
+    _CERT,
+    _GO,
+    expected_queries,
+    information_floor,
+    log_mixture_upper,
+    sequential_law,
+    stopping_law,
+    type_one_error,
+)
+
+from .adapters.fake import FakeAdapter
+from .conftest import linear_adapter
+
+# --- exact error rates ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("radius", "sigma", "alpha", "max_n"),
+    [
+        (0.5, 0.25, 0.001, 4000),
+        (0.25, 0.25, 0.01, 3000),
+        (0.1, 0.5, 0.05, 2000),
+        (0.0, 0.25, 0.05, 1000),
+    ],
+)
+@pytest.mark.parametrize("futility", [True, False])
+def test_exact_type_one_error_at_the_boundary_is_at_most_alpha(
+    radius, sigma, alpha, max_n, futility
+):
+    error = type_one_error(radius, sigma, alpha, max_n, futility=futility)
+    assert 0.0 < error <= alpha  # > 0: the paths do reach real certificates
+
+
+def _cp_recheck_rule(p_star: float, alpha: float):
+    """The INVALID procedure: after each look, certify if the one-sided 1 - alpha
+    Clopper-Pearson lower bound exceeds p* (i.e. P[Bin(t, p*) >= k] <= alpha)."""
+
+    def rule(k, t):
+        return np.where(binom.sf(k - 1, t, p_star) <= alpha, _CERT, _GO)
+
+    return rule
+
+
+def test_looking_after_every_batch_cannot_push_the_false_certificate_rate_above_alpha():
+    radius, sigma, alpha, max_n = 0.25, 0.25, 0.01, 2000
+    p_star = float(norm.cdf(radius / sigma))
+    # Without futility, looking more often only adds chances to certify, so batch=1 (a look
+    # after every answer, what the SDK does) is the adversary's best schedule.
+    rates = {
+        b: type_one_error(radius, sigma, alpha, max_n, b, futility=False) for b in (1, 7, 32, 100)
+    }
+    assert all(rate <= alpha for rate in rates.values())
+    assert rates[1] == max(rates.values())
+    with_futility = [type_one_error(radius, sigma, alpha, max_n, b) for b in (1, 7, 32, 100)]
+    assert max(with_futility) <= alpha
+    # The same DP applied to re-checking an ordinary CP bound after every look exceeds alpha
+    # several-fold: this is what the test above would catch if SequentialTest did that.
+    invalid = {
+        b: stopping_law(p_star, _cp_recheck_rule(p_star, alpha), max_n, b).certified
+        for b in (1, 7, 32)
+    }
+    assert invalid[1] > 4 * alpha
+    assert all(rate > 2 * alpha for rate in invalid.values())
+
+
+def _mixture_by_quadrature(k: int, t: int, p_star: float) -> float:
+    """log M_t by direct numerical integration, independent of the library's beta functions."""
+    log_ratio = lambda p: k * math.log(p / p_star) + (t - k) * math.log((1 - p) / (1 - p_star))  # noqa: E731
+    grid = np.linspace(p_star, 1 - 1e-12, 2001)
+    peak = max(log_ratio(p) for p in grid)
+    value, _ = integrate.quad(
+        lambda p: math.exp(log_ratio(p) - peak),
+        p_star,
+        1,
+        points=[min(max(k / t, p_star), 1)],
+        limit=200,
+    )
+    return peak + math.log(value / (1 - p_star))
+
+
+def test_decisions_certify_exactly_when_the_mixture_reaches_one_over_alpha():
+    # The library's decision never certifies where the mixture (computed independently,
+    # by quadrature) is below 1/alpha, and always certifies where it is above.
+    rng = np.random.default_rng(0)
+    test = SequentialTest(0.5, 0.25, 0.001, 10**6, futility=False)
+    threshold = math.log(1 / test.alpha)
+    checked = 0
+    for t in rng.integers(1, 3000, 150):
+        k_c = test.boundaries(int(t))[1]
+        for k in {k_c - 2, k_c - 1, k_c, k_c + 1, int(rng.integers(0, t + 1))}:
+            if not 0 <= k <= t:
+                continue
+            log_m = _mixture_by_quadrature(k, int(t), test.p_star)
+            if abs(log_m - threshold) < 1e-6:
+                continue
+            assert (test.decide(k, int(t)) is Outcome.CERTIFIED) == (log_m >= threshold), (k, t)
+            library = float(log_mixture_upper(k, t, test.p_star))
+            if k / t >= test.p_star:  # no underflow possible: the exact value
+                assert library == pytest.approx(log_m, abs=1e-6)
+            else:  # exact, or the tangent bound where the beta function underflows
+                assert log_m - 1e-6 <= library <= 0.0
+            checked += 1
+    assert checked > 400
+
+
+@pytest.mark.parametrize("futility", [True, False, 0.2])
+def test_fast_boundaries_agree_with_the_decision_function(futility):
+    test = SequentialTest(0.5, 0.25, 0.001, 5000, futility=futility)
+    rule = test._band_rule()
+    for t in list(range(1, 400)) + list(range(400, 5001, 97)) + [5000]:
+        k = np.arange(t + 1)
+        np.testing.assert_array_equal(rule(k, t), test.decide_many(k, np.full_like(k, t)))
+
+
+def test_feed_stops_at_the_first_crossing_like_one_look_per_sample():
+    rng = np.random.default_rng(1)
+    for p in (0.5, 0.9, 0.977, 0.99, 1.0):
+        hits = rng.random(3000) < p
+        fed, stepped = SequentialTest(0.5, 0.25, 0.01, 2500), SequentialTest(0.5, 0.25, 0.01, 2500)
+        for start in range(0, 3000, 37):  # arbitrary chunks
+            fed.feed(hits[start : start + 37])
+        outcome = None
+        for hit in hits:
+            outcome = stepped.update(int(hit), 1)
+            if outcome is not None:
+                break
+        assert (fed.outcome, fed.t, fed.k) == (outcome, stepped.t, stepped.k)
+        assert fed.outcome is not None
+
+
+# --- expected queries -------------------------------------------------------------------
+
+
+def test_expected_queries_approach_the_information_floor():
+    sigma, radius, alpha = 0.25, 0.5, 0.001
+    p_star = float(norm.cdf(radius / sigma))
+    assert expected_queries(1.0, radius, sigma, alpha, 100_000) == 396  # deterministic path
+    floor = information_floor(0.999, p_star, alpha)
+    assert floor == pytest.approx(366.15, abs=0.01)
+    used = expected_queries(0.999, radius, sigma, alpha, 100_000)
+    assert used <= 1.25 * floor
+    assert 20 * used <= 10_000
+    assert information_floor(1.0, p_star, alpha) == pytest.approx(
+        math.log(1000) / -math.log(p_star)
+    )
+    # Far below p*: futility stops early (and never certifies).
+    law = sequential_law(0.8, radius, sigma, alpha, 100_000)
+    assert law.expected_n <= 100 and law.certified < 1e-30
+
+
+# --- end to end through SmoothedClassifier ----------------------------------------------
+
+
+def test_sdk_false_certificates_beyond_the_true_radius_occur_at_most_at_rate_alpha(digit_images):
+    # The linear classifier's smoothed radius is exactly d; testing r just above d puts
+    # p_A = Phi(d/sigma) at (just below) p*, the hardest null. A larger alpha keeps it fast.
+    # False-alarm rate: each binomial test below fires wrongly with probability <= 0.001.
+    sigma, d, r, alpha, max_n, trials = 0.25, 0.25, 0.2501, 0.05, 100, 4000
+    x = digit_images[0]
+    smoothed = SmoothedClassifier(linear_adapter(x, d), sigma, batch_size=25, device="cpu", seed=7)
+    false = 0
+    for _ in range(trials):
+        result = smoothed.certify(x, n=max_n, alpha=alpha, radius=r, selection="clean")
+        false += result.certified and (result.label != 1 or result.radius > d)
+    assert binomtest(false, trials, alpha, alternative="greater").pvalue > 0.001
+    # And it matches the exact rate of the DP (a look after every sample), so the SDK runs
+    # the very test the DP analyses.
+    exact = sequential_law(float(norm.cdf(d / sigma)), r, sigma, alpha, max_n).certified
+    assert 0.005 < exact <= alpha
+    assert binomtest(false, trials, exact).pvalue > 0.001
+
+
+def test_sdk_certifies_a_radius_well_inside_the_true_one_quickly(digit_images):
+    x = digit_images[3]
+    smoothed = SmoothedClassifier(linear_adapter(x, 0.5), 0.25, batch_size=32, device="cpu", seed=8)
+    results = [
+        smoothed.certify(x, n=1000, alpha=0.001, radius=0.2, selection="clean") for _ in range(100)
+    ]
+    assert sum(r.certified for r in results) >= 95
+    assert all(r.label == 1 and r.radius == 0.2 for r in results if r.certified)
+    assert all(r.label is ABSTAIN and r.radius == 0.0 for r in results if not r.certified)
+    assert np.mean([r.n for r in results]) < 60
+
+
+class Crash(Exception):
+    """Stands for any request sent when none should be."""
+
+
+# --- selection and query accounting -----------------------------------------------------
+
+IMAGE = torch.full((1, 12, 12), 0.7)
+
+
+class Fake(FakeAdapter):
+    """Requests complete out of order under concurrency; crashes past ``budget`` requests."""
+
+    max_in_flight = 4
+
+    def __init__(self, budget=10**9):
+        super().__init__()
+        self.budget = budget
+
+    async def _send(self, images):
+        if len(self.requests) >= self.budget:
+            raise Crash
+        return await super()._send(images)
+
+
+class Bright(torch.nn.Module):
+    """A local surrogate that says 'bright' (index 0) for every image."""
+
+    def forward(self, x):
+        return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], dim=1)
+
+
+def _smoothed(adapter, journal=None, seed=3):
+    return SmoothedClassifier(adapter, 0.3, batch_size=16, device="cpu", seed=seed, journal=journal)
+
+
+def _sent(adapter):
+    return sum(map(len, adapter.requests))
+
+
+@pytest.mark.parametrize("selection", ["clean", "samples", "surrogate"])
+def test_queries_equal_what_the_adapter_was_sent(selection):
+    fake = Fake()
+    if selection == "surrogate":
+        chosen = LocalModelAdapter(Bright(), class_names=["bright", "dark"])
+    else:
+        chosen = selection
+    result = _smoothed(fake).certify(
+        IMAGE, n0=20, n=2000, alpha=0.001, radius=0.3, selection=chosen
+    )
+    assert result.certified and result.label == "bright"
+    expected_selection = {"clean": 1, "samples": 20, "surrogate": 0}[selection]
+    assert result.selection_queries == expected_selection
+    assert result.queries == _sent(fake)
+    assert result.n <= result.estimation_queries
+    assert sum(result.counts.values()) == result.n
+    if selection == "clean":
+        assert len(fake.requests[0]) == 1  # one query, before any estimation request
+
+
+def test_tests_stop_sending_soon_after_deciding():
+    fake = Fake()
+    result = _smoothed(fake).certify(IMAGE, n=10_000, alpha=0.001, radius=0.3, selection="clean")
+    # At most the requests in flight (2 * max_in_flight of max_batch=4) past the decision,
+    # rounded up to the 16-sample noise batch.
+    assert result.estimation_queries <= result.n + 16 + 2 * 4 * 4
+    assert _sent(fake) < 200
+
+
+def test_fixed_n_certify_is_unchanged_and_rejects_selection_without_radius():
+    fake = Fake()
+    result = _smoothed(fake).certify(IMAGE, n0=16, n=80, alpha=0.01)
+    assert result.queries == 96 == _sent(fake)
+    with pytest.raises(Exception, match="selection"):
+        _smoothed(Fake()).certify(IMAGE, selection="clean")
+
+
+def test_journal_rerun_with_the_same_seed_resends_nothing(tmp_path):
+    for selection in ("clean", "samples"):
+        path = tmp_path / f"{selection}.sqlite"
+        first = Fake()
+        result = _smoothed(first, path).certify(
+            IMAGE, n0=16, n=2000, radius=0.3, selection=selection
+        )
+        assert result.queries == _sent(first) > 0
+        again = _smoothed(Fake(budget=0), path).certify(
+            IMAGE, n0=16, n=2000, radius=0.3, selection=selection
+        )
+        assert again == result
