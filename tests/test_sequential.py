@@ -288,3 +288,19 @@ def test_journal_rerun_with_the_same_seed_resends_nothing(tmp_path):
             IMAGE, n0=16, n=2000, radius=0.3, selection=selection
         )
         assert again == result
+
+
+def test_budget_alias_and_certify_many_with_a_radius():
+    from smoothapi import SmoothedClassifier
+
+    from .adapters.fake import FakeAdapter
+
+    images = [torch.full((1, 12, 12), v) for v in (0.95, 0.05)]
+    smoothed = SmoothedClassifier(FakeAdapter(), 0.05, device="cpu", seed=0)
+    by_budget = smoothed.certify(images[0], n0=8, budget=64, alpha=0.01)
+    assert by_budget.n == 64
+    outcomes = list(SmoothedClassifier(FakeAdapter(), 0.05, device="cpu", seed=0).certify_many(
+        images, n=2_000, alpha=0.01, radius=0.05, selection="clean"))
+    assert [o.certification.outcome for o in outcomes] == ["certified", "certified"]
+    assert [o.certification.label for o in outcomes] == ["bright", "dark"]
+    assert all(o.queries == o.certification.queries < 2_000 for o in outcomes)

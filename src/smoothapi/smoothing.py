@@ -112,7 +112,7 @@ class ImageOutcome:
 
     index: int
     image_id: str | None
-    certification: Certification | None
+    certification: Certification | RadiusCertification | None
     error: ProviderError | None
     queries: int
     seconds: float
@@ -298,6 +298,7 @@ class SmoothedClassifier:
         radius: float | None = None,
         selection: str | Adapter = "samples",
         futility: bool | float = True,
+        budget: int | None = None,
     ) -> Certification | RadiusCertification:
         """CERTIFY: a class and an l2 radius around ``image`` where ``g`` cannot change.
 
@@ -308,11 +309,19 @@ class SmoothedClassifier:
 
         With ``radius=r``, certify that one radius with as few queries as possible
         instead (a :class:`~smoothapi.certification.RadiusCertification`; ``n`` is then the
-        budget of estimation samples); see :meth:`acertify`.
+        budget of estimation samples); see :meth:`acertify`. ``budget=`` is another name
+        for ``n``.
         """
         return self._run(
             self.acertify(
-                image, n0, n, alpha, radius=radius, selection=selection, futility=futility
+                image,
+                n0,
+                n,
+                alpha,
+                radius=radius,
+                selection=selection,
+                futility=futility,
+                budget=budget,
             )
         )
 
@@ -335,6 +344,7 @@ class SmoothedClassifier:
         radius: float | None = None,
         selection: str | Adapter = "samples",
         futility: bool | float = True,
+        budget: int | None = None,
         image_id: str | None = None,
     ) -> Certification | RadiusCertification:
         """Async :meth:`certify`.
@@ -373,6 +383,7 @@ class SmoothedClassifier:
         so counted in ``estimation_queries``), but not fed to the test.
         """
         x = as_image_tensor(image)
+        n = n if budget is None else budget  # ``budget`` names ``n``: the samples to spend
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
         if radius is not None:
             return await self._acertify_radius(
@@ -555,6 +566,8 @@ class SmoothedClassifier:
         target_radius: float | None = None,
         shard: bool = True,
         progress: bool = False,
+        radius: float | None = None,
+        selection: str | Adapter = "samples",
     ) -> AsyncIterator[ImageOutcome]:
         """Certify images one after another, each with its requests fanned out.
 
@@ -572,6 +585,8 @@ class SmoothedClassifier:
           every ``WORLD_SIZE``-th image, starting at its ``RANK``; outcomes keep the
           dataset index so the processes' logs merge.
         * ``ids`` name the images for the noise and the journal (default: pixel hashes).
+        * ``radius`` / ``selection``: certify that radius sequentially for each image
+          (see :meth:`acertify`); ``n`` is then each image's budget.
         """
         from .pricing import PRICES, plan_run
 
@@ -622,7 +637,15 @@ class SmoothedClassifier:
                 image_id = None if ids is None else str(ids[index])
                 certification, error = None, None
                 try:
-                    certification = await self.acertify(image, n0, n, alpha, image_id=image_id)
+                    certification = await self.acertify(
+                        image,
+                        n0,
+                        n,
+                        alpha,
+                        radius=radius,
+                        selection=selection,
+                        image_id=image_id,
+                    )
                 except ProviderError as exc:
                     error = exc
                 queries = self.stats.images - before
