@@ -21,7 +21,7 @@ import secrets
 import sys
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -473,63 +473,18 @@ class SmoothedClassifier:
     ) -> tuple[Counter, int]:
         """Feed ``test`` noisy answers until it stops; returns the labels of the samples
         it used and how many estimation answers were paid for (now or in an earlier run)."""
-        known = (
-            self.journal.answers(self.run_key, draw.image, draw.occurrence, _SEQUENTIAL)
-            if self.journal is not None
-            else {}
-        )
-        request_size = self.adapter.max_batch or self.batch_size
-        in_flight = self.in_flight
-        queue = in_flight if in_flight == 1 else 2 * in_flight
         answered: dict[int, Label | None] = {}
-        pending: dict[asyncio.Task, list[int]] = {}
         fed = 0  # the test has seen samples 0 .. fed - 1
-
-        def advance() -> None:
-            nonlocal fed
+        async for indices, labels in self._answers(
+            draw, _SEQUENTIAL, test.max_n, stop=lambda: test.outcome is not None
+        ):
+            answered.update(zip(indices, labels, strict=True))
             start = fed
             while fed < test.max_n and fed in answered:
                 fed += 1
             if fed > start and test.outcome is None:
                 test.feed([answered[i] == candidate for i in range(start, fed)])
-
-        async def settle(until: int) -> None:
-            while len(pending) > until:
-                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    answered.update(zip(pending.pop(task), task.result(), strict=True))
-                advance()
-
-        try:
-            batch_index = 0
-            while test.outcome is None and batch_index * self.batch_size < test.max_n:
-                start = batch_index * self.batch_size
-                indices = range(start, min(start + self.batch_size, test.max_n))
-                answered.update((i, known[i]) for i in indices if i in known)
-                todo = [i for i in indices if i not in known]
-                if todo:
-                    batch = await self._noisy_denoised(
-                        draw, _SEQUENTIAL, batch_index, len(indices), in_flight
-                    )
-                    for first in range(0, len(todo), request_size):
-                        chunk = todo[first : first + request_size]
-                        images = batch[[i - start for i in chunk]]
-                        task = asyncio.ensure_future(self._ask(images, chunk, draw, _SEQUENTIAL))
-                        pending[task] = chunk
-                batch_index += 1
-                advance()
-                while test.outcome is None and len(pending) >= queue:
-                    await settle(len(pending) - 1)
-            while test.outcome is None and pending:
-                await settle(len(pending) - 1)
-            await settle(0)  # already paid for: journal them, but the test has decided
-        except BaseException:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            raise
-        used = Counter(answered[i] for i in range(test.t))
-        return used, len(answered.keys() | known.keys())
+        return Counter(answered[i] for i in range(test.t)), len(answered)
 
     # --- datasets ---------------------------------------------------------------------
 
@@ -675,44 +630,58 @@ class SmoothedClassifier:
 
         Answers already in the journal are counted without being asked again.
         """
+        counts: Counter = Counter()
+        async for _, labels in self._answers(draw, phase, num):
+            counts.update(labels)
+        return counts
+
+    async def _answers(
+        self,
+        draw: _Draw,
+        phase: int,
+        num: int,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> AsyncIterator[tuple[list[int], list[Label | None]]]:
+        """Answers for samples ``0 .. num - 1`` of a phase, as ``(indices, labels)`` chunks
+        in completion order: first those in the journal, then fresh ones, in requests of
+        the adapter's size with at most ``2 * in_flight`` queued (the throttle bounds what
+        is really outstanding). Once ``stop()`` holds no new request is made; requests
+        already sent are still awaited and yielded, since they are paid for."""
         known = (
             self.journal.answers(self.run_key, draw.image, draw.occurrence, phase)
             if self.journal is not None
             else {}
         )
+        if known:
+            yield list(known), list(known.values())
         request_size = self.adapter.max_batch or self.batch_size
-        in_flight = self.in_flight
-        queue = in_flight if in_flight == 1 else 2 * in_flight  # keeps the pipe full
-        counts: Counter = Counter()
-        pending: set[asyncio.Task] = set()
-
-        async def settle(until: int) -> None:
-            nonlocal pending
-            while len(pending) > until:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    counts.update(task.result())
-
+        queue = self.in_flight if self.in_flight == 1 else 2 * self.in_flight
+        pending: dict[asyncio.Future, list[int]] = {}
         try:
             for index, start in enumerate(range(0, num, self.batch_size)):
+                if stop():
+                    break
                 indices = range(start, min(start + self.batch_size, num))
-                counts.update(known[i] for i in indices if i in known)
                 todo = [i for i in indices if i not in known]
                 if not todo:
                     continue
-                batch = await self._noisy_denoised(draw, phase, index, len(indices), in_flight)
+                batch = await self._noisy_denoised(draw, phase, index, len(indices))
                 for first in range(0, len(todo), request_size):
                     chunk = todo[first : first + request_size]
                     images = batch[[i - start for i in chunk]]
-                    pending.add(asyncio.ensure_future(self._ask(images, chunk, draw, phase)))
-                    await settle(queue - 1)
-            await settle(0)
-        except BaseException:
+                    pending[asyncio.ensure_future(self._ask(images, chunk, draw, phase))] = chunk
+                    while len(pending) >= queue:
+                        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                        for task in done:
+                            yield pending.pop(task), task.result()
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield pending.pop(task), task.result()
+        finally:  # an error (or the caller leaving): nothing may keep sending
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            raise
-        return counts
 
     async def _ask(
         self, images: torch.Tensor, indices: list[int], draw: _Draw, phase: int
@@ -787,11 +756,9 @@ class SmoothedClassifier:
             )
         return self._throttles[loop]
 
-    async def _noisy_denoised(
-        self, draw: _Draw, phase: int, index: int, size: int, in_flight: int
-    ) -> torch.Tensor:
+    async def _noisy_denoised(self, draw: _Draw, phase: int, index: int, size: int) -> torch.Tensor:
         """Batch ``index`` of a phase; in a worker thread when requests are in flight."""
-        if in_flight > 1:
+        if self.in_flight > 1:
             return await asyncio.to_thread(self.noisy_batch, draw, phase, index, size)
         return self.noisy_batch(draw, phase, index, size)
 
