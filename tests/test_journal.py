@@ -113,3 +113,16 @@ def test_offline_recertification_needs_no_query(tmp_path):
     assert same == reference
     (looser,) = journal.recertify(run, alpha=0.1, n=40).values()
     assert looser.n == 40 and looser.n0 == 16 and looser.alpha == 0.1
+
+
+def test_journal_keeps_the_providers_scores(tmp_path):
+    _certify(Flaky(), tmp_path / "j.sqlite")
+    journal = Journal(tmp_path / "j.sqlite")
+    (run,) = journal.runs()
+    (image, occurrence), = journal.images(run)
+    scores = journal.scores(run, image, occurrence, 1)
+    labels = journal.answers(run, image, occurrence, 1)
+    assert sorted(scores) == list(range(80))
+    # FakeAdapter's top label scores max(mean, 1 - mean) of the noisy image's pixels.
+    assert all(0.5 <= scores[i] <= 1 for i in scores)
+    assert len(set(scores.values())) > 1 and set(labels.values()) <= {"bright", "dark"}

@@ -12,8 +12,8 @@ Every answer is written (and committed) before it is counted, keyed by
 Running the same job again with the same seed regenerates the same noise, finds the
 answers already paid for, and sends only what is missing, so a run killed at any
 point (SIGKILL included) resumes with nothing re-sent, nothing lost, and the same
-certificates. The journal holds labels (and scores when the adapter gives them),
-never credentials, and never image bytes.
+certificates. The journal holds labels and the provider's score for each (when the
+adapter gives one), never credentials, and never image bytes.
 
 SQLite in WAL mode; ``durability="full"`` (default) fsyncs every commit, so even a
 power cut loses nothing committed; ``"normal"`` survives a killed process but may lose
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS samples (
     run TEXT NOT NULL, image TEXT NOT NULL, occurrence INTEGER NOT NULL,
-    phase INTEGER NOT NULL, idx INTEGER NOT NULL, label TEXT NOT NULL,
+    phase INTEGER NOT NULL, idx INTEGER NOT NULL, label TEXT NOT NULL, score REAL,
     PRIMARY KEY (run, image, occurrence, phase, idx)
 ) WITHOUT ROWID;
 """
@@ -118,15 +118,26 @@ class Journal:
         image: str,
         occurrence: int,
         phase: int,
-        answers: Iterable[tuple[int, Label | None]],
+        answers: Iterable[tuple[int, Label | None, float | None]],
     ) -> None:
-        """Commit answers (sample index, label) in one transaction."""
+        """Commit answers ``(sample index, label, score or None)`` in one transaction."""
         rows = [
-            (run, image, occurrence, phase, idx, _encode_label(label)) for idx, label in answers
+            (run, image, occurrence, phase, idx, _encode_label(label), score)
+            for idx, label, score in answers
         ]
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
+
+    def scores(self, run: str, image: str, occurrence: int, phase: int) -> dict[int, float | None]:
+        """Sample index -> the score of the recorded label (``None`` where none was given)."""
+        rows = self._db.execute(
+            "SELECT idx, score FROM samples WHERE run=? AND image=? AND occurrence=? AND phase=?",
+            (run, image, occurrence, phase),
+        )
+        return dict(rows)
 
     def images(self, run: str) -> list[tuple[str, int]]:
         """The (image, occurrence) pairs with answers in ``run``."""

@@ -703,7 +703,7 @@ class SmoothedClassifier:
                 async with throttle.request(len(todo)):
                     self.stats.requests += 1
                     self.stats.images += len(todo)
-                    outcomes = await self.adapter.atop_labels_or_errors(images[todo])
+                    outcomes = await self.adapter.ascored_or_errors(images[todo])
                 done = [
                     (i, o)
                     for i, o in zip(todo, outcomes, strict=True)
@@ -715,9 +715,9 @@ class SmoothedClassifier:
                         draw.image,
                         draw.occurrence,
                         phase,
-                        [(indices[i], label) for i, label in done],
+                        [(indices[i], label, score) for i, (label, score) in done],
                     )
-                answers.update(done)
+                answers.update((i, label) for i, (label, _) in done)
                 failed = [
                     (i, o)
                     for i, o in zip(todo, outcomes, strict=True)

@@ -51,11 +51,14 @@ class Adapter(abc.ABC):
         network adapters override it with a native async call."""
         return await asyncio.to_thread(self.top_labels, images)
 
-    async def atop_labels_or_errors(self, images: torch.Tensor) -> list:
-        """Top labels, where an adapter that can fail single images of a batch puts the
+    async def ascored_or_errors(self, images: torch.Tensor) -> list:
+        """``(top label, its score or None)`` per image, for the client and its journal.
+
+        An adapter that can fail single images of a batch puts the
         :class:`~smoothapi.errors.ProviderError` in that image's place (so the client
-        retries just those). The default fails or succeeds as a whole."""
-        return await self.atop_labels(images)
+        retries just those). The default fails or succeeds as a whole, without scores.
+        """
+        return [(label, None) for label in await self.atop_labels(images)]
 
     def identity(self) -> dict:
         """What decides this classifier's answers, without secrets: keys journal runs."""

@@ -85,6 +85,12 @@ class LocalModelAdapter(Adapter):
         sends a local model one batch at a time, so a thread would only add overhead."""
         return self.top_labels(images)
 
+    async def ascored_or_errors(self, images: torch.Tensor) -> list[tuple[Label, float]]:
+        """Top label and its softmax probability per image (inline, like :meth:`atop_labels`)."""
+        with torch.inference_mode():
+            scores, indices = self.logits(images).softmax(dim=1).max(dim=1)
+        return [(self._label(i), s) for i, s in zip(indices.tolist(), scores.tolist(), strict=True)]
+
     def identity(self) -> dict:
         from ..smoothing import module_digest
 

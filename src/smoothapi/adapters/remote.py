@@ -138,9 +138,14 @@ class RemoteAdapter(Adapter):
         return {}
 
     def identity(self) -> dict:
-        return {**super().identity(), "params": self.request_params(),
-                "format": self.image_format, "quality": self.jpeg_quality,
-                "small": self.small_images, "label_map": self.label_map}
+        return {
+            **super().identity(),
+            "params": self.request_params(),
+            "format": self.image_format,
+            "quality": self.jpeg_quality,
+            "small": self.small_images,
+            "label_map": self.label_map,
+        }
 
     # --- shared machinery --------------------------------------------------------------
 
@@ -240,12 +245,14 @@ class RemoteAdapter(Adapter):
                 raise result
         return results  # type: ignore[return-value]
 
-    async def atop_labels_or_errors(
+    async def ascored_or_errors(
         self, images: torch.Tensor
-    ) -> list[Label | None | ProviderError]:
-        """Top labels, with a per-image failure's error in that image's place."""
-        return [r if isinstance(r, ProviderError) else self._top(r)
-                for r in await self._ranked_or_errors(images)]
+    ) -> list[tuple[Label | None, float | None] | ProviderError]:
+        """Top label and its score per image, a per-image failure's error in its place."""
+        return [
+            r if isinstance(r, ProviderError) else (self._top(r), r[0][1] if r else None)
+            for r in await self._ranked_or_errors(images)
+        ]
 
     def _top(self, ranked: Ranked) -> Label | None:
         if not ranked:
