@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench experiments clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_certify.py
+	$(BIN)/python benchmarks/bench_client.py
+	$(BIN)/python benchmarks/bench_queries.py
+
+# The Fashion-MNIST study (hours on 2 CPU cores; resumes where it stopped).
+experiments: $(STAMP)
+	$(BIN)/smoothapi experiment fashion-mnist --out results/fashion-mnist
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
