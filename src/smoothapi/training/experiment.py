@@ -310,9 +310,11 @@ class Study:
         path.with_suffix(".part").rename(path)
 
     def runs(self) -> list[tuple[str, float]]:
+        """(method, sigma) pairs to certify, the headline sigma first (it sets the targets)."""
+        sigmas = sorted(self.scale.sigmas, key=lambda s: s != self.scale.extras_sigma)
         return [
             (method, sigma)
-            for sigma in self.scale.sigmas
+            for sigma in sigmas
             for method in METHODS
             if method in ("none", "whitebox", "mse", "stab+mse-full", "stab+mse-query")
             or sigma == self.scale.extras_sigma
