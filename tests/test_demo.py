@@ -93,7 +93,7 @@ def test_run_demo_is_reproducible():
 
 
 def test_demo_command(capsys):
-    assert main(["demo", "--n0", "20", "--n", "100", "--seed", "1"]) == 0
+    assert main(["demo", "--white-box", "--n0", "20", "--n", "100", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "seed=1" in out and "n=100" in out
     for path, _ in demo_images():
@@ -112,3 +112,26 @@ def test_certify_command_on_bundled_data(capsys):
     assert len(rows) == 20
     assert {row[1] for row in rows} == set(FASHION_MNIST_CLASSES)
     assert sum(row[4] == "1" for row in rows) >= 12
+
+
+def test_denoised_demo_local_and_over_http():
+    """The shipped denoisers lift a standard classifier's certificates, locally (full
+    access) and through the loopback API (query access), on the bundled images."""
+    from smoothapi.demo import run_denoised_demo, shipped_path
+
+    for name in ("target", "full", "query"):
+        assert shipped_path(name).stat().st_size < 1_000_000
+    out = io.StringIO()
+    columns = run_denoised_demo(n0=20, n=100, seed=0, out=out)
+    text = out.getvalue()
+    truth = [label for _, label in demo_images()]
+    assert list(columns) == ["no denoiser", "full access", "query access (API)"]
+    assert all(len(certs) == 20 for certs in columns.values())
+
+    def correct(certs):
+        return sum(c.label == t for c, t in zip(certs, truth, strict=True))
+
+    assert correct(columns["full access"]) > correct(columns["no denoiser"])
+    assert correct(columns["query access (API)"]) > correct(columns["no denoiser"])
+    assert all(c.queries == 120 for certs in columns.values() for c in certs)
+    assert "certified accuracy at r=0.25" in text and "queries" in text

@@ -297,13 +297,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, run_denoised_demo
 
     check_count("n0", args.n0)
     check_count("n", args.n)
     if args.seed is not None and args.seed < 0:
         raise InvalidInputError(f"seed must be a non-negative integer, got {args.seed}")
-    run_demo(n0=args.n0, n=args.n, seed=args.seed)
+    if args.white_box:
+        run_demo(n0=args.n0, n=args.n, seed=args.seed)
+    else:
+        run_denoised_demo(n0=args.n0, n=args.n, seed=args.seed)
     return EXIT_OK
 
 
@@ -414,10 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_cmd_predict)
 
     demo = commands.add_parser(
-        "demo", help="certify the bundled Fashion-MNIST images with the bundled model",
-        description="Certify 20 bundled Fashion-MNIST test images with a bundled small CNN "
-                    "trained with Gaussian noise (sigma=0.25).",
+        "demo", help="certify the bundled Fashion-MNIST images, with and without denoisers",
+        description="Certify 20 bundled Fashion-MNIST test images at sigma=0.25 with a "
+                    "standard-trained small CNN: alone, behind the full-access denoiser, and "
+                    "behind the query-access denoiser with the CNN served as a vision API on "
+                    "loopback HTTP. --white-box certifies a noise-trained CNN instead.",
     )
+    demo.add_argument("--white-box", action="store_true",
+                      help="the noise-trained classifier (Cohen et al.) without denoisers")
     demo.add_argument("--n0", type=int, default=100, help="selection samples (default: 100)")
     demo.add_argument("--n", type=int, default=1_000, help="estimation samples (default: 1000)")
     demo.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
