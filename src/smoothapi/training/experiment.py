@@ -461,15 +461,15 @@ def run_experiment(
             f"classifier:whitebox@{sigma:g}",
             lambda s=sigma: study.train_classifier(f"whitebox@{s:g}", scale.target, s),
         )
+    # Sigma by sigma, the headline one first: its denoisers, then its certifications, so a
+    # study stopped early has complete results for the sigmas it reached.
     for method, sigma in study.runs():
-        if method in ("none", "whitebox"):
-            continue
-        if method != "mse":
-            study.stage(f"denoiser:mse@{sigma:g}", lambda s=sigma: study.train_denoiser("mse", s))
-        study.stage(
-            f"denoiser:{method}@{sigma:g}", lambda m=method, s=sigma: study.train_denoiser(m, s)
-        )
-    for method, sigma in study.runs():
+        if method not in ("none", "whitebox"):
+            if method != "mse":
+                study.stage(f"denoiser:mse@{sigma:g}",
+                            lambda s=sigma: study.train_denoiser("mse", s))
+            study.stage(f"denoiser:{method}@{sigma:g}",
+                        lambda m=method, s=sigma: study.train_denoiser(m, s))
         study.stage(f"certify:{method}@{sigma:g}", lambda m=method, s=sigma: study.certify(m, s))
     started = time.perf_counter()
     study.report()  # always rewritten: it reflects whatever has finished
