@@ -391,11 +391,11 @@ class Study:
                 for (m, s), log in logs.items()
                 if s == sigma
             }
+            if not table:
+                continue
             images = len(next(iter(logs.values())))
             lines += [format_table(table, radii, caption=f"sigma = {sigma:g} (n = {scale.n}, "
                                                          f"{images} images)"), ""]
-            if not table:
-                continue
             plot_curves(
                 [log for (m, s), log in logs.items() if s == sigma],
                 self.out / f"curves_sigma{sigma:g}.png",
