@@ -14,33 +14,18 @@ import torch
 from smoothapi import SmoothedClassifier
 from smoothapi.journal import Journal
 
-from .adapters.fake import FakeAdapter
+from .adapters.fake import Crash, CrashingAdapter
 
 IMAGE = torch.full((1, 12, 12), 0.7)
 
 
-class Crash(Exception):
-    """Stands for the process dying mid-run."""
-
-
-class Flaky(FakeAdapter):
-    """Fails (as a crash would) once it has answered ``budget`` requests."""
-
-    max_in_flight = 4
-
-    def __init__(self, budget=10**9):
-        super().__init__()
-        self.budget = budget
-
-    async def _send(self, images):
-        if len(self.requests) >= self.budget:
-            raise Crash
-        return await super()._send(images)
+Flaky = CrashingAdapter
 
 
 def _certify(adapter, journal, seed=3):
-    smoothed = SmoothedClassifier(adapter, 0.3, batch_size=16, device="cpu", seed=seed,
-                                  journal=journal)
+    smoothed = SmoothedClassifier(
+        adapter, 0.3, batch_size=16, device="cpu", seed=seed, journal=journal
+    )
     return smoothed.certify(IMAGE, n0=16, n=80, alpha=0.01)
 
 
@@ -79,8 +64,9 @@ def test_sigkill_mid_run_then_resume(tmp_path):
         from tests.journal_helper import run
         run({str(tmp_path / "j.sqlite")!r}, kill_after=7)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == -9, done.stderr[-2000:]
     with sqlite3.connect(tmp_path / "j.sqlite") as db:
         journaled = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
@@ -99,7 +85,7 @@ def test_journal_holds_labels_not_images_or_secrets(tmp_path):
     (run,) = journal.runs()
     config = journal.runs()[run]
     assert config["sigma"] == 0.3 and config["adapter"]["adapter"] == "fake"
-    (image, occurrence), = journal.images(run)
+    ((image, occurrence),) = journal.images(run)
     answers = journal.answers(run, image, occurrence, 1)
     assert sorted(answers) == list(range(80)) and set(answers.values()) <= {"bright", "dark"}
     assert (tmp_path / "j.sqlite").stat().st_size < 200_000
@@ -119,7 +105,7 @@ def test_journal_keeps_the_providers_scores(tmp_path):
     _certify(Flaky(), tmp_path / "j.sqlite")
     journal = Journal(tmp_path / "j.sqlite")
     (run,) = journal.runs()
-    (image, occurrence), = journal.images(run)
+    ((image, occurrence),) = journal.images(run)
     scores = journal.scores(run, image, occurrence, 1)
     labels = journal.answers(run, image, occurrence, 1)
     assert sorted(scores) == list(range(80))

@@ -26,7 +26,7 @@ from smoothapi.certification import (
     type_one_error,
 )
 
-from .adapters.fake import FakeAdapter
+from .adapters.fake import CrashingAdapter, FakeAdapter
 from .conftest import linear_adapter
 
 # --- exact error rates ------------------------------------------------------------------
@@ -200,28 +200,9 @@ def test_sdk_certifies_a_radius_well_inside_the_true_one_quickly(digit_images):
     assert np.mean([r.n for r in results]) < 60
 
 
-class Crash(Exception):
-    """Stands for any request sent when none should be."""
-
-
-# --- selection and query accounting -----------------------------------------------------
-
 IMAGE = torch.full((1, 12, 12), 0.7)
 
-
-class Fake(FakeAdapter):
-    """Requests complete out of order under concurrency; crashes past ``budget`` requests."""
-
-    max_in_flight = 4
-
-    def __init__(self, budget=10**9):
-        super().__init__()
-        self.budget = budget
-
-    async def _send(self, images):
-        if len(self.requests) >= self.budget:
-            raise Crash
-        return await super()._send(images)
+Fake = CrashingAdapter
 
 
 class Bright(torch.nn.Module):
@@ -293,14 +274,15 @@ def test_journal_rerun_with_the_same_seed_resends_nothing(tmp_path):
 def test_budget_alias_and_certify_many_with_a_radius():
     from smoothapi import SmoothedClassifier
 
-    from .adapters.fake import FakeAdapter
-
     images = [torch.full((1, 12, 12), v) for v in (0.95, 0.05)]
     smoothed = SmoothedClassifier(FakeAdapter(), 0.05, device="cpu", seed=0)
     by_budget = smoothed.certify(images[0], n0=8, budget=64, alpha=0.01)
     assert by_budget.n == 64
-    outcomes = list(SmoothedClassifier(FakeAdapter(), 0.05, device="cpu", seed=0).certify_many(
-        images, n=2_000, alpha=0.01, radius=0.05, selection="clean"))
+    outcomes = list(
+        SmoothedClassifier(FakeAdapter(), 0.05, device="cpu", seed=0).certify_many(
+            images, n=2_000, alpha=0.01, radius=0.05, selection="clean"
+        )
+    )
     assert [o.certification.outcome for o in outcomes] == ["certified", "certified"]
     assert [o.certification.label for o in outcomes] == ["bright", "dark"]
     assert all(o.queries == o.certification.queries < 2_000 for o in outcomes)

@@ -34,3 +34,23 @@ class FakeAdapter(RemoteAdapter):
     async def _send(self, images):
         self.requests.append(list(images))
         return [self.respond(image) for image in images]
+
+
+class Crash(Exception):
+    """Stands for the process dying mid-run."""
+
+
+class CrashingAdapter(FakeAdapter):
+    """Answers concurrently (requests may complete out of order), then fails as a crash
+    would once it has answered ``budget`` requests."""
+
+    max_in_flight = 4
+
+    def __init__(self, budget=10**9):
+        super().__init__()
+        self.budget = budget
+
+    async def _send(self, images):
+        if len(self.requests) >= self.budget:
+            raise Crash
+        return await super()._send(images)
