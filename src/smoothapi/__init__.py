@@ -23,7 +23,7 @@ from .certification import (
 )
 from .denoisers import create_denoiser, list_denoisers, load_denoiser
 from .errors import CheckpointError, InvalidInputError, MissingDependencyError, SmoothAPIError
-from .smoothing import SmoothedClassifier
+from .smoothing import ClientStats, ImageOutcome, RateLimits, RetryPolicy, SmoothedClassifier
 
 __version__ = "0.1.0"
 
@@ -32,12 +32,16 @@ __all__ = [
     "Adapter",
     "Certification",
     "CheckpointError",
+    "ClientStats",
+    "ImageOutcome",
     "InvalidInputError",
     "LocalModelAdapter",
     "MissingDependencyError",
     "Outcome",
     "Prediction",
     "RadiusCertification",
+    "RateLimits",
+    "RetryPolicy",
     "SmoothAPIError",
     "SequentialTest",
     "SmoothedClassifier",

@@ -29,7 +29,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from PIL import Image
 
-from smoothapi import SmoothedClassifier
+from smoothapi import RetryPolicy, SmoothedClassifier
 from smoothapi.adapters import create_adapter
 from smoothapi.adapters.google import GRPC_ERRORS, GoogleVisionAdapter, map_error, map_exception
 from smoothapi.errors import (
@@ -75,6 +75,7 @@ class FakeVision:
         self.metadata: list[dict[str, str]] = []
         self.image_errors: dict[int, tuple[int, str]] = {}  # position in a request
         self.abort: tuple[int, str, float | None] | None = None  # code, details, retry delay
+        self.abort_when = lambda number: True  # which requests (1, 2, ...) to abort
         self.api_key: str | None = None  # when set, x-goog-api-key must match
         self.delay = 0.0
 
@@ -89,7 +90,7 @@ class FakeVision:
                 grpc.StatusCode.UNAUTHENTICATED,
                 "API key not valid. Please pass a valid API key.",
             )
-        if self.abort is not None:
+        if self.abort is not None and self.abort_when(len(self.requests)):
             code, details, delay = self.abort
             trailing: tuple = ()
             if delay is not None:
@@ -411,6 +412,45 @@ def test_a_batch_over_the_json_request_limit_is_split_in_order(adapter, fake):
     assert (
         GoogleVisionAdapter.limits.max_bytes * 4 / 3 + 200 < GoogleVisionAdapter.max_request_bytes
     )
+
+
+def two_per_request(adapter: GoogleVisionAdapter, image: bytes) -> None:
+    adapter.max_request_bytes = 2 * (4 * ((len(image) + 2) // 3) + 128) + 64
+
+
+def test_a_failed_later_part_of_a_split_batch_keeps_the_answers_already_paid(adapter, fake):
+    images = [png(v, side=32) for v in (0.1, 0.9, 0.2, 0.8, 0.3)]
+    two_per_request(adapter, images[0])
+    fake.abort = (14, "The service is currently unavailable.", None)
+    fake.abort_when = lambda number: number >= 2
+    results = send(adapter, images)
+    assert len(fake.requests) == 2  # the third part is not sent after the second failed
+    assert [GoogleVisionAdapter.parse(r)[0][0] for r in results[:2]] == ["dark", "bright"]
+    assert all(isinstance(r, ServerError) and r.retryable for r in results[2:])
+    fake.abort_when = lambda number: True  # the first part failing fails the whole batch
+    with pytest.raises(ServerError):
+        send(adapter, images)
+
+
+def test_a_split_batch_failing_midway_resends_only_the_images_left(server, fake):
+    def smoothed() -> SmoothedClassifier:
+        adapter = GoogleVisionAdapter(client=client_factory(server[1]["plain"]), timeout=5)
+        two_per_request(adapter, adapter.encode(torch.rand(3, 8, 8)))
+        return SmoothedClassifier(
+            adapter, 0.25, seed=0, batch_size=4, retry=RetryPolicy(initial_wait=0.01)
+        )
+
+    image = torch.full((3, 8, 8), 0.9)
+    clean = smoothed().predict(image, n=8, alpha=0.001)
+    sent_clean = sum(len(r.requests) for r in fake.requests)
+    fake.reset()
+    fake.abort = (14, "The service is currently unavailable.", None)
+    fake.abort_when = lambda number: number == 2  # the second part of the first batch
+    faulty = smoothed()
+    assert faulty.predict(image, n=8, alpha=0.001) == clean
+    assert faulty.stats.retries == 1
+    # the two images of the failed part are sent twice, nothing else
+    assert sum(len(r.requests) for r in fake.requests) == sent_clean + 2
 
 
 def test_a_40_pixel_image_is_sent_as_is_no_minimum_side(adapter, fake):

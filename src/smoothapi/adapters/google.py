@@ -138,7 +138,9 @@ class GoogleVisionAdapter(RemoteAdapter):
     base64 (4/3 of the bytes). Images are therefore kept to ``max_bytes`` = 7.3 MB, so
     that any one image fits a request, and a batch whose base64 total would pass
     10 MB is split into consecutive requests inside one :meth:`_send` (usually a batch
-    of 16 fits one request). The same limit is applied to the gRPC transport, whose
+    of 16 fits one request). If a later one of those requests fails, the answers
+    already received are kept and the error stands in the place of each image left, so
+    that only those are sent again. The same limit is applied to the gRPC transport, whose
     limit Google does not document separately. No minimum side is documented (640x480
     is only recommended for accuracy), so ``min_side`` is 1 and small images are sent
     as they are.
@@ -264,6 +266,22 @@ class GoogleVisionAdapter(RemoteAdapter):
             size += cost
         return groups
 
+    async def _annotate(self, client: Any, request: Any) -> Any:
+        """One ``batch_annotate_images`` call; every failure mapped to a ProviderError."""
+        try:
+            return await client.batch_annotate_images(
+                request=request, retry=None, timeout=self.timeout
+            )
+        except self._api_core.GoogleAPICallError as exc:
+            raise map_exception(exc, self.name) from None
+        except self._auth_errors.DefaultCredentialsError:
+            raise AuthenticationError(_NO_CREDENTIALS, provider=self.name) from None
+        except self._auth_errors.GoogleAuthError as exc:
+            raise AuthenticationError(
+                f"{type(exc).__name__}: could not get a token for the credentials",
+                provider=self.name,
+            ) from None
+
     async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:
         vision = self._vision
         client = self._get_client()
@@ -273,7 +291,8 @@ class GoogleVisionAdapter(RemoteAdapter):
             model=self.model or "",
         )
         results: list[Mapping[str, Any] | ProviderError] = []
-        for group in self._groups(images):
+        groups = self._groups(images)
+        for number, group in enumerate(groups):
             request = vision.BatchAnnotateImagesRequest(
                 requests=[
                     vision.AnnotateImageRequest(
@@ -283,18 +302,15 @@ class GoogleVisionAdapter(RemoteAdapter):
                 ]
             )
             try:
-                reply = await client.batch_annotate_images(
-                    request=request, retry=None, timeout=self.timeout
-                )
-            except self._api_core.GoogleAPICallError as exc:
-                raise map_exception(exc, self.name) from None
-            except self._auth_errors.DefaultCredentialsError:
-                raise AuthenticationError(_NO_CREDENTIALS, provider=self.name) from None
-            except self._auth_errors.GoogleAuthError as exc:
-                raise AuthenticationError(
-                    f"{type(exc).__name__}: could not get a token for the credentials",
-                    provider=self.name,
-                ) from None
+                reply = await self._annotate(client, request)
+            except ProviderError as error:
+                if not results:
+                    raise
+                # Earlier requests of this batch were answered (and paid): keep their
+                # answers and put the error in the place of every image not answered,
+                # so that only those are retried.
+                results.extend(error for later in groups[number:] for _ in later)
+                return results
             body = self._json_format.MessageToDict(type(reply).pb(reply))
             part = self.split_batch(body, self.name)
             if len(part) != len(group):
