@@ -14,6 +14,7 @@ from smoothapi.analysis import (
     best_sigma_table,
     certified_accuracy,
     format_table,
+    gap_closed,
     plot_curves,
     read_log,
 )
@@ -94,3 +95,29 @@ def test_bad_logs(tmp_path):
         read_log(bad)
     with pytest.raises(InvalidInputError, match="not found"):
         read_log(tmp_path / "none.tsv")
+
+
+def _log(name, correct, radius):
+    return CertificationLog(name, np.array(correct, dtype=bool), np.array(radius, dtype=float))
+
+
+def test_gap_closed_by_hand_with_a_paired_bootstrap_interval():
+    # 8 images; at r = 0.25: baseline certifies 1, reference 5, the denoiser 4 -> 3/4.
+    baseline = _log("none", [1, 1, 0, 0, 0, 0, 0, 0], [0.3, 0.1, 0, 0, 0, 0, 0, 0])
+    reference = _log("white", [1, 1, 1, 1, 1, 0, 0, 0], [0.3, 0.4, 0.5, 0.6, 0.7, 0, 0, 0])
+    denoised = _log("mse", [1, 1, 1, 1, 0, 0, 0, 0], [0.3, 0.4, 0.5, 0.6, 0, 0, 0, 0])
+    at_25, at_5 = gap_closed(denoised, baseline, reference, (0.25, 0.5), resamples=2_000)
+    assert at_25.radius == 0.25 and at_25.share == pytest.approx(3 / 4)
+    assert at_5.share == pytest.approx(2 / 3)  # baseline 0, reference 3, denoiser 2
+    assert 0 <= at_25.low <= at_25.share <= at_25.high <= 1
+    assert at_25.high - at_25.low > 0.1  # 8 images leave a wide interval
+    (same,) = gap_closed(reference, baseline, reference, (0.25,), resamples=500)
+    assert (same.share, same.low, same.high) == (1.0, 1.0, 1.0)  # every resample closes it all
+
+
+def test_gap_closed_without_a_gap_or_with_different_images():
+    log = _log("a", [1, 0], [0.3, 0])
+    (none,) = gap_closed(log, log, log, (0.25,))
+    assert none.share is None and none.low is None
+    with pytest.raises(InvalidInputError, match="same images"):
+        gap_closed(log, log, _log("b", [1], [0.3]))

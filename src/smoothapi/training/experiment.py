@@ -39,6 +39,7 @@ from ..analysis import (
     best_sigma_table,
     certified_accuracy,
     format_table,
+    gap_closed,
     plot_curves,
     read_log,
 )
@@ -418,29 +419,36 @@ class Study:
         lines += [
             f"- {method}: "
             + ", ".join(
-                f"r={r}: {v:.0%}" if v is not None else f"r={r}: -" for r, v in by_r.items()
+                f"r={r}: {g['share']:.0%} (95% CI {g['ci95'][0]:.0%} to {g['ci95'][1]:.0%})"
+                if g["share"] is not None
+                else f"r={r}: -"
+                for r, g in by_r.items()
             )
             for method, by_r in gaps.items()
+        ]
+        lines += [
+            "",
+            "The intervals resample the test images (paired across methods); targets: "
+            "full access >= 90% and query access >= 75% at both radii.",
         ]
         lines += ["", "Stage wall times (s):", ""]
         lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
         (self.out / "README.md").write_text("\n".join(lines) + "\n")
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    def gaps(self, logs) -> dict[str, dict[str, float | None]]:
+    def gaps(self, logs) -> dict[str, dict[str, dict[str, Any]]]:
+        """Method -> radius -> the share of the gap closed and its 95% bootstrap interval."""
         sigma = self.scale.extras_sigma
         if ("none", sigma) not in logs or ("whitebox", sigma) not in logs:
             return {}
-        radii = [0.25, 0.5]
-        none = certified_accuracy(logs["none", sigma], radii)
-        white = certified_accuracy(logs["whitebox", sigma], radii)
         out = {}
         for method in ("mse", "stab+mse-full", "stab+mse-query", "stab-full", "clf+mse-full"):
             if (method, sigma) in logs:
-                got = certified_accuracy(logs[method, sigma], radii)
+                found = gap_closed(
+                    logs[method, sigma], logs["none", sigma], logs["whitebox", sigma]
+                )
                 out[method] = {
-                    f"{r:g}": (float((g - a) / (w - a)) if w > a else None)
-                    for r, g, a, w in zip(radii, got, none, white, strict=True)
+                    f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high]} for g in found
                 }
         return out
 
