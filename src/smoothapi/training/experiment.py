@@ -43,6 +43,7 @@ from ..analysis import (
     plot_curves,
     read_log,
 )
+from ..certification import max_certifiable_radius
 from ..errors import InvalidInputError
 from ..smoothing import SmoothedClassifier
 from .classifiers import create_classifier
@@ -431,10 +432,46 @@ class Study:
             "The intervals resample the test images (paired across methods); targets: "
             "full access >= 90% and query access >= 75% at both radii.",
         ]
+        lines += ["", *self.sizing(done)]
         lines += ["", "Stage wall times (s):", ""]
         lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
         (self.out / "README.md").write_text("\n".join(lines) + "\n")
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def sizing(self, done: list[tuple[str, float]]) -> list[str]:
+        """Why n and the image count are what they are: the largest certifiable radius per
+        sigma, and what the issue's n = 10,000 on 500 images would take at measured speed."""
+        scale = self.scale
+        radii = ", ".join(
+            f"{max_certifiable_radius(scale.n, scale.alpha, s):.3f} at sigma {s:g}"
+            for s in scale.sigmas
+        )
+        lines = [f"With n = {scale.n} the largest certifiable radius is {radii}."]
+        per_image = {}
+        for with_denoiser in (False, True):
+            seconds = [
+                self.times[f"certify:{m}@{s:g}"] / scale.certify_images
+                for m, s in done
+                if f"certify:{m}@{s:g}" in self.times
+                and (m not in ("none", "whitebox")) == with_denoiser
+            ]
+            if seconds:
+                per_image[with_denoiser] = sum(seconds) / len(seconds)
+        if per_image:
+            scale_up = (scale.n0 + 10_000) / (scale.n0 + scale.n) * 500 / 3600
+            lines += [
+                "",
+                "Measured CERTIFY time per image here: "
+                + ", ".join(
+                    f"{t:.2f} s {'with' if d else 'without'} a denoiser"
+                    for d, t in per_image.items()
+                )
+                + ". n = 10,000 on 500 images would take about "
+                + " and ".join(f"{t * scale_up:.1f} h" for t in per_image.values())
+                + f" per configuration ({len(self.runs())} configurations), hence "
+                f"n = {scale.n} on {scale.certify_images} images.",
+            ]
+        return lines
 
     def gaps(self, logs) -> dict[str, dict[str, dict[str, Any]]]:
         """Method -> radius -> the share of the gap closed and its 95% bootstrap interval."""
