@@ -205,7 +205,7 @@ def plot_curves(
     grid = np.linspace(0.0, top, 300)
     figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
     for log in logs:
-        axes.plot(grid, certified_accuracy(log, grid), label=f"{log.name} (n={len(log)})")
+        axes.plot(grid, certified_accuracy(log, grid), label=f"{log.name} ({len(log)} images)")
     axes.set_xlabel(r"$\ell_2$ radius")
     axes.set_ylabel("certified accuracy")
     axes.set_ylim(0, 1)

@@ -354,8 +354,9 @@ class Study:
         done = [(m, s) for m, s in self.runs() if self.log_path(m, s).exists()]
         if not done:
             return
-        if self.denoiser_path("mse", scale.extras_sigma).exists():
-            self.examples(scale.extras_sigma)
+        for sigma in scale.sigmas:
+            if self.denoiser_path("mse", sigma).exists():
+                self.examples(sigma)
         logs = {(m, s): read_log(self.log_path(m, s), f"{m}@{s:g}") for m, s in done}
         radii = DEFAULT_RADII
         grouped: dict[str, dict[float, Any]] = {}
@@ -410,27 +411,27 @@ class Study:
                         f"{r:g}": c for r, (c, _, _) in zip(radii, cells, strict=True)
                     },
                 }
-        gaps = self.gaps(logs)
+        gaps = {f"{sigma:g}": self.gaps(logs, sigma) for sigma in scale.sigmas}
+        gaps = {sigma: by_method for sigma, by_method in gaps.items() if by_method}
         summary["gap_closed"] = gaps
         summary["stage_seconds"] = self.times
+        for sigma, by_method in gaps.items():
+            lines += [f"Share of the white-box minus no-denoiser gap closed at sigma {sigma}:", ""]
+            lines += [
+                f"- {method}: "
+                + ", ".join(
+                    f"r={r}: {g['share']:.0%} (95% CI {g['ci95'][0]:.0%} to {g['ci95'][1]:.0%})"
+                    if g["share"] is not None
+                    else f"r={r}: -"
+                    for r, g in by_r.items()
+                )
+                for method, by_r in by_method.items()
+            ]
+            lines.append("")
         lines += [
-            f"Share of the white-box minus no-denoiser gap closed at sigma {scale.extras_sigma:g}:",
-            "",
-        ]
-        lines += [
-            f"- {method}: "
-            + ", ".join(
-                f"r={r}: {g['share']:.0%} (95% CI {g['ci95'][0]:.0%} to {g['ci95'][1]:.0%})"
-                if g["share"] is not None
-                else f"r={r}: -"
-                for r, g in by_r.items()
-            )
-            for method, by_r in gaps.items()
-        ]
-        lines += [
-            "",
-            "The intervals resample the test images (paired across methods); targets: "
-            "full access >= 90% and query access >= 75% at both radii.",
+            "The intervals resample the test images (paired across methods). Targets, at "
+            f"sigma {scale.extras_sigma:g}: full access >= 90% and query access >= 75% at "
+            "both radii.",
         ]
         lines += ["", *self.sizing(done)]
         lines += ["", "Stage wall times (s):", ""]
@@ -473,9 +474,9 @@ class Study:
             ]
         return lines
 
-    def gaps(self, logs) -> dict[str, dict[str, dict[str, Any]]]:
-        """Method -> radius -> the share of the gap closed and its 95% bootstrap interval."""
-        sigma = self.scale.extras_sigma
+    def gaps(self, logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
+        """Method -> radius -> the share of the gap closed at ``sigma`` and its 95%
+        bootstrap interval; empty until the no-denoiser and white-box logs exist."""
         if ("none", sigma) not in logs or ("whitebox", sigma) not in logs:
             return {}
         out = {}
