@@ -135,3 +135,27 @@ def test_denoised_demo_local_and_over_http():
     assert correct(columns["query access (API)"]) > correct(columns["no denoiser"])
     assert all(c.queries == 120 for certs in columns.values() for c in certs)
     assert "certified accuracy at r=0.25" in text and "queries" in text
+
+
+def test_shipped_weights_are_the_studys_and_carry_their_training_metadata():
+    """What the package ships is what results/fashion-mnist trained and certified."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from smoothapi.demo import shipped_path
+
+    study = Path(__file__).parents[1] / "results" / "fashion-mnist"
+    trained = {
+        "target": study / "classifiers" / "target" / "classifier.safetensors",
+        "full": study / "denoisers" / "stab+mse-full@0.25" / "denoiser.safetensors",
+        "query": study / "denoisers" / "stab+mse-query@0.25" / "denoiser.safetensors",
+    }
+    for name, path in trained.items():
+        assert shipped_path(name).read_bytes() == path.read_bytes(), name
+    for name, surrogates in (("full", ["target"]), ("query", ["lenet", "mobilenet", "vgg"])):
+        with safe_open(shipped_path(name), "pt") as handle:
+            meta = json.loads(handle.metadata()["smoothapi"])
+        assert meta["sigma"] == 0.25 and meta["objective"] == "stab+mse"
+        assert meta["surrogates"] == surrogates and meta["dataset"] == "fashion-mnist"
