@@ -6,7 +6,8 @@
    (standard), and a white-box baseline per sigma (Gaussian noise augmentation);
 2. **denoisers** per sigma: MSE; STAB+MSE in full access (through the target);
    STAB+MSE in query access (through the surrogates only, averaged); at sigma 0.25
-   also STAB from scratch and CLF+MSE (both full access);
+   also STAB from scratch and CLF+MSE (both full access) and STAB+MSE in query access
+   with the surrogates taken in turn per batch (``-rr``, as the authors' code);
 3. **certification** (CERTIFY, ``n0``, ``n``, ``alpha``) of every ``skip``-th test
    image with no denoiser, each denoiser, and the white-box classifier;
 4. **report**: the paper's table (best sigma per radius), per-sigma tables,
@@ -156,6 +157,7 @@ METHODS = (
     "stab+mse-query",
     "stab-full",
     "clf+mse-full",
+    "stab+mse-query-rr",
 )
 
 
@@ -263,7 +265,7 @@ class Study:
             out_dir=self.denoiser_path(method, sigma).parent,
             objective=objective,
             classifiers=guides,
-            guidance="mean",
+            guidance="round-robin" if method.endswith("-rr") else "mean",
             test_set=self.test,
             eval_classifiers={"target": self.classifier("target")},
             eval_size=scale.eval_size,
@@ -480,7 +482,7 @@ class Study:
         if ("none", sigma) not in logs or ("whitebox", sigma) not in logs:
             return {}
         out = {}
-        for method in ("mse", "stab+mse-full", "stab+mse-query", "stab-full", "clf+mse-full"):
+        for method in METHODS[2:]:
             if (method, sigma) in logs:
                 found = gap_closed(
                     logs[method, sigma], logs["none", sigma], logs["whitebox", sigma]
