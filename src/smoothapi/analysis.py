@@ -148,13 +148,14 @@ def best_sigma_table(
     """
     table = {}
     for method, by_sigma in logs.items():
+        certified = {sigma: certified_accuracy(log, radii) for sigma, log in by_sigma.items()}
+        standard = {
+            sigma: float(certified_accuracy(log, [0.0])[0]) for sigma, log in by_sigma.items()
+        }
         rows = []
-        for index, _ in enumerate(radii):
-            best = max(by_sigma.items(),
-                       key=lambda item: (certified_accuracy(item[1], radii)[index], -item[0]))
-            sigma, log = best
-            rows.append((float(certified_accuracy(log, radii)[index]),
-                         float(certified_accuracy(log, [0.0])[0]), sigma))
+        for index in range(len(radii)):
+            sigma = max(certified, key=lambda s: (certified[s][index], -s))
+            rows.append((float(certified[sigma][index]), standard[sigma], sigma))
         table[method] = rows
     return table
 

@@ -178,6 +178,12 @@ def _ranked(counts: Mapping[Label, int]) -> list[tuple[Label, int]]:
     )
 
 
+def top_label(counts: Mapping[Label, int]) -> Label | None:
+    """The most frequent real label (ties to the first seen), or ``None`` if there is none."""
+    ranked = _ranked(counts)
+    return ranked[0][0] if ranked else None
+
+
 def certify_counts(
     selection_counts: Mapping[Label, int],
     estimation_counts: Mapping[Label, int],
@@ -194,8 +200,7 @@ def certify_counts(
     n0, n = sum(selection_counts.values()), sum(estimation_counts.values())
     check_count("n0", n0)
     check_count("n", n)
-    ranked = _ranked(selection_counts)
-    candidate = ranked[0][0] if ranked else None
+    candidate = top_label(selection_counts)
     p_a_lower = 0.0
     if candidate is not None:
         p_a_lower = clopper_pearson_lower(estimation_counts.get(candidate, 0), n, alpha)
@@ -500,16 +505,16 @@ class SequentialTest:
 
     def _band_rule(self) -> Rule:
         """A :data:`Rule` for :func:`stopping_law` from :meth:`boundaries` (fast, same answers)."""
-        last: dict[str, tuple[int, int]] = {}
+        last: list[tuple[int, int, int]] = []  # the previous look's (t, k_f, k_c)
 
         def rule(k: np.ndarray, t: int) -> np.ndarray:
             hint = None
-            if "bounds" in last:
-                (k_f, k_c), t_prev = last["bounds"], last["t"][0]
+            if last:
+                t_prev, k_f, k_c = last[0]
                 shift = round(self.p_star * (t - t_prev))
                 hint = (k_f + shift, k_c + shift)
             k_f, k_c = self.boundaries(t, hint)
-            last["bounds"], last["t"] = (k_f, k_c), (t, t)
+            last[:] = [(t, k_f, k_c)]
             codes = np.where(k <= k_f, _FUTILE, _GO)
             codes = np.where(k >= k_c, _CERT, codes)
             if t >= self.max_n:
@@ -657,7 +662,6 @@ def stopping_law(
         mass = np.where(codes == _GO, mass, 0.0)
         alive = np.flatnonzero(mass > 0)
         if alive.size == 0:
-            mass = mass[:0]
             break
         mass, low = mass[alive[0] : alive[-1] + 1], low + int(alive[0])
         if t < max_n and mass.sum() < tol:

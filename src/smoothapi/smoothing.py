@@ -47,6 +47,7 @@ from .certification import (
     check_radius,
     check_sigma,
     predict_counts,
+    top_label,
 )
 from .errors import BudgetExceededError, InvalidInputError, ProviderError, RateLimitError
 from .journal import CLEAN_SELECTION, ESTIMATION, PREDICTION, SELECTION, SEQUENTIAL, Journal
@@ -147,14 +148,6 @@ async def _all_or_nothing(*coroutines: Coroutine[Any, Any, T]) -> list[T]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-def _top(counts: Counter) -> Label | None:
-    """The most frequent real label (not ``None``), ties to the first seen; ``None`` if none."""
-    ranked = sorted(
-        ((c, k) for c, k in counts.items() if c is not None and k > 0), key=lambda item: -item[1]
-    )
-    return ranked[0][0] if ranked else None
 
 
 def module_digest(module: torch.nn.Module | None) -> str | None:
@@ -411,9 +404,7 @@ class SmoothedClassifier:
         image_id: str | None,
     ) -> RadiusCertification:
         test = SequentialTest(radius, self.sigma, alpha, n, futility)
-        if isinstance(selection, Adapter):
-            pass
-        elif selection not in ("samples", "clean"):
+        if not isinstance(selection, Adapter) and selection not in ("samples", "clean"):
             raise InvalidInputError(
                 f"selection must be 'samples', 'clean' or an Adapter, got {selection!r}"
             )
@@ -446,8 +437,7 @@ class SmoothedClassifier:
     ) -> tuple[Label | None, int]:
         """The candidate class and the queries of ``self.adapter`` it takes."""
         if isinstance(selection, str) and selection == "samples":
-            ranked = _top(await self.sample_counts(draw, _SELECTION, n0))
-            return ranked, n0
+            return top_label(await self.sample_counts(draw, _SELECTION, n0)), n0
         clean = self._clean(draw)
         if isinstance(selection, Adapter):
             return (await selection.atop_labels(clean))[0], 0

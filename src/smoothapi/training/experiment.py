@@ -38,7 +38,6 @@ from ..adapters.local import LocalModelAdapter
 from ..analysis import (
     DEFAULT_RADII,
     best_sigma_table,
-    certified_accuracy,
     format_table,
     gap_closed,
     plot_curves,
@@ -364,10 +363,10 @@ class Study:
         grouped: dict[str, dict[float, Any]] = {}
         for (method, sigma), log in logs.items():
             grouped.setdefault(method, {})[sigma] = log
+        images = len(next(iter(logs.values())))
         header = (
             f"{scale.dataset}, CERTIFY n0={scale.n0}, n={scale.n}, alpha={scale.alpha}, "
-            f"{len(next(iter(logs.values())))} test images (every "
-            f"{scale.certify_skip}th)"
+            f"{images} test images (every {scale.certify_skip}th)"
         )
         lines = [
             f"# {header}",
@@ -384,21 +383,15 @@ class Study:
             "n0": scale.n0,
             "n": scale.n,
             "alpha": scale.alpha,
-            "images": len(next(iter(logs.values()))),
+            "images": images,
             "methods": {},
         }
         for sigma in scale.sigmas:
-            table = {
-                m: [
-                    (float(a), float(certified_accuracy(log, [0])[0]), sigma)
-                    for a in certified_accuracy(log, radii)
-                ]
-                for (m, s), log in logs.items()
-                if s == sigma
-            }
+            table = best_sigma_table(
+                {m: {s: log} for (m, s), log in logs.items() if s == sigma}, radii
+            )
             if not table:
                 continue
-            images = len(next(iter(logs.values())))
             lines += [format_table(table, radii, caption=f"sigma = {sigma:g} (n = {scale.n}, "
                                                          f"{images} images)"), ""]
             plot_curves(
