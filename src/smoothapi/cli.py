@@ -31,6 +31,7 @@ import torch
 from . import __version__
 from ._images import load_image
 from .adapters.local import LocalModelAdapter
+from .analysis import DEFAULT_RADII
 from .certification import check_alpha, check_count, check_sigma
 from .denoisers import load_denoiser
 from .errors import InvalidInputError, SmoothAPIError
@@ -440,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("logs", nargs="+", metavar="[NAME=]LOG")
     analyze.add_argument("--radii", type=float, nargs="+",
-                         default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5],
+                         default=list(DEFAULT_RADII),
                          help="radii of the table (default: 0 0.25 ... 1.5)")
     analyze.add_argument("--format", choices=("markdown", "latex"), default="markdown")
     analyze.add_argument("--plot", default=None, metavar="PNG",
