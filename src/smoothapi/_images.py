@@ -1,63 +1,87 @@
-"""Turning what users pass (PIL images, uint8 arrays, float tensors) into one CHW tensor."""
+"""Turning what users pass (PIL images, numpy arrays, float tensors, files) into one CHW tensor.
+
+Every input comes out as a float32 ``(C, H, W)`` tensor in [0, 1] with C = 1 (grey) or
+3 (RGB), or is refused with an :class:`~smoothapi.errors.InvalidInputError`. The rules
+for image files and PIL images (README, "Image inputs"):
+
+* samples are read at their real depth: 8-bit / 255, 16-bit (``I;16``, ``I;16B``) /
+  65535; 32-bit integer (``I``, what PIL also uses for 16-bit files) / 65535, refused
+  outside 0..65535; float (``F``) as is, refused outside [0, 1] or when not finite;
+* the EXIF orientation is applied, so a phone photo is certified upright;
+* transparency is composited over white (:data:`ALPHA_BACKGROUND`), with an
+  :class:`ImageWarning` when any pixel is not fully opaque;
+* grey (``1``, ``L``, ``I``, ``F``, and palettes whose colours are all grey) stays one
+  channel; everything else (palette, CMYK, YCbCr, LAB, HSV ...) becomes RGB;
+* of an animated image, the current frame (the first, for a file) is used, with a warning.
+
+Before any batch is built, :func:`check_batch_memory` refuses an image and batch size whose
+noisy batch would not fit in the device's memory.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import struct
+import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .errors import InvalidInputError
 
+__all__ = [
+    "ALPHA_BACKGROUND",
+    "IMAGE_EXTENSIONS",
+    "PEAK_FLOATS_PER_PIXEL",
+    "ImageLike",
+    "ImageWarning",
+    "as_image_tensor",
+    "available_memory",
+    "batch_memory_bytes",
+    "check_batch_memory",
+    "load_image",
+]
+
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+ALPHA_BACKGROUND = 1.0  # white: transparent pixels are read as if drawn on white paper
+
 _CHANNELS = (1, 3)
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+# What decoders raise on damaged or hostile files: PIL uses all of these.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    EOFError,
+    ValueError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+
+class ImageWarning(UserWarning):
+    """An image was read with a documented change: alpha composited, or one frame of many."""
+
+
+# --- one image --------------------------------------------------------------------------
 
 
 def as_image_tensor(image: ImageLike) -> torch.Tensor:
     """A float32 ``(C, H, W)`` tensor in [0, 1], with C = 1 (grey) or 3 (RGB).
 
-    Accepts a PIL image (any mode; grey stays grey, everything else becomes RGB), a
-    uint8 numpy array ``(H, W)`` or ``(H, W, C)`` with values 0..255, or a floating
-    torch tensor ``(C, H, W)`` with finite values in [0, 1].
+    Accepts a PIL image (any mode, read by the rules in this module's docstring), a
+    ``uint8`` (0..255) or ``uint16`` (0..65535) numpy array ``(H, W)`` or ``(H, W, C)``,
+    or a floating torch tensor ``(C, H, W)`` with finite values in [0, 1].
     """
     if isinstance(image, Image.Image):
-        if image.mode not in ("L", "RGB"):
-            image = image.convert("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
-        image = np.asarray(image)
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise InvalidInputError(
-                f"numpy images must be uint8 (0..255), got {image.dtype}; "
-                "pass floats as a (C, H, W) torch tensor in [0, 1]"
-            )
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.ndim != 3 or image.shape[2] not in _CHANNELS:
-            raise InvalidInputError(
-                f"numpy images must be (H, W) or (H, W, C) with C in {_CHANNELS}, got {image.shape}"
-            )
-        tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).float() / 255.0
+        tensor = _from_pil(image, "image")
+    elif isinstance(image, np.ndarray):
+        tensor = _from_array(image)
     elif isinstance(image, torch.Tensor):
-        if not image.is_floating_point():
-            raise InvalidInputError(
-                f"tensor images must be floating point in [0, 1], got {image.dtype}"
-            )
-        if image.ndim != 3 or image.shape[0] not in _CHANNELS:
-            raise InvalidInputError(
-                f"tensor images must be (C, H, W) with C in {_CHANNELS}, got {tuple(image.shape)}"
-            )
-        if image.shape[1] == 0 or image.shape[2] == 0:
-            raise InvalidInputError(f"image has no pixels: shape {tuple(image.shape)}")
-        if not torch.isfinite(image).all():
-            raise InvalidInputError("image contains NaN or infinite values")
-        if image.min() < 0 or image.max() > 1:
-            raise InvalidInputError(
-                f"tensor images must lie in [0, 1], got values in "
-                f"[{image.min().item():.4g}, {image.max().item():.4g}]"
-            )
-        tensor = image.detach().float()
+        tensor = _from_tensor(image)
     else:
         raise InvalidInputError(
             "expected a PIL image, a uint8 numpy array or a float tensor, "
@@ -69,12 +93,217 @@ def as_image_tensor(image: ImageLike) -> torch.Tensor:
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file into the tensor :func:`as_image_tensor` returns."""
+    """Read an image file (its first frame) into the tensor :func:`as_image_tensor` returns.
+
+    Every failure, a missing, truncated, undecodable or oversized file included, is an
+    :class:`InvalidInputError` naming the file, with the decoder's error as its cause.
+    """
     try:
         with Image.open(path) as image:
-            image.load()
-            return as_image_tensor(image)
+            return _from_pil(image, str(path))
+    except InvalidInputError:
+        raise
     except FileNotFoundError:
         raise InvalidInputError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(
+            f"{path}: {_pixels(exc)} is over PIL's decompression-bomb limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels; resize it first"
+        ) from exc
+    except _DECODE_ERRORS as exc:
         raise InvalidInputError(f"cannot read image {path}: {exc}") from exc
+
+
+def _pixels(exc: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"the image ({int(found.group(1)):,} pixels)" if found else "the image"
+
+
+def _from_pil(image: Image.Image, source: str) -> torch.Tensor:
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        warnings.warn(
+            f"{source}: animated, {frames} frames; only frame {image.tell()} is certified",
+            ImageWarning,
+            stacklevel=3,
+        )
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        pixels = _pil_pixels(image, source)
+    except InvalidInputError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise InvalidInputError(f"cannot read {source}: {exc}") from exc
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+def _pil_pixels(image: Image.Image, source: str) -> np.ndarray:
+    """``(H, W, C)`` float32 in [0, 1] by the module's rules."""
+    mode = image.mode
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        return _composite(image, source)
+    if mode in ("1", "L"):
+        return _scaled(np.asarray(image.convert("L")), 255)
+    if mode.startswith("I;16"):
+        return _scaled(np.asarray(image), 65535)
+    if mode == "I":
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InvalidInputError(
+                f"{source}: 32-bit integer pixels are read as 16-bit (0..65535), got "
+                f"values in [{values.min()}, {values.max()}]"
+            )
+        return _scaled(values, 65535)
+    if mode == "F":
+        return _scaled(_unit_floats(np.asarray(image), source), 1)
+    if mode == "P" and _grey_palette(image):
+        return _scaled(np.asarray(image.convert("L")), 255)
+    return _scaled(np.asarray(image if mode == "RGB" else image.convert("RGB")), 255)
+
+
+def _scaled(values: np.ndarray, top: float) -> np.ndarray:
+    pixels = values.astype(np.float32) / np.float32(top)
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def _unit_floats(values: np.ndarray, source: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise InvalidInputError(f"{source}: float pixels contain NaN or infinite values")
+    if values.size and (values.min() < 0 or values.max() > 1):
+        raise InvalidInputError(
+            f"{source}: float pixels must lie in [0, 1], got values in "
+            f"[{values.min():.4g}, {values.max():.4g}]"
+        )
+    return values
+
+
+def _grey_palette(image: Image.Image) -> bool:
+    palette = image.getpalette("RGB")
+    if not palette:
+        return False
+    colours = np.asarray(palette).reshape(-1, 3)
+    return bool((colours == colours[:, :1]).all())
+
+
+def _composite(image: Image.Image, source: str) -> np.ndarray:
+    """Pixels over a white background; warns when any pixel is not fully opaque."""
+    grey = image.mode in ("LA", "La", "L") or (image.mode in ("P", "PA") and _grey_palette(image))
+    values = np.asarray(image.convert("LA" if grey else "RGBA")).astype(np.float32) / 255
+    colour, alpha = values[:, :, :-1], values[:, :, -1:]
+    if alpha.size and alpha.min() < 1:
+        warnings.warn(
+            f"{source}: transparent pixels composited over white; composite it yourself "
+            "(Image.alpha_composite) for another background",
+            ImageWarning,
+            stacklevel=4,
+        )
+    return colour * alpha + np.float32(ALPHA_BACKGROUND) * (1 - alpha)
+
+
+def _from_array(image: np.ndarray) -> torch.Tensor:
+    tops = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
+    if image.dtype not in tops:
+        raise InvalidInputError(
+            f"numpy images must be uint8 (0..255) or uint16 (0..65535), got {image.dtype}; "
+            "pass floats as a (C, H, W) torch tensor in [0, 1]"
+        )
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in _CHANNELS:
+        raise InvalidInputError(
+            f"numpy images must be (H, W) or (H, W, C) with C in {_CHANNELS}, got {image.shape}"
+        )
+    pixels = _scaled(image, tops[image.dtype])
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+def _from_tensor(image: torch.Tensor) -> torch.Tensor:
+    if not image.is_floating_point():
+        raise InvalidInputError(
+            f"tensor images must be floating point in [0, 1], got {image.dtype}"
+        )
+    if image.ndim != 3 or image.shape[0] not in _CHANNELS:
+        raise InvalidInputError(
+            f"tensor images must be (C, H, W) with C in {_CHANNELS}, got {tuple(image.shape)}"
+        )
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise InvalidInputError(f"image has no pixels: shape {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise InvalidInputError("image contains NaN or infinite values")
+    if image.min() < 0 or image.max() > 1:
+        raise InvalidInputError(
+            f"tensor images must lie in [0, 1], got values in "
+            f"[{image.min().item():.4g}, {image.max().item():.4g}]"
+        )
+    return image.detach().float()
+
+
+# --- memory, before a batch is built -----------------------------------------------------
+
+# A rough peak for one noisy sample: the image itself plus two 64-channel float32 feature
+# maps at full resolution, the peak of a DnCNN-style denoiser or a ResNet's first stage.
+PEAK_FLOATS_PER_PIXEL = 128
+
+
+def batch_memory_bytes(
+    shape: tuple[int, ...], batch_size: int, floats_per_pixel: int = PEAK_FLOATS_PER_PIXEL
+) -> int:
+    """Estimated peak bytes of one batch of ``batch_size`` noisy copies of a ``(C, H, W)`` image."""
+    channels, height, width = (int(s) for s in shape)
+    return int(batch_size) * height * width * 4 * (channels + floats_per_pixel)
+
+
+def available_memory(device: str | torch.device) -> int | None:
+    """Free bytes on ``device`` (CUDA: free device memory; CPU: MemAvailable), or None."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_batch_memory(
+    shape: tuple[int, ...],
+    batch_size: int,
+    device: str | torch.device,
+    *,
+    available: int | None = None,
+    floats_per_pixel: int = PEAK_FLOATS_PER_PIXEL,
+) -> None:
+    """Refuse, before anything is allocated, a batch whose estimated peak exceeds free memory.
+
+    The estimate is :func:`batch_memory_bytes`; ``available`` defaults to
+    :func:`available_memory` of ``device`` (no check when that is unknown). The message
+    names the largest batch size that fits, or says to resize the image when none does.
+    """
+    available = available_memory(device) if available is None else available
+    if available is None:
+        return
+    per_sample = batch_memory_bytes(shape, 1, floats_per_pixel)
+    needed = per_sample * int(batch_size)
+    if needed <= available:
+        return
+    size = "x".join(str(int(s)) for s in shape[1:])
+    if per_sample > available:
+        raise InvalidInputError(
+            f"a {size} image needs about {_gib(per_sample)} per noisy sample, more than the "
+            f"{_gib(available)} free on {device}; resize it first"
+        )
+    raise InvalidInputError(
+        f"batch_size={batch_size} on a {size} image needs about {_gib(needed)}, more than the "
+        f"{_gib(available)} free on {device}; use batch_size={available // per_sample} or less"
+    )
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -133,22 +134,41 @@ class Prediction:
 # --- argument checks shared by the package -------------------------------------------
 
 
+def _is_real(value: object) -> bool:
+    """A real number: Python or numpy int or float, but not a bool (``True`` is no sigma)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_integer(value: object) -> bool:
+    """A Python or numpy integer, but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def check_sigma(sigma: float) -> float:
-    if not isinstance(sigma, (int, float, np.floating)) or not math.isfinite(sigma) or sigma <= 0:
+    if not _is_real(sigma) or not math.isfinite(sigma) or sigma <= 0:
         raise InvalidInputError(f"sigma must be a finite number > 0, got {sigma!r}")
     return float(sigma)
 
 
 def check_alpha(alpha: float) -> float:
-    if not isinstance(alpha, (int, float, np.floating)) or not 0.0 < alpha < 1.0:
+    if not _is_real(alpha) or not 0.0 < alpha < 1.0:
         raise InvalidInputError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
     return float(alpha)
 
 
 def check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    if not _is_integer(value) or value <= 0:
         raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_seed(seed: int | None) -> int | None:
+    """``None`` (draw a fresh seed), or a non-negative Python or numpy integer, as an int."""
+    if seed is None:
+        return None
+    if not _is_integer(seed) or seed < 0:
+        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 # --- the statistics ---------------------------------------------------------------------
@@ -381,12 +401,7 @@ def log_mixture_lower(k: np.ndarray, t: np.ndarray, p_star: float) -> np.ndarray
 
 
 def check_radius(radius: float) -> float:
-    if (
-        isinstance(radius, bool)
-        or not isinstance(radius, (int, float, np.floating))
-        or not math.isfinite(radius)
-        or radius < 0
-    ):
+    if not _is_real(radius) or not math.isfinite(radius) or radius < 0:
         raise InvalidInputError(f"radius must be a finite number >= 0, got {radius!r}")
     return float(radius)
 
