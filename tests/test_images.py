@@ -37,8 +37,10 @@ def _gradient16(height: int = 32, width: int = 64) -> np.ndarray:
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     path = tmp_path / "ramp16.png"
     Image.fromarray(_gradient16()).save(path)
-    assert Image.open(path).mode == "I;16"
-    for image in (load_image(path), as_image_tensor(Image.open(path))):
+    with Image.open(path) as opened:
+        assert opened.mode == "I;16"
+        images = (load_image(path), as_image_tensor(opened))
+    for image in images:
         assert image.shape == (1, 32, 64)
         assert abs(image.mean().item() - 0.5) < 0.01  # clipped at 255 it was 0.997
         assert image.min().item() == 0.0 and image.max().item() == 1.0
@@ -86,7 +88,9 @@ def test_exif_rotated_jpeg_loads_upright(tmp_path):
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     path = tmp_path / "phone.jpg"
     stored.save(path, exif=exif, quality=95)
-    for image in (load_image(path), as_image_tensor(Image.open(path))):
+    with Image.open(path) as opened:
+        images = (load_image(path), as_image_tensor(opened))
+    for image in images:
         assert image.shape == (1, 40, 20)
         assert image[0, :20].mean() < 0.1 and image[0, 20:].mean() > 0.9
 
@@ -116,7 +120,8 @@ def test_palette_images_become_grey_or_rgb_by_their_colours():
     indices = np.array([[0, 1], [1, 0]], dtype=np.uint8)
     grey = Image.fromarray(indices, mode="P")
     grey.putpalette([0, 0, 0, 200, 200, 200])
-    assert torch.allclose(as_image_tensor(grey), torch.from_numpy(indices * 200 / 255).float()[None])
+    expected = torch.from_numpy(indices * 200 / 255).float()[None]
+    assert torch.allclose(as_image_tensor(grey), expected)
     colour = Image.fromarray(indices, mode="P")
     colour.putpalette([0, 0, 255, 255, 0, 0])
     image = as_image_tensor(colour)
@@ -162,8 +167,8 @@ def test_a_truncated_image_is_a_typed_error_with_its_cause(tmp_path):
         load_image(path)
     assert isinstance(raised.value.__cause__, OSError)
     smoothed = SmoothedClassifier(LocalModelAdapter(torch.nn.Flatten()), 0.25, device="cpu")
-    with pytest.raises(InvalidInputError) as raised:  # a lazily opened file, decoded by certify
-        smoothed.certify(Image.open(path), n0=1, n=1)
+    with Image.open(path) as opened, pytest.raises(InvalidInputError) as raised:
+        smoothed.certify(opened, n0=1, n=1)  # a lazily opened file, decoded by certify
     assert isinstance(raised.value.__cause__, OSError)
 
 
