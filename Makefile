@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench experiments clean
+.PHONY: demo test bench experiments photos photo-study clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,18 @@ bench: $(STAMP)
 # The Fashion-MNIST study (hours on 2 CPU cores; resumes where it stopped).
 experiments: $(STAMP)
 	$(BIN)/smoothapi experiment fashion-mnist --out results/fashion-mnist
+
+# Training photos for the natural-photo study: two Debian wallpaper packages, unpacked
+# without root into ~/.cache/smoothapi/photos (held-out test photos ship with pip packages).
+PHOTO_CACHE := $(HOME)/.cache/smoothapi/photos
+photos:
+	mkdir -p $(PHOTO_CACHE)/debs
+	cd $(PHOTO_CACHE)/debs && apt-get download mate-backgrounds plasma-workspace-wallpapers
+	for deb in $(PHOTO_CACHE)/debs/*.deb; do dpkg-deb -x $$deb $(PHOTO_CACHE); done
+
+# The natural-photo study (hours on 2 CPU cores; resumes where it stopped).
+photo-study: $(STAMP) photos
+	$(BIN)/smoothapi experiment natural-photos --out results/natural-photos
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

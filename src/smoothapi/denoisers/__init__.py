@@ -14,11 +14,14 @@ Every denoiser maps ``(N, C, H, W)`` to ``(N, C, H, W)`` for any ``H, W``, with
 
 Save a trained denoiser with :func:`save_denoiser` (safetensors weights plus JSON metadata:
 architecture, sigma, objective, surrogates, ...) and rebuild it with :func:`load_denoiser`.
+Denoisers that ship in the package load by name, ``load_denoiser("photo-sigma0.25")``;
+:func:`pretrained_denoisers` lists them with what each was trained for.
 Any other ``torch.nn.Module`` with the same input/output shapes can also be passed as
 ``SmoothedClassifier(..., denoiser=...)``.
 """
 
 from . import dncnn, memnet  # noqa: F401  (importing registers the architectures)
+from .pretrained import PretrainedDenoiser, default_denoiser, pretrained_denoisers
 from .registry import (
     create_denoiser,
     list_denoisers,
@@ -28,7 +31,10 @@ from .registry import (
 )
 
 __all__ = [
+    "PretrainedDenoiser",
     "create_denoiser",
+    "default_denoiser",
+    "pretrained_denoisers",
     "list_denoisers",
     "load_denoiser",
     "register_denoiser",

