@@ -236,8 +236,6 @@ class Study:
         return LocalModelAdapter.from_checkpoint(self.classifier_path(name), device=self.device)
 
     def train_denoiser(self, method: str, sigma: float) -> None:
-        from ..denoisers import create_denoiser, load_denoiser
-
         scale = self.scale
         objective = method.split("-")[0]
         guides = (
@@ -247,16 +245,7 @@ class Study:
         )
         if objective == "mse":
             guides = {}
-        if objective.endswith("+mse"):
-            denoiser = load_denoiser(self.denoiser_path("mse", sigma))
-            epochs, lr = scale.stab_epochs, scale.stab_lr
-        else:
-            torch.manual_seed(0)
-            denoiser = create_denoiser(
-                scale.denoiser[0], in_channels=self.channels, **scale.denoiser[1]
-            )
-            epochs = scale.mse_epochs if objective == "mse" else scale.scratch_epochs
-            lr = scale.mse_lr
+        denoiser, epochs, lr = self.initial_denoiser(objective, sigma)
         train_denoiser(
             denoiser,
             self.train,
@@ -271,6 +260,20 @@ class Study:
             config=self.config(epochs, lr),
             metadata={"dataset": scale.dataset, "method": method},
         )
+
+    def initial_denoiser(self, objective: str, sigma: float) -> tuple[torch.nn.Module, int, float]:
+        """The denoiser a stage starts from, with its epochs and learning rate: ``+mse``
+        objectives fine-tune the MSE denoiser of the same sigma; others start afresh."""
+        from ..denoisers import create_denoiser, load_denoiser
+
+        scale = self.scale
+        if objective.endswith("+mse"):
+            start = load_denoiser(self.denoiser_path("mse", sigma))
+            return start, scale.stab_epochs, scale.stab_lr
+        torch.manual_seed(0)
+        denoiser = create_denoiser(scale.denoiser[0], in_channels=self.channels, **scale.denoiser[1])
+        epochs = scale.mse_epochs if objective == "mse" else scale.scratch_epochs
+        return denoiser, epochs, scale.mse_lr
 
     def certify(self, method: str, sigma: float) -> None:
         from ..denoisers import load_denoiser

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import photos as photo_data
 from ..adapters.http import HTTPAdapter
@@ -62,7 +63,8 @@ class PhotoScale:
     size: int
     train_count: int
     denoiser: tuple[str, dict]
-    mse_epochs: int
+    mse_epochs: int  # at the headline sigma, from scratch
+    warm_epochs: int  # MSE at the other sigmas, starting from the headline sigma's
     stab_epochs: int
     whitebox_epochs: int
     n0: int = 100
@@ -98,9 +100,10 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         size=96,
         train_count=4_000,
         denoiser=("dncnn", {"depth": 8, "width": 32}),
-        mse_epochs=6,
+        mse_epochs=4,
+        warm_epochs=2,
         stab_epochs=2,
-        whitebox_epochs=2,
+        whitebox_epochs=1,
     ),
     "tiny": PhotoScale(
         sigmas=(0.25,),
@@ -108,6 +111,7 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         train_count=32,
         denoiser=("dncnn", {"depth": 3, "width": 8}),
         mse_epochs=1,
+        warm_epochs=1,
         stab_epochs=1,
         whitebox_epochs=1,
         n0=8,
@@ -127,6 +131,7 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         train_count=50_000,
         denoiser=("dncnn", {"depth": 17, "width": 64}),
         mse_epochs=90,
+        warm_epochs=30,
         stab_epochs=20,
         whitebox_epochs=10,
         n=10_000,
@@ -238,6 +243,16 @@ class PhotoStudy(Study):
             path.parent,
             on_epoch_end=save,
         )
+
+    def initial_denoiser(self, objective: str, sigma: float) -> tuple[nn.Module, int, float]:
+        """As the base study, except that MSE at the other sigmas starts from the headline
+        sigma's MSE denoiser (``warm_epochs``): the same images, a nearby noise level."""
+        from ..denoisers import load_denoiser
+
+        headline = self.denoiser_path("mse", self.scale.extras_sigma)
+        if objective == "mse" and sigma != self.scale.extras_sigma and headline.exists():
+            return load_denoiser(headline), self.scale.warm_epochs, self.scale.mse_lr
+        return super().initial_denoiser(objective, sigma)
 
     # --- certification -----------------------------------------------------------------
 
