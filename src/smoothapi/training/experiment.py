@@ -271,7 +271,8 @@ class Study:
             start = load_denoiser(self.denoiser_path("mse", sigma))
             return start, scale.stab_epochs, scale.stab_lr
         torch.manual_seed(0)
-        denoiser = create_denoiser(scale.denoiser[0], in_channels=self.channels, **scale.denoiser[1])
+        name, kwargs = scale.denoiser
+        denoiser = create_denoiser(name, in_channels=self.channels, **kwargs)
         epochs = scale.mse_epochs if objective == "mse" else scale.scratch_epochs
         return denoiser, epochs, scale.mse_lr
 
