@@ -236,6 +236,8 @@ def train_crops(images: Sequence[np.ndarray], count: int, size: int, seed: int =
 
 #: Test crops per photo: (square side as a share of the shorter side, grid per axis).
 TEST_GRID = ((1.0, 1), (0.7, 2), (0.5, 3), (0.3, 2))
+#: Test crops per photo; the first is the largest centred square.
+CROPS_PER_PHOTO = sum(grid * grid for _, grid in TEST_GRID)
 
 
 def test_boxes(shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
