@@ -106,7 +106,8 @@ def run_photo_demo(
                 started = time.perf_counter()
                 cert = smoothed.certify(image, n0=n0, n=n, alpha=alpha)
                 columns[column].append(cert)
-                verdict = "abstain" if cert.abstained else f"{str(cert.label)[:18]} {cert.radius:.2f}"
+                label = str(cert.label)[:18]
+                verdict = "abstain" if cert.abstained else f"{label} {cert.radius:.2f}"
                 cells.append(f"{verdict:>24} {time.perf_counter() - started:4.0f}s")
             print(f"{name:<14} {answer[:22]:<22}" + "".join(cells), file=out)
         for smoothed in smoothers.values():
