@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from smoothapi import SmoothedClassifier
+from smoothapi.dispatch import RateLimits, RetryPolicy
 from smoothapi.errors import BadRequestError, RateLimitError, ServerError
-from smoothapi.smoothing import RateLimits, RetryPolicy
 
 from .adapters.fake import FakeAdapter, brightness_response
 
@@ -99,7 +99,7 @@ def test_retries_are_capped():
     with pytest.raises(ServerError):
         smoothed.certify(IMAGE, n0=4, n=4)
     assert 3 <= adapter.calls <= 6  # 3 tries for the request that gave up, the other cancelled
-    assert not asyncio.all_tasks(smoothed._loop)  # nothing left to send after the failure
+    assert not asyncio.all_tasks(smoothed._bridge.loop)  # nothing left to send after the failure
 
 
 def test_retry_after_is_honoured():

@@ -15,7 +15,7 @@ from scipy import integrate
 from scipy.stats import binom, binomtest, norm
 
 from smoothapi import ABSTAIN, LocalModelAdapter, Outcome, SequentialTest, SmoothedClassifier
-from smoothapi.certification import (
+from smoothapi.sequential import (
     _CERT,
     _GO,
     expected_queries,

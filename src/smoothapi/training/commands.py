@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..adapters.local import LocalModelAdapter
+from ..classifiers import create_classifier, list_classifiers
 from ..errors import InvalidInputError
-from .classifiers import create_classifier, list_classifiers
 from .data import DATASET_NAMES, load_dataset
 from .loop import OPTIMIZERS, TrainConfig
 from .objectives import GUIDANCE_MODES, OBJECTIVES

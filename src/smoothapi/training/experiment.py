@@ -23,7 +23,6 @@ epochs, n = 10,000; it needs ``--data-root`` with the CIFAR-10 python batches).
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from ..adapters.encoding import to_pil
 from ..adapters.local import LocalModelAdapter
 from ..analysis import (
     DEFAULT_RADII,
@@ -44,9 +44,11 @@ from ..analysis import (
     read_log,
 )
 from ..certification import max_certifiable_radius
+from ..classifiers import create_classifier
+from ..denoisers import create_denoiser, load_denoiser
 from ..errors import InvalidInputError
+from ..runs import LogWriter, certify_many, write_log
 from ..smoothing import SmoothedClassifier
-from .classifiers import create_classifier
 from .data import load_dataset
 from .loop import TrainConfig
 from .train import train_classifier, train_denoiser
@@ -236,8 +238,6 @@ class Study:
         return LocalModelAdapter.from_checkpoint(self.classifier_path(name), device=self.device)
 
     def train_denoiser(self, method: str, sigma: float) -> None:
-        from ..denoisers import create_denoiser, load_denoiser
-
         scale = self.scale
         objective = method.split("-")[0]
         guides = (
@@ -273,8 +273,6 @@ class Study:
         )
 
     def certify(self, method: str, sigma: float) -> None:
-        from ..denoisers import load_denoiser
-
         scale = self.scale
         name = f"whitebox@{sigma:g}" if method == "whitebox" else "target"
         denoiser = None
@@ -286,30 +284,17 @@ class Study:
         indices = range(
             0, min(len(self.test), scale.certify_images * scale.certify_skip), scale.certify_skip
         )
+        images, labels = zip(*(self.test[i] for i in indices), strict=True)
+        names = adapter.class_names
         with (
             SmoothedClassifier(
                 adapter, sigma, denoiser, batch_size=500, device=self.device, seed=0
             ) as smoothed,
-            open(path.with_suffix(".part"), "w") as f,
+            open(path.with_suffix(".part"), "w", encoding="utf-8", newline="") as f,
         ):
-            log = csv.writer(f, delimiter="\t", lineterminator="\n")
-            log.writerow(["idx", "label", "predict", "radius", "correct", "time"])
-            for idx in indices:
-                image, label = self.test[idx]
-                started = time.perf_counter()
-                result = smoothed.certify(image, scale.n0, scale.n, scale.alpha)
-                predicted = -1 if result.abstained else result.label
-                label_name = adapter.class_names[label] if adapter.class_names else label
-                log.writerow(
-                    [
-                        idx,
-                        label_name,
-                        predicted,
-                        f"{result.radius:.6f}",
-                        int(predicted == label_name),
-                        f"{time.perf_counter() - started:.3f}",
-                    ]
-                )
+            outcomes = certify_many(smoothed, images, scale.n0, scale.n, scale.alpha, shard=False)
+            write_log(outcomes, LogWriter(f), indices=indices,
+                      labels=[names[label] if names else label for label in labels])  # fmt: skip
         path.with_suffix(".part").rename(path)
 
     def runs(self) -> list[tuple[str, float]]:
@@ -326,9 +311,6 @@ class Study:
     def examples(self, sigma: float, count: int = 6) -> None:
         """The paper's Figure 5: rows of clean, noisy, MSE and STAB+MSE denoised images."""
         from PIL import Image
-
-        from ..adapters.encoding import to_pil
-        from ..denoisers import load_denoiser
 
         clean = torch.stack([self.test[i * self.scale.certify_skip][0] for i in range(count)])
         noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
