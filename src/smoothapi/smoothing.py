@@ -16,7 +16,7 @@ import json
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -116,12 +116,14 @@ class SmoothedClassifier:
         self.seed = secrets.randbits(63) if seed is None else seed
         self._owns_journal = journal is not None and not isinstance(journal, Journal)
         self.journal = Journal(journal) if self._owns_journal else journal
-        self._journal_run: JournalRun | None = None
         self.sampler = Sampler(self.sigma, self.seed, self.device, self.denoiser, self.batch_size)
         self.dispatcher = Dispatcher(adapter, self.batch_size, retry, limits)
         self.retry = retry
         self.stats = self.dispatcher.stats
         self._bridge = SyncBridge(adapter)
+        self._journal_run: JournalRun | None = None
+        if self.journal is not None:  # registers the run, so the journal shows what it was
+            self._journal_run = self.journal.run(self.run_key, self.run_config())
 
     def __enter__(self) -> SmoothedClassifier:
         return self
@@ -153,30 +155,19 @@ class SmoothedClassifier:
 
     def _store(self, key: ImageKey, phase: Phase) -> AnswerStore:
         """Where the answers of one stream are kept: this run's journal, if there is one."""
-        if self.journal is None:
-            return UNRECORDED
-        if self._journal_run is None:
-            self._journal_run = self.journal.run(self.run_key, self.run_config())
-        return self._journal_run.stream(key, phase)
+        return UNRECORDED if self._journal_run is None else self._journal_run.stream(key, phase)
 
     async def _counts(self, x: torch.Tensor, key: ImageKey, phase: Phase, num: int) -> Counter:
         """How often ``f(D(x + delta))`` returns each label over ``num`` noise draws."""
         produce = functools.partial(self.sampler.noisy_batch, x, key, phase)
         return await self.dispatcher.counts(produce, num, self._store(key, phase))
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine from sync code on this classifier's own event loop."""
-        return self._bridge.run(coroutine)
-
     # --- Cohen et al.'s algorithms ----------------------------------------------------
 
     def predict(self, image: ImageLike, n: int = 1_000, alpha: float = 0.001) -> Prediction:
-        """PREDICT: ``g(x)``, or ``ABSTAIN``; wrong with probability at most ``alpha``.
-
-        Draws ``n`` noisy samples and returns the top class when a two-sided binomial
-        test of the top two counts rejects a tie at level ``alpha``.
-        """
-        return self._run(self.apredict(image, n, alpha))
+        """PREDICT: ``g(x)``, or ``ABSTAIN``; wrong with probability at most ``alpha``. The top
+        class of ``n`` noisy samples, when a binomial test of the top two counts rejects a tie."""
+        return self._bridge.run(self.apredict(image, n, alpha))
 
     async def apredict(
         self, image: ImageLike, n: int = 1_000, alpha: float = 0.001, *, image_id: str | None = None
@@ -211,7 +202,7 @@ class SmoothedClassifier:
         estimation samples. ``budget=`` is another name for ``n``.
         """
         options = dict(radius=radius, selection=selection, futility=futility, budget=budget)
-        return self._run(self.acertify(image, n0, n, alpha, **options))
+        return self._bridge.run(self.acertify(image, n0, n, alpha, **options))
 
     async def acertify(
         self,
@@ -236,14 +227,12 @@ class SmoothedClassifier:
         n = n if budget is None else budget  # ``budget`` names ``n``: the samples to spend
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
         if radius is not None:
-            return await self._acertify_radius(
-                x, check_radius(radius), n0, n, alpha, selection, futility, image_id
-            )
+            options = dict(selection=selection, futility=futility, image_id=image_id)
+            return await self.acertify_radius(x, radius, n0, n, alpha, **options)
         if not (isinstance(selection, str) and selection == "samples"):
             raise InvalidInputError("selection is only used with radius=...; leave it 'samples'")
         key = self.sampler.key(x, image_id)
-        # The two sample sets are independent, so they are drawn at the same time: the
-        # candidate is still chosen from the selection samples alone.
+        # Independent sample sets, drawn at once; the candidate still comes from selection alone.
         selection_counts, estimation_counts = await all_or_nothing(
             self._counts(x, key, Phase.SELECTION, n0), self._counts(x, key, Phase.ESTIMATION, n)
         )
@@ -265,14 +254,13 @@ class SmoothedClassifier:
         """Certify "the smoothed classifier's radius at ``image`` is at least ``radius``".
 
         Instead of spending ``n`` samples to find the largest radius, this runs the
-        anytime-valid :class:`~smoothapi.SequentialTest`, looking after every answer and
-        stopping as soon as it decides; ``n`` is its budget of estimation samples. The
-        outcome is "certified" (false with probability at most ``alpha``),
-        "not_certifiable" (the answers say ``p_A`` is below ``Phi(r/sigma)``; see
-        ``futility`` in the test) or "budget_exhausted". See :meth:`acertify_radius`.
+        anytime-valid :class:`~smoothapi.SequentialTest` (``futility`` as there), stopping
+        as soon as it decides; ``n`` is its budget. The outcome is "certified" (false with
+        probability at most ``alpha``), "not_certifiable" or "budget_exhausted".
+        ``selection`` as in :meth:`acertify_radius`.
         """
         options = dict(selection=selection, futility=futility)
-        return self._run(self.acertify_radius(image, radius, n0, n, alpha, **options))
+        return self._bridge.run(self.acertify_radius(image, radius, n0, n, alpha, **options))
 
     async def acertify_radius(
         self,
@@ -296,38 +284,16 @@ class SmoothedClassifier:
           :class:`~smoothapi.LocalModelAdapter` speaking the same labels), asked once on
           ``D(x)``; it costs no query of ``self.adapter``.
 
-        All three are valid because the candidate is a function of data independent of
-        the estimation noise (the clean image, a surrogate, or separate noise draws):
-        conditionally on the candidate, the estimation samples are still i.i.d.
-        Bernoulli(``p_candidate``), so the test's level-``alpha`` guarantee holds given the
-        candidate, and hence overall. A candidate that is not the top class only has a
-        smaller ``p``, and cannot certify more often than ``alpha`` beyond its true radius.
-
-        Estimation samples are drawn in batches through the usual dispatcher (throttle,
-        retries, journal phase ``SEQUENTIAL``). Answers can complete out of order; the
-        test only ever sees the prefix of sample indices answered so far, in index
-        order, so its decisions do not depend on completion order. No new batch is sent
-        once it stops; requests already in flight are awaited and journaled (paid for,
-        so counted in ``estimation_queries``), but not fed to the test.
+        All three are valid: the candidate depends only on data independent of the
+        estimation noise, so given it the estimation samples are still i.i.d.
+        Bernoulli(``p_candidate``) and the test's level-``alpha`` guarantee holds given the
+        candidate, hence overall (a candidate other than the top class only has a smaller
+        ``p``). No new batch is sent once the test stops; requests already in flight are
+        awaited and journaled (paid for, so counted in ``estimation_queries``).
         """
         x = as_image_tensor(image)
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-        return await self._acertify_radius(
-            x, check_radius(radius), n0, n, alpha, selection, futility, image_id
-        )
-
-    async def _acertify_radius(
-        self,
-        x: torch.Tensor,
-        radius: float,
-        n0: int,
-        n: int,
-        alpha: float,
-        selection: str | Adapter,
-        futility: bool | float,
-        image_id: str | None,
-    ) -> RadiusCertification:
-        test = SequentialTest(radius, self.sigma, alpha, n, futility)
+        test = SequentialTest(check_radius(radius), self.sigma, alpha, n, futility)
         if not isinstance(selection, Adapter) and selection not in ("samples", "clean"):
             raise InvalidInputError(
                 f"selection must be 'samples', 'clean' or an Adapter, got {selection!r}"
@@ -343,18 +309,12 @@ class SmoothedClassifier:
         certified = test.outcome is Outcome.CERTIFIED
         return RadiusCertification(
             label=candidate if certified else ABSTAIN,
-            radius=radius if certified else 0.0,
+            radius=test.radius if certified else 0.0,
             outcome=test.outcome or Outcome.BUDGET_EXHAUSTED,
-            n=test.t,
-            alpha=alpha,
-            sigma=self.sigma,
-            tested_radius=radius,
-            candidate=candidate,
-            counts=dict(counts),
-            selection_queries=selection_queries,
-            estimation_queries=evaluated,
-            max_n=n,
-        )
+            n=test.t, alpha=alpha, sigma=self.sigma, tested_radius=test.radius,
+            candidate=candidate, counts=dict(counts), selection_queries=selection_queries,
+            estimation_queries=evaluated, max_n=n,
+        )  # fmt: skip
 
     async def _select(
         self, x: torch.Tensor, key: ImageKey, selection: str | Adapter, n0: int
@@ -377,39 +337,45 @@ class SmoothedClassifier:
         """Feed ``test`` noisy answers until it stops; returns the labels of the samples
         it used and how many estimation answers were paid for (now or in an earlier run)."""
         produce = functools.partial(self.sampler.noisy_batch, x, key, Phase.SEQUENTIAL)
-        answers = self.dispatcher.answers(
-            produce,
-            test.max_n,
-            self._store(key, Phase.SEQUENTIAL),
-            stop=lambda: test.outcome is not None,
+        stop = lambda: test.outcome is not None  # noqa: E731
+        store = self._store(key, Phase.SEQUENTIAL)
+        return await _feed(
+            test, candidate, self.dispatcher.answers(produce, test.max_n, store, stop)
         )
-        answered: dict[int, Label | None] = {}
-        fed = 0  # the test has seen samples 0 .. fed - 1
-        async for indices, labels in answers:
-            answered.update(zip(indices, labels, strict=True))
-            start = fed
-            while fed < test.max_n and fed in answered:
-                fed += 1
-            if fed > start and test.outcome is None:
-                test.feed([answered[i] == candidate for i in range(start, fed)])
-        return Counter(answered[i] for i in range(test.t)), len(answered)
 
-    # --- datasets: the runner lives in smoothapi.runs -----------------------------------
-
+    # --- datasets: smoothapi.runs -------------------------------------------------------
     def certify_many(
-        self, images: Iterable[ImageLike], n0: int = 100, n: int = 10_000, alpha: float = 0.001,
-        **options: Any,
-    ) -> Iterator[ImageOutcome]:  # fmt: skip
-        """:func:`smoothapi.runs.certify_many` with this classifier."""
+        self, images: Iterable[ImageLike], *args: Any, **options: Any
+    ) -> Iterator[ImageOutcome]:
+        """:func:`smoothapi.runs.certify_many` with this classifier (kept for compatibility)."""
         from . import runs  # the dataset layer sits above this one
 
-        return runs.certify_many(self, images, n0, n, alpha, **options)
+        return runs.certify_many(self, images, *args, **options)
 
     def acertify_many(
-        self, images: Iterable[ImageLike], n0: int = 100, n: int = 10_000, alpha: float = 0.001,
-        **options: Any,
-    ) -> AsyncIterator[ImageOutcome]:  # fmt: skip
-        """:func:`smoothapi.runs.acertify_many` with this classifier."""
+        self, images: Iterable[ImageLike], *args: Any, **options: Any
+    ) -> AsyncIterator[ImageOutcome]:
+        """:func:`smoothapi.runs.acertify_many` with this classifier (kept for compatibility)."""
         from . import runs  # the dataset layer sits above this one
 
-        return runs.acertify_many(self, images, n0, n, alpha, **options)
+        return runs.acertify_many(self, images, *args, **options)
+
+
+async def _feed(
+    test: SequentialTest,
+    candidate: Label,
+    answers: AsyncIterator[tuple[list[int], list[Label | None]]],
+) -> tuple[Counter, int]:
+    """Feed ``test`` whether each answer is ``candidate``, in sample order: it only ever sees
+    the prefix of indices answered so far, so completion order cannot sway it. Returns the
+    labels of the samples it used and how many answers came (all of them paid for)."""
+    answered: dict[int, Label | None] = {}
+    fed = 0  # the test has seen samples 0 .. fed - 1
+    async for indices, labels in answers:
+        answered.update(zip(indices, labels, strict=True))
+        start = fed
+        while fed < test.max_n and fed in answered:
+            fed += 1
+        if fed > start and test.outcome is None:
+            test.feed([answered[i] == candidate for i in range(start, fed)])
+    return Counter(answered[i] for i in range(test.t)), len(answered)
