@@ -27,8 +27,17 @@ import torch
 from . import __version__
 from ._images import load_image
 from .adapters.local import LocalModelAdapter
-from .analysis import DEFAULT_RADII
+from .analysis import (
+    DEFAULT_RADII,
+    average_certified_radius,
+    best_sigma_table,
+    certified_accuracy,
+    format_table,
+    plot_curves,
+    read_log,
+)
 from .certification import check_alpha, check_count, check_sigma
+from .demo import run_demo, run_denoised_demo
 from .denoisers import load_denoiser
 from .errors import InvalidInputError, SmoothAPIError
 from .runs import (
@@ -218,8 +227,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo, run_denoised_demo
-
     check_count("n0", args.n0)
     check_count("n", args.n)
     if args.seed is not None and args.seed < 0:
@@ -232,14 +239,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis import (
-        average_certified_radius,
-        best_sigma_table,
-        certified_accuracy,
-        format_table,
-        plot_curves,
-        read_log,
-    )
 
     logs = []
     for spec in args.logs:

@@ -14,10 +14,15 @@ import time
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+from ._images import load_image
+from .adapters.http import HTTPAdapter
 from .adapters.local import LocalModelAdapter
 from .certification import ABSTAIN, Certification, Label, max_certifiable_radius
+from .denoisers import load_denoiser
+from .dispatch import RateLimits
 from .errors import CheckpointError, InvalidInputError
 from .smoothing import SmoothedClassifier
+from .testing import LoopbackProvider
 from .training.data import FASHION_MNIST_CLASSES
 
 __all__ = [
@@ -105,8 +110,6 @@ def run_demo(
     Returns the rows printed. Radii are l2 distances in the [0, 1] pixel space of the
     28x28 images, like ``sigma``.
     """
-    from ._images import load_image
-
     out = sys.stdout if out is None else out
     images = demo_images()
     adapter = LocalModelAdapter.from_checkpoint(demo_model_path())
@@ -179,12 +182,6 @@ def run_denoised_demo(
     surrogates only) in front of the same target served as a vision API over HTTP on
     127.0.0.1. Prints them side by side and returns the certificates per column.
     """
-    from ._images import load_image
-    from .adapters.http import HTTPAdapter
-    from .denoisers import load_denoiser
-    from .smoothing import RateLimits
-    from .testing import LoopbackProvider
-
     out = sys.stdout if out is None else out
     sigma = 0.25
     images = demo_images()

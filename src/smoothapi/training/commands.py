@@ -12,8 +12,10 @@ from torch.utils.data import Dataset
 
 from ..adapters.local import LocalModelAdapter
 from ..classifiers import create_classifier, list_classifiers
+from ..denoisers import create_denoiser, list_denoisers, load_denoiser
 from ..errors import InvalidInputError
 from .data import DATASET_NAMES, load_dataset
+from .experiment import SCALES, run_experiment
 from .loop import OPTIMIZERS, TrainConfig
 from .objectives import GUIDANCE_MODES, OBJECTIVES
 from .train import train_classifier, train_denoiser
@@ -190,8 +192,6 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
-    from ..denoisers import create_denoiser, load_denoiser
-
     train, test = _datasets(args)
     channels = train[0][0].shape[0]
     if args.objective.endswith("+mse") and not args.pretrained:
@@ -246,8 +246,6 @@ EXPERIMENTS = {"fashion-mnist": "small", "digits": "tiny", "cifar10": "paper"}
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiment import run_experiment
-
     out = args.out or f"results/{args.study}"
     run_experiment(args.scale or EXPERIMENTS[args.study], out, data_root=args.data_root,
                    device=args.device)
@@ -256,9 +254,6 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 def add_training_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``train-classifier``, ``train-denoiser`` and ``experiment`` to ``smoothapi``."""
-    from ..denoisers import list_denoisers
-    from .experiment import SCALES
-
     exp = commands.add_parser(
         "experiment",
         help="the paper's study end to end: classifiers, denoisers, certification, report",

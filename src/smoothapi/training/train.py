@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from ..adapters.local import LocalModelAdapter
 from ..certification import check_sigma
+from ..denoisers import save_denoiser
 from ..errors import InvalidInputError
 from .loop import TrainConfig, fit, training_device
 from .objectives import GUIDANCE_MODES, OBJECTIVES, guided_loss
@@ -93,8 +94,6 @@ def train_denoiser(
     guiding and ``eval_classifiers`` classifier after the denoiser. The denoiser is
     saved to ``out_dir/denoiser.safetensors`` after every epoch, with its metadata.
     """
-    from ..denoisers import save_denoiser
-
     sigma = check_sigma(sigma)
     config = config or TrainConfig()
     if objective not in OBJECTIVES:
