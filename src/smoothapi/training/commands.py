@@ -254,6 +254,12 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 def add_training_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``train-classifier``, ``train-denoiser`` and ``experiment`` to ``smoothapi``."""
+    _add_experiment_command(commands)
+    _add_train_classifier_command(commands)
+    _add_train_denoiser_command(commands)
+
+
+def _add_experiment_command(commands: argparse._SubParsersAction) -> None:
     exp = commands.add_parser(
         "experiment",
         help="the paper's study end to end: classifiers, denoisers, certification, report",
@@ -271,6 +277,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     exp.add_argument("--device", default=None, help="cpu, cuda ... (default: auto)")
     exp.set_defaults(handler=_cmd_experiment)
 
+
+def _add_train_classifier_command(commands: argparse._SubParsersAction) -> None:
     clf = commands.add_parser(
         "train-classifier",
         help="train a classifier (standard, or with Gaussian noise augmentation)",
@@ -304,6 +312,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     _add_optim_options(clf, epochs=10, lr=1e-3)
     clf.set_defaults(handler=_cmd_train_classifier)
 
+
+def _add_train_denoiser_command(commands: argparse._SubParsersAction) -> None:
     den = commands.add_parser(
         "train-denoiser",
         help="train a Gaussian denoiser (MSE, STAB, CLF, STAB+MSE, CLF+MSE)",

@@ -368,6 +368,26 @@ class Study:
             "images": images,
             "methods": {},
         }
+        lines += self.sigma_tables(logs, images, summary["methods"])
+        gaps = {f"{sigma:g}": self.gaps(logs, sigma) for sigma in scale.sigmas}
+        gaps = {sigma: by_method for sigma, by_method in gaps.items() if by_method}
+        summary["gap_closed"] = gaps
+        summary["stage_seconds"] = self.times
+        lines += _gap_lines(gaps)
+        lines += [
+            "The intervals resample the test images (paired across methods). Targets, at "
+            f"sigma {scale.extras_sigma:g}: full access >= 90% and query access >= 75% at "
+            "both radii.",
+        ]
+        lines += ["", *self.sizing(done)]
+        lines += ["", "Stage wall times (s):", ""]
+        lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
+        (self.out / "README.md").write_text("\n".join(lines) + "\n")
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def sigma_tables(self, logs: dict, images: int, methods: dict[str, Any]) -> list[str]:
+        """Per sigma: its table (lines returned), curves (saved) and numbers (into methods)."""
+        scale, radii, lines = self.scale, DEFAULT_RADII, []
         for sigma in scale.sigmas:
             table = best_sigma_table(
                 {m: {s: log} for (m, s), log in logs.items() if s == sigma}, radii
@@ -382,39 +402,13 @@ class Study:
                 title=f"sigma = {sigma:g}",
             )
             for method, cells in table.items():
-                summary["methods"].setdefault(method, {})[f"{sigma:g}"] = {
+                methods.setdefault(method, {})[f"{sigma:g}"] = {
                     "standard_accuracy": cells[0][1],
                     "certified_accuracy": {
                         f"{r:g}": c for r, (c, _, _) in zip(radii, cells, strict=True)
                     },
                 }
-        gaps = {f"{sigma:g}": self.gaps(logs, sigma) for sigma in scale.sigmas}
-        gaps = {sigma: by_method for sigma, by_method in gaps.items() if by_method}
-        summary["gap_closed"] = gaps
-        summary["stage_seconds"] = self.times
-        for sigma, by_method in gaps.items():
-            lines += [f"Share of the white-box minus no-denoiser gap closed at sigma {sigma}:", ""]
-            lines += [
-                f"- {method}: "
-                + ", ".join(
-                    f"r={r}: {g['share']:.0%} (95% CI {g['ci95'][0]:.0%} to {g['ci95'][1]:.0%})"
-                    if g["share"] is not None
-                    else f"r={r}: -"
-                    for r, g in by_r.items()
-                )
-                for method, by_r in by_method.items()
-            ]
-            lines.append("")
-        lines += [
-            "The intervals resample the test images (paired across methods). Targets, at "
-            f"sigma {scale.extras_sigma:g}: full access >= 90% and query access >= 75% at "
-            "both radii.",
-        ]
-        lines += ["", *self.sizing(done)]
-        lines += ["", "Stage wall times (s):", ""]
-        lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
-        (self.out / "README.md").write_text("\n".join(lines) + "\n")
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return lines
 
     def sizing(self, done: list[tuple[str, float]]) -> list[str]:
         """Why n and the image count are what they are: the largest certifiable radius per
@@ -466,6 +460,25 @@ class Study:
                     f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high]} for g in found
                 }
         return out
+
+
+def _gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The report's lines on the share of the gap each method closed, per sigma."""
+    lines: list[str] = []
+    for sigma, by_method in gaps.items():
+        lines += [f"Share of the white-box minus no-denoiser gap closed at sigma {sigma}:", ""]
+        lines += [
+            f"- {method}: "
+            + ", ".join(
+                f"r={r}: {g['share']:.0%} (95% CI {g['ci95'][0]:.0%} to {g['ci95'][1]:.0%})"
+                if g["share"] is not None
+                else f"r={r}: -"
+                for r, g in by_r.items()
+            )
+            for method, by_r in by_method.items()
+        ]
+        lines.append("")
+    return lines
 
 
 def run_experiment(
