@@ -205,6 +205,4 @@ class JournalStream:
 
     def record(self, answers: Iterable[tuple[int, Label | None, float | None]]) -> None:
         """Commit ``(sample index, label, score or None)`` answers in one transaction."""
-        self.journal.record(
-            self.run, self.image.digest, self.image.occurrence, self.phase, answers
-        )
+        self.journal.record(self.run, self.image.digest, self.image.occurrence, self.phase, answers)

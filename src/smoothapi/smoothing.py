@@ -17,7 +17,7 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -56,8 +56,6 @@ if TYPE_CHECKING:
     from .runs import ImageOutcome
 
 __all__ = ["ClientStats", "RateLimits", "RetryPolicy", "SmoothedClassifier"]
-
-T = TypeVar("T")
 
 DEFAULT_BATCH_SIZE = 256
 
