@@ -21,7 +21,7 @@ from smoothapi import LocalModelAdapter, SmoothedClassifier, create_denoiser
 from smoothapi._images import load_image
 from smoothapi.adapters.http import HTTPAdapter
 from smoothapi.demo import demo_images_dir, demo_model_path
-from smoothapi.smoothing import RateLimits
+from smoothapi.dispatch import RateLimits
 from smoothapi.testing import LoopbackProvider
 
 

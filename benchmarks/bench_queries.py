@@ -25,7 +25,8 @@ import time
 import numpy as np
 from scipy.stats import binom, norm
 
-from smoothapi.certification import _min_successes, information_floor, sequential_law
+from smoothapi.certification import _min_successes
+from smoothapi.sequential import information_floor, sequential_law
 
 SIGMA, ALPHA, BUDGET = 0.25, 0.001, 10_000
 RADII = (0.25, 0.5)

@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+import numpy as np
+import torch
 from PIL import Image
 
 from smoothapi import SmoothedClassifier, max_certifiable_radius
@@ -71,7 +73,6 @@ def run(provider: str, make_adapter: Callable[[], Adapter], args: argparse.Names
               f"(sigma={args.sigma}, {result.queries} queries, seed {smoothed.seed})")
 
 
-def _tensor(image: Image.Image):
-    from smoothapi._images import as_image_tensor
-
-    return as_image_tensor(image)
+def _tensor(image: Image.Image) -> torch.Tensor:
+    """The RGB image as a (3, H, W) float tensor in [0, 1], as adapters take it."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)

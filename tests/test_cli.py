@@ -19,7 +19,8 @@ from PIL import Image
 from scipy.stats import norm
 
 from smoothapi import LocalModelAdapter, max_certifiable_radius
-from smoothapi.cli import find_images, format_elapsed, main
+from smoothapi.cli import find_images, main
+from smoothapi.runs import format_elapsed
 from smoothapi.training import create_classifier
 
 CLASSES = ["dark", "mid", "bright"]

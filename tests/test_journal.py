@@ -112,3 +112,20 @@ def test_journal_keeps_the_providers_scores(tmp_path):
     # FakeAdapter's top label scores max(mean, 1 - mean) of the noisy image's pixels.
     assert all(0.5 <= scores[i] <= 1 for i in scores)
     assert len(set(scores.values())) > 1 and set(labels.values()) <= {"bright", "dark"}
+
+
+def test_a_run_hands_out_one_store_per_stream(tmp_path):
+    from smoothapi.sampling import ImageKey, Phase
+
+    with Journal(tmp_path / "j.sqlite") as journal:
+        run = journal.run("run-a", {"sigma": 0.25})
+        journal.run("run-a", {"sigma": 0.25})  # registering again changes nothing
+        key = ImageKey("ab" * 32, 0)
+        estimation = run.stream(key, Phase.ESTIMATION)
+        estimation.record([(0, "cat", 0.9), (3, None, None)])
+        assert estimation.answers() == {0: "cat", 3: None}
+        assert run.stream(key, Phase.SELECTION).answers() == {}  # another phase
+        assert run.stream(ImageKey("ab" * 32, 1), Phase.ESTIMATION).answers() == {}  # occurrence
+        assert journal.run("run-b", {}).stream(key, Phase.ESTIMATION).answers() == {}  # run
+        assert journal.answers("run-a", key.digest, 0, Phase.ESTIMATION) == {0: "cat", 3: None}
+        assert list(journal.runs()) == ["run-a", "run-b"]

@@ -14,8 +14,15 @@ import torch
 from scipy import integrate
 from scipy.stats import binom, binomtest, norm
 
-from smoothapi import ABSTAIN, LocalModelAdapter, Outcome, SequentialTest, SmoothedClassifier
-from smoothapi.certification import (
+from smoothapi import (
+    ABSTAIN,
+    InvalidInputError,
+    LocalModelAdapter,
+    Outcome,
+    SequentialTest,
+    SmoothedClassifier,
+)
+from smoothapi.sequential import (
     _CERT,
     _GO,
     expected_queries,
@@ -286,3 +293,17 @@ def test_budget_alias_and_certify_many_with_a_radius():
     assert [o.certification.outcome for o in outcomes] == ["certified", "certified"]
     assert [o.certification.label for o in outcomes] == ["bright", "dark"]
     assert all(o.queries == o.certification.queries < 2_000 for o in outcomes)
+
+
+def test_certify_radius_is_the_radius_mode_of_certify():
+    x = torch.full((1, 12, 12), 0.95)
+    options = dict(n0=8, n=500, alpha=0.01, selection="clean")
+    by_method = SmoothedClassifier(FakeAdapter(), 0.05, device="cpu", seed=1).certify_radius(
+        x, 0.05, **options
+    )
+    by_alias = SmoothedClassifier(FakeAdapter(), 0.05, device="cpu", seed=1).certify(
+        x, radius=0.05, **options
+    )
+    assert by_method == by_alias and by_method.certified and by_method.selection_queries == 1
+    with pytest.raises(InvalidInputError, match="selection must be"):
+        SmoothedClassifier(FakeAdapter(), 0.05, device="cpu").certify_radius(x, 0.05, selection="x")

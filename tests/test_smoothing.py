@@ -133,7 +133,7 @@ def test_radius_scales_with_image_and_sigma(digit_images):
     for c in (1.0, 0.5, 0.25):
         smoothed = SmoothedClassifier(adapter, 0.4 * c, device="cpu", seed=99)
         # The same image_id keys the same noise streams, so the noise is exactly c times.
-        results[c] = smoothed._run(smoothed.acertify(x * c, 50, 2_000, 0.001, image_id="x"))
+        results[c] = smoothed._bridge.run(smoothed.acertify(x * c, 50, 2_000, 0.001, image_id="x"))
     assert not results[1.0].abstained and results[1.0].radius > 0
     for c in (0.5, 0.25):
         assert results[c].counts == results[1.0].counts

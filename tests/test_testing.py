@@ -12,7 +12,7 @@ import torch
 from smoothapi import SmoothedClassifier
 from smoothapi.adapters.encoding import encode_image
 from smoothapi.adapters.http import HTTPAdapter
-from smoothapi.smoothing import RetryPolicy
+from smoothapi.dispatch import RetryPolicy
 from smoothapi.testing import Faults, LoopbackProvider
 
 IMAGE = torch.full((1, 12, 12), 0.6)

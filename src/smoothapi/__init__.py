@@ -9,21 +9,25 @@ from .adapters import Adapter, LocalModelAdapter
 from .certification import (
     ABSTAIN,
     Certification,
-    Outcome,
     Prediction,
-    RadiusCertification,
-    SequentialTest,
     certify_counts,
     clopper_pearson_lower,
-    expected_queries,
-    information_floor,
     max_certifiable_radius,
     predict_counts,
     samples_needed,
 )
 from .denoisers import create_denoiser, list_denoisers, load_denoiser
+from .dispatch import ClientStats, RateLimits, RetryPolicy
 from .errors import CheckpointError, InvalidInputError, MissingDependencyError, SmoothAPIError
-from .smoothing import ClientStats, ImageOutcome, RateLimits, RetryPolicy, SmoothedClassifier
+from .runs import ImageOutcome
+from .sequential import (
+    Outcome,
+    RadiusCertification,
+    SequentialTest,
+    expected_queries,
+    information_floor,
+)
+from .smoothing import SmoothedClassifier
 
 __version__ = "0.1.0"
 

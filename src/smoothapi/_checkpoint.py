@@ -1,7 +1,9 @@
-"""Weights as safetensors files whose metadata alone rebuilds the model (no pickle)."""
+"""Weights: safetensors files whose metadata alone rebuilds the model (no pickle), and the
+digest that identifies a module by its weights."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -45,3 +47,14 @@ def load_checkpoint(
     if metadata.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {metadata.get('kind')!r}, not a {kind!r}")
     return tensors, metadata
+
+
+def module_digest(module: torch.nn.Module | None) -> str | None:
+    """SHA-256 of a module's class and state dict: identifies a denoiser or model."""
+    if module is None:
+        return None
+    digest = hashlib.sha256(type(module).__qualname__.encode())
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -9,7 +9,6 @@ and its radius is at least ``r``; abstentions are never correct.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidInputError, MissingDependencyError
+from .runs import read_log_rows
 
 __all__ = [
     "DEFAULT_RADII",
@@ -54,17 +54,12 @@ def _truthy(value: object) -> bool:
 def read_log(path: str | os.PathLike, name: str | None = None) -> CertificationLog:
     """Read a TSV (Cohen et al.'s columns) or JSON Lines certification log."""
     path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"log not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    first = text.lstrip()[:1]
     try:
-        if first == "{":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = list(csv.DictReader(text.splitlines(), delimiter="\t"))
+        rows = read_log_rows(path)
         correct = np.array([_truthy(row["correct"]) for row in rows], dtype=bool)
         radius = np.array([float(row["radius"]) for row in rows], dtype=float)
+    except InvalidInputError:
+        raise
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
         raise InvalidInputError(
             f"{path}: not a certification log (needs 'correct' and 'radius' columns): {exc}"

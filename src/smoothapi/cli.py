@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import datetime
-import json
 import os
 import re
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,10 +27,28 @@ import torch
 from . import __version__
 from ._images import load_image
 from .adapters.local import LocalModelAdapter
-from .analysis import DEFAULT_RADII
+from .analysis import (
+    DEFAULT_RADII,
+    average_certified_radius,
+    best_sigma_table,
+    certified_accuracy,
+    format_table,
+    plot_curves,
+    read_log,
+)
 from .certification import check_alpha, check_count, check_sigma
+from .demo import run_demo, run_denoised_demo
 from .denoisers import load_denoiser
 from .errors import InvalidInputError, SmoothAPIError
+from .runs import (
+    CERTIFY_COLUMNS,
+    PREDICT_COLUMNS,
+    LogWriter,
+    Shard,
+    certify_many,
+    predict_many,
+    write_log,
+)
 from .smoothing import DEFAULT_BATCH_SIZE, SmoothedClassifier
 from .training.commands import add_training_commands
 
@@ -42,11 +56,6 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageEntry", "find_images", "main"]
 
 PROG = "smoothapi"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-ABSTAIN_CODE = -1  # what Cohen et al.'s logs write in the ``predict`` column on abstention
-
-CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "file")
-PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "file")
-
 EXIT_OK, EXIT_ERROR = 0, 2
 
 
@@ -101,46 +110,6 @@ def find_images(root: str | Path) -> list[ImageEntry]:
             f"no images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     return sorted(entries, key=lambda e: _natural_key(e.name))
-
-
-# --- formatting ------------------------------------------------------------------------------
-
-
-def format_elapsed(seconds: float) -> str:
-    """``h:mm:ss.ffffff``, as ``str(datetime.timedelta)`` prints it but always with microseconds."""
-    delta = datetime.timedelta(seconds=seconds)
-    minutes, secs = divmod(delta.seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    hours += delta.days * 24
-    return f"{hours}:{minutes:02d}:{secs:02d}.{delta.microseconds:06d}"
-
-
-def _json_label(label: Any) -> Any:
-    return label if label is None or isinstance(label, (str, int, float, bool)) else str(label)
-
-
-def _counts(counts: dict) -> dict[str, int]:
-    """Label -> count with string keys (``None``, "no label", becomes ``"None"``), largest first."""
-    ranked = sorted(counts.items(), key=lambda item: -item[1])
-    return {str(label): int(count) for label, count in ranked}
-
-
-class _RowWriter:
-    """Writes one row per image as TSV (with a header) or JSON Lines, flushing each."""
-
-    def __init__(self, out: TextIO, fmt: str, columns: Sequence[str]) -> None:
-        self.out, self.fmt, self.columns = out, fmt, columns
-        self._tsv = csv.writer(out, delimiter="\t", lineterminator="\n") if fmt == "tsv" else None
-        if self._tsv is not None:
-            self._tsv.writerow(columns)
-            out.flush()
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self._tsv is not None:
-            self._tsv.writerow(["" if row[c] is None else row[c] for c in self.columns])
-        else:
-            self.out.write(json.dumps(row) + "\n")
-        self.out.flush()
 
 
 # --- the subcommands ----------------------------------------------------------------------------
@@ -202,10 +171,17 @@ def _output(path: str | None) -> Iterator[TextIO]:
         yield out
 
 
-def _correct(predicted: Any, abstained: bool, label: str | None) -> int | None:
-    if label is None:
-        return None
-    return 0 if abstained else int(str(predicted) == label)
+class _LazyImages(Sequence):
+    """The images of ``entries``, each loaded when the runner reaches it."""
+
+    def __init__(self, entries: list[ImageEntry]) -> None:
+        self.entries = entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
+        return load_image(self.entries[index].path)
 
 
 def _run_images(args: argparse.Namespace, certify: bool) -> int:
@@ -215,78 +191,31 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
     entries = find_images(args.images)
     _check_images(entries, adapter)
     denoiser = load_denoiser(args.denoiser) if args.denoiser else None
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and (args.output is None or args.output == "-"):
+    shard = Shard.from_env()
+    if shard.world > 1 and (args.output is None or args.output == "-"):
         raise InvalidInputError("under torchrun, give --output: each process writes its "
                                 "share and the first one merges them there")
-    if world > 1 and args.seed is None:
+    if shard.world > 1 and args.seed is None:
         raise InvalidInputError("under torchrun, give --seed so that all processes agree")
     smoothed = SmoothedClassifier(
         adapter, args.sigma, denoiser, batch_size=args.batch_size, device=device, seed=args.seed,
         journal=args.journal,
     )
-    output = args.output if world == 1 else f"{args.output}.rank{rank}"
     columns = CERTIFY_COLUMNS if certify else PREDICT_COLUMNS
-    with smoothed, _output(output) as out:
+    with smoothed, _output(shard.output(args.output)) as out:
         what = f"certify n0={args.n0} n={args.n}" if certify else f"predict n={args.n}"
-        share = f" (process {rank} of {world})" if world > 1 else ""
+        share = f" (process {shard.rank} of {shard.world})" if shard.world > 1 else ""
         print(f"{PROG}: {what} alpha={args.alpha} sigma={args.sigma} seed={smoothed.seed} "
               f"on {len(entries)} image(s){share}, device {device}", file=sys.stderr, flush=True)
-        writer = _RowWriter(out, args.format, columns)
-        for idx, entry in enumerate(entries):
-            if idx % world != rank:
-                continue
-            image = load_image(entry.path)
-            started = time.perf_counter()
-            if certify:
-                result = smoothed.certify(image, n0=args.n0, n=args.n, alpha=args.alpha)
-            else:
-                result = smoothed.predict(image, n=args.n, alpha=args.alpha)
-            elapsed = time.perf_counter() - started
-            row: dict[str, Any] = {
-                "idx": idx,
-                "label": entry.label,
-                "predict": ABSTAIN_CODE if result.abstained else _json_label(result.label),
-            }
-            if certify:
-                row["radius"] = float(result.radius)
-            row["correct"] = _correct(result.label, result.abstained, entry.label)
-            row["time"] = format_elapsed(elapsed)
-            row["file"] = entry.name
-            if args.format == "json":
-                if certify:
-                    row.update(p_a_lower=result.p_a_lower, n0=result.n0)
-                else:
-                    row["p_value"] = result.p_value
-                row.update(n=result.n, alpha=result.alpha, sigma=smoothed.sigma,
-                           queries=result.queries, counts=_counts(result.counts))
-            writer.write(row)
-    if world > 1:
-        _merge_shards(args.output, world, rank, args.format, columns)
+        images = _LazyImages(entries)
+        if certify:
+            outcomes = certify_many(smoothed, images, args.n0, args.n, args.alpha, shard=shard)
+        else:
+            outcomes = predict_many(smoothed, images, args.n, args.alpha, shard=shard)
+        write_log(outcomes, LogWriter(out, args.format, columns), sigma=smoothed.sigma,
+                  labels=[e.label for e in entries], files=[e.name for e in entries])
+    shard.merge(args.output, args.format, columns)
     return EXIT_OK
-
-
-def _merge_shards(output: str, world: int, rank: int, fmt: str, columns: Sequence[str]) -> None:
-    """Under torchrun: wait for every process, then the first merges the shards by idx."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    dist.barrier()
-    if rank == 0:
-        rows: list[tuple[int, str]] = []
-        for shard in (Path(f"{output}.rank{r}") for r in range(world)):
-            lines = shard.read_text(encoding="utf-8").splitlines()
-            body = lines[1:] if fmt == "tsv" else lines
-            rows += [(int(json.loads(line)["idx"]) if fmt == "json" else int(line.split("\t")[0]),
-                      line) for line in body if line]
-            shard.unlink()
-        with open(output, "w", encoding="utf-8") as merged:
-            if fmt == "tsv":
-                merged.write("\t".join(columns) + "\n")
-            merged.writelines(line + "\n" for _, line in sorted(rows))
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def _cmd_certify(args: argparse.Namespace) -> int:
@@ -298,8 +227,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo, run_denoised_demo
-
     check_count("n0", args.n0)
     check_count("n", args.n)
     if args.seed is not None and args.seed < 0:
@@ -312,14 +239,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis import (
-        average_certified_radius,
-        best_sigma_table,
-        certified_accuracy,
-        format_table,
-        plot_curves,
-        read_log,
-    )
 
     logs = []
     for spec in args.logs:

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
+from ._images import load_image
+from .adapters.http import HTTPAdapter
 from .adapters.local import LocalModelAdapter
 from .certification import ABSTAIN, Certification, Label, max_certifiable_radius
+from .denoisers import load_denoiser
+from .dispatch import RateLimits
 from .errors import CheckpointError, InvalidInputError
 from .smoothing import SmoothedClassifier
+from .testing import LoopbackProvider
 from .training.data import FASHION_MNIST_CLASSES
 
 __all__ = [
@@ -105,8 +111,6 @@ def run_demo(
     Returns the rows printed. Radii are l2 distances in the [0, 1] pixel space of the
     28x28 images, like ``sigma``.
     """
-    from ._images import load_image
-
     out = sys.stdout if out is None else out
     images = demo_images()
     adapter = LocalModelAdapter.from_checkpoint(demo_model_path())
@@ -179,21 +183,11 @@ def run_denoised_demo(
     surrogates only) in front of the same target served as a vision API over HTTP on
     127.0.0.1. Prints them side by side and returns the certificates per column.
     """
-    from ._images import load_image
-    from .adapters.http import HTTPAdapter
-    from .denoisers import load_denoiser
-    from .smoothing import RateLimits
-    from .testing import LoopbackProvider
-
     out = sys.stdout if out is None else out
     sigma = 0.25
     images = demo_images()
     target = LocalModelAdapter.from_checkpoint(shipped_path("target"), device="cpu")
     full, query = load_denoiser(shipped_path("full")), load_denoiser(shipped_path("query"))
-    columns: dict[str, list[Certification]] = {"no denoiser": [], "full access": [],
-                                               "query access (API)": []}
-    seconds = dict.fromkeys(columns, 0.0)
-    queries = dict.fromkeys(columns, 0)
 
     def emit(line: str = "") -> None:
         print(line, file=out, flush=True)
@@ -215,24 +209,40 @@ def run_denoised_demo(
                                                      device="cpu",
                                                      limits=RateLimits(max_in_flight=8)),
         }
-        header = f"{'image':<18} {'true':<11}" + "".join(f"{name:>24}" for name in columns)
-        emit(header)
-        emit("-" * len(header))
-        for path, true_label in images:
-            image = load_image(path)
-            cells = []
-            for name, smoothed in classifiers.items():
-                started = time.perf_counter()
-                cert = smoothed.certify(image, n0=n0, n=n, alpha=alpha)
-                seconds[name] += time.perf_counter() - started
-                queries[name] += cert.queries
-                columns[name].append(cert)
-                mark = "" if cert.abstained or cert.label == true_label else "*"
-                cells.append(f"{_label_text(cert.label) + mark:>16} {cert.radius:>7.3f}")
-            relative = path.relative_to(demo_images_dir()).as_posix()
-            emit(f"{relative:<18} {true_label:<11}" + "".join(cells))
+        columns = _side_by_side(classifiers, images, n0, n, alpha, emit)
         for smoothed in classifiers.values():
             smoothed.close()
+    return columns
+
+
+def _side_by_side(
+    classifiers: dict[str, SmoothedClassifier],
+    images: list[tuple[Path, str]],
+    n0: int,
+    n: int,
+    alpha: float,
+    emit: Callable[..., None],
+) -> dict[str, list[Certification]]:
+    """Certify every image with every classifier; one row per image, then the totals."""
+    columns: dict[str, list[Certification]] = {name: [] for name in classifiers}
+    seconds = dict.fromkeys(columns, 0.0)
+    queries = dict.fromkeys(columns, 0)
+    header = f"{'image':<18} {'true':<11}" + "".join(f"{name:>24}" for name in columns)
+    emit(header)
+    emit("-" * len(header))
+    for path, true_label in images:
+        image = load_image(path)
+        cells = []
+        for name, smoothed in classifiers.items():
+            started = time.perf_counter()
+            cert = smoothed.certify(image, n0=n0, n=n, alpha=alpha)
+            seconds[name] += time.perf_counter() - started
+            queries[name] += cert.queries
+            columns[name].append(cert)
+            mark = "" if cert.abstained or cert.label == true_label else "*"
+            cells.append(f"{_label_text(cert.label) + mark:>16} {cert.radius:>7.3f}")
+        relative = path.relative_to(demo_images_dir()).as_posix()
+        emit(f"{relative:<18} {true_label:<11}" + "".join(cells))
     emit("-" * len(header))
     truth = [label for _, label in images]
 

@@ -1,5 +1,9 @@
 """A durable journal of base-classifier answers: no paid query is ever lost.
 
+:meth:`Journal.run` opens one run of it; ``run.stream(image_key, phase)`` is the
+answer store of one stream of samples, which the dispatcher reads before asking and
+writes before counting.
+
 Every answer is written (and committed) before it is counted, keyed by
 
 * the **run**: a hash of what decides the noise and the answers — adapter identity,
@@ -33,14 +37,13 @@ from typing import Any
 
 from .certification import Certification, Label, certify_counts
 from .errors import InvalidInputError
+from .sampling import ImageKey, Phase
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "JournalRun", "JournalStream"]
 
-#: Sampling phases: CERTIFY's selection (n0) and estimation (n) samples, PREDICT's samples.
-SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
-#: The sequential test of "R >= r" (``certify(image, radius=r)``): its estimation samples,
-#: and the single clean-image query of ``selection="clean"`` (index 0).
-SEQUENTIAL, CLEAN_SELECTION = 3, 4
+# The sampling phases by their old names (the journal stores them as integers).
+SELECTION, ESTIMATION, PREDICTION = Phase.SELECTION, Phase.ESTIMATION, Phase.PREDICTION
+SEQUENTIAL, CLEAN_SELECTION = Phase.SEQUENTIAL, Phase.CLEAN_SELECTION
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -97,6 +100,11 @@ class Journal:
             (run, json.dumps(config, sort_keys=True, default=str), time.time()),
         )
 
+    def run(self, run: str, config: Mapping[str, Any]) -> JournalRun:
+        """Register a run (idempotent) and return it: the answers of that run only."""
+        self.start_run(run, config)
+        return JournalRun(self, run)
+
     def runs(self) -> dict[str, dict[str, Any]]:
         """Run key -> its configuration."""
         return {
@@ -108,7 +116,7 @@ class Journal:
         """Sample index -> recorded answer, for one phase of one image."""
         rows = self._db.execute(
             "SELECT idx, label FROM samples WHERE run=? AND image=? AND occurrence=? AND phase=?",
-            (run, image, occurrence, phase),
+            (run, image, occurrence, int(phase)),
         )
         return {idx: _decode_label(label) for idx, label in rows}
 
@@ -122,7 +130,7 @@ class Journal:
     ) -> None:
         """Commit answers ``(sample index, label, score or None)`` in one transaction."""
         rows = [
-            (run, image, occurrence, phase, idx, _encode_label(label), score)
+            (run, image, occurrence, int(phase), idx, _encode_label(label), score)
             for idx, label, score in answers
         ]
         with self._db:
@@ -135,7 +143,7 @@ class Journal:
         """Sample index -> the score of the recorded label (``None`` where none was given)."""
         rows = self._db.execute(
             "SELECT idx, score FROM samples WHERE run=? AND image=? AND occurrence=? AND phase=?",
-            (run, image, occurrence, phase),
+            (run, image, occurrence, int(phase)),
         )
         return dict(rows)
 
@@ -172,3 +180,29 @@ class Journal:
                 alpha,
             )
         return results
+
+
+class JournalRun:
+    """One run of a journal: hands out the answer store of each stream of samples."""
+
+    def __init__(self, journal: Journal, key: str) -> None:
+        self.journal, self.key = journal, key
+
+    def stream(self, image: ImageKey, phase: Phase) -> JournalStream:
+        """The answers of ``phase`` for one certification of one image."""
+        return JournalStream(self.journal, self.key, image, phase)
+
+
+class JournalStream:
+    """The answer store of one stream: one phase of one image key in one run."""
+
+    def __init__(self, journal: Journal, run: str, image: ImageKey, phase: Phase) -> None:
+        self.journal, self.run, self.image, self.phase = journal, run, image, phase
+
+    def answers(self) -> dict[int, Label | None]:
+        """Sample index -> the answer already recorded."""
+        return self.journal.answers(self.run, self.image.digest, self.image.occurrence, self.phase)
+
+    def record(self, answers: Iterable[tuple[int, Label | None, float | None]]) -> None:
+        """Commit ``(sample index, label, score or None)`` answers in one transaction."""
+        self.journal.record(self.run, self.image.digest, self.image.occurrence, self.phase, answers)

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import errors
 from .errors import InvalidInputError, ProviderError, ReplayMissError
 
 __all__ = ["MODES", "Recording", "scrub"]
@@ -65,8 +66,6 @@ def _error_to_json(error: ProviderError) -> dict[str, Any]:
 
 
 def _error_from_json(data: Mapping[str, Any], provider: str) -> ProviderError:
-    from . import errors
-
     cls = getattr(errors, data.get("type", ""), None)
     if not (isinstance(cls, type) and issubclass(cls, ProviderError)):
         cls = ProviderError

@@ -46,6 +46,7 @@ from PIL import Image
 
 from ._images import as_image_tensor
 from .adapters.base import Adapter
+from .adapters.local import LocalModelAdapter
 
 __all__ = ["Faults", "LoopbackProvider", "ServerStats"]
 
@@ -88,8 +89,6 @@ class ServerStats:
 
 def adapter_ranker(adapter: Adapter) -> Ranker:
     """Serve a smoothapi adapter: its ranked labels per image (a local model in one batch)."""
-    from .adapters.local import LocalModelAdapter
-
     if isinstance(adapter, LocalModelAdapter):
 
         def rank_local(images: torch.Tensor) -> list[list[tuple[str, float]]]:

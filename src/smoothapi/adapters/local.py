@@ -9,8 +9,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._checkpoint import load_checkpoint, save_checkpoint
+from .._checkpoint import load_checkpoint, module_digest, save_checkpoint
 from ..certification import Label
+from ..classifiers import create_classifier
 from ..errors import CheckpointError, InvalidInputError
 from .base import Adapter
 
@@ -92,8 +93,6 @@ class LocalModelAdapter(Adapter):
         return [(self._label(i), s) for i, s in zip(indices.tolist(), scores.tolist(), strict=True)]
 
     def identity(self) -> dict:
-        from ..smoothing import module_digest
-
         return {
             **super().identity(),
             "model": module_digest(self.module),
@@ -143,8 +142,6 @@ class LocalModelAdapter(Adapter):
         cls, path: str | os.PathLike, device: str | torch.device | None = None
     ) -> LocalModelAdapter:
         """Rebuild a classifier saved by :meth:`save` from the file's metadata alone."""
-        from ..training.classifiers import create_classifier
-
         tensors, meta = load_checkpoint(path, kind="classifier")
         model = create_classifier(meta["arch"], **meta.get("kwargs", {}))
         try:

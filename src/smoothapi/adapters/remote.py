@@ -28,7 +28,6 @@ import abc
 import asyncio
 import importlib
 import inspect
-import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..certification import Label
+from ..dispatch import run_sync
 from ..errors import InvalidInputError, MissingDependencyError, ProviderError
 from ..recording import Recording, request_key
 from .base import Adapter
@@ -58,30 +58,6 @@ def import_optional(module: str, extra: str, package: str | None = None) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise MissingDependencyError(package or module.split(".")[0], extra) from None
-
-
-def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code, even inside a running event loop
-    (a notebook): then it runs on a fresh loop in a worker thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    result: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(coroutine))
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
 
 
 class RemoteAdapter(Adapter):

@@ -1,6 +1,6 @@
-"""Training: classifier architectures, datasets, and (soon) denoiser objectives and the loop."""
+"""Training: datasets, objectives, the loop and the study; re-exports the architectures."""
 
-from .classifiers import create_classifier, list_classifiers, register_classifier
+from ..classifiers import create_classifier, list_classifiers, register_classifier
 from .data import (
     CIFAR10_CLASSES,
     DATASET_NAMES,

@@ -11,9 +11,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ..adapters.local import LocalModelAdapter
+from ..classifiers import create_classifier, list_classifiers
+from ..denoisers import create_denoiser, list_denoisers, load_denoiser
 from ..errors import InvalidInputError
-from .classifiers import create_classifier, list_classifiers
 from .data import DATASET_NAMES, load_dataset
+from .experiment import SCALES, run_experiment
 from .loop import OPTIMIZERS, TrainConfig
 from .objectives import GUIDANCE_MODES, OBJECTIVES
 from .train import train_classifier, train_denoiser
@@ -190,8 +192,6 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
-    from ..denoisers import create_denoiser, load_denoiser
-
     train, test = _datasets(args)
     channels = train[0][0].shape[0]
     if args.objective.endswith("+mse") and not args.pretrained:
@@ -247,8 +247,6 @@ EXPERIMENTS = {"fashion-mnist": "small", "digits": "tiny", "cifar10": "paper",
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiment import run_experiment
-
     out = args.out or f"results/{args.study}"
     scale = args.scale or EXPERIMENTS[args.study]
     if args.study == "natural-photos":
@@ -262,9 +260,12 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 def add_training_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``train-classifier``, ``train-denoiser`` and ``experiment`` to ``smoothapi``."""
-    from ..denoisers import list_denoisers
-    from .experiment import SCALES
+    _add_experiment_command(commands)
+    _add_train_classifier_command(commands)
+    _add_train_denoiser_command(commands)
 
+
+def _add_experiment_command(commands: argparse._SubParsersAction) -> None:
     exp = commands.add_parser(
         "experiment",
         help="the paper's study end to end: classifiers, denoisers, certification, report",
@@ -284,6 +285,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     exp.add_argument("--device", default=None, help="cpu, cuda ... (default: auto)")
     exp.set_defaults(handler=_cmd_experiment)
 
+
+def _add_train_classifier_command(commands: argparse._SubParsersAction) -> None:
     clf = commands.add_parser(
         "train-classifier",
         help="train a classifier (standard, or with Gaussian noise augmentation)",
@@ -317,6 +320,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     _add_optim_options(clf, epochs=10, lr=1e-3)
     clf.set_defaults(handler=_cmd_train_classifier)
 
+
+def _add_train_denoiser_command(commands: argparse._SubParsersAction) -> None:
     den = commands.add_parser(
         "train-denoiser",
         help="train a Gaussian denoiser (MSE, STAB, CLF, STAB+MSE, CLF+MSE)",

@@ -23,7 +23,6 @@ epochs, n = 10,000; it needs ``--data-root`` with the CIFAR-10 python batches).
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from ..adapters.encoding import to_pil
 from ..adapters.local import LocalModelAdapter
 from ..analysis import (
     DEFAULT_RADII,
@@ -44,9 +44,11 @@ from ..analysis import (
     read_log,
 )
 from ..certification import max_certifiable_radius
+from ..classifiers import create_classifier
+from ..denoisers import create_denoiser, load_denoiser
 from ..errors import InvalidInputError
+from ..runs import LogWriter, certify_many, write_log
 from ..smoothing import SmoothedClassifier
-from .classifiers import create_classifier
 from .data import load_dataset
 from .loop import TrainConfig
 from .train import train_classifier, train_denoiser
@@ -264,8 +266,6 @@ class Study:
     def initial_denoiser(self, objective: str, sigma: float) -> tuple[torch.nn.Module, int, float]:
         """The denoiser a stage starts from, with its epochs and learning rate: ``+mse``
         objectives fine-tune the MSE denoiser of the same sigma; others start afresh."""
-        from ..denoisers import create_denoiser, load_denoiser
-
         scale = self.scale
         if objective.endswith("+mse"):
             start = load_denoiser(self.denoiser_path("mse", sigma))
@@ -277,8 +277,6 @@ class Study:
         return denoiser, epochs, scale.mse_lr
 
     def certify(self, method: str, sigma: float) -> None:
-        from ..denoisers import load_denoiser
-
         scale = self.scale
         name = f"whitebox@{sigma:g}" if method == "whitebox" else "target"
         denoiser = None
@@ -290,30 +288,17 @@ class Study:
         indices = range(
             0, min(len(self.test), scale.certify_images * scale.certify_skip), scale.certify_skip
         )
+        images, labels = zip(*(self.test[i] for i in indices), strict=True)
+        names = adapter.class_names
         with (
             SmoothedClassifier(
                 adapter, sigma, denoiser, batch_size=500, device=self.device, seed=0
             ) as smoothed,
-            open(path.with_suffix(".part"), "w") as f,
+            open(path.with_suffix(".part"), "w", encoding="utf-8", newline="") as f,
         ):
-            log = csv.writer(f, delimiter="\t", lineterminator="\n")
-            log.writerow(["idx", "label", "predict", "radius", "correct", "time"])
-            for idx in indices:
-                image, label = self.test[idx]
-                started = time.perf_counter()
-                result = smoothed.certify(image, scale.n0, scale.n, scale.alpha)
-                predicted = -1 if result.abstained else result.label
-                label_name = adapter.class_names[label] if adapter.class_names else label
-                log.writerow(
-                    [
-                        idx,
-                        label_name,
-                        predicted,
-                        f"{result.radius:.6f}",
-                        int(predicted == label_name),
-                        f"{time.perf_counter() - started:.3f}",
-                    ]
-                )
+            outcomes = certify_many(smoothed, images, scale.n0, scale.n, scale.alpha, shard=False)
+            write_log(outcomes, LogWriter(f), indices=indices,
+                      labels=[names[label] if names else label for label in labels])  # fmt: skip
         path.with_suffix(".part").rename(path)
 
     def runs(self) -> list[tuple[str, float]]:
@@ -330,9 +315,6 @@ class Study:
     def examples(self, sigma: float, count: int = 6) -> None:
         """The paper's Figure 5: rows of clean, noisy, MSE and STAB+MSE denoised images."""
         from PIL import Image
-
-        from ..adapters.encoding import to_pil
-        from ..denoisers import load_denoiser
 
         clean = torch.stack([self.test[i][0] for i in self.example_indices(count)])
         noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
@@ -400,6 +382,23 @@ class Study:
             "images": images,
             "methods": {},
         }
+        lines += self.sigma_tables(logs, images, summary["methods"])
+        gaps = {f"{sigma:g}": self.gaps(logs, sigma) for sigma in scale.sigmas}
+        gaps = {sigma: by_method for sigma, by_method in gaps.items() if by_method}
+        summary["gap_closed"] = gaps
+        summary["stage_seconds"] = self.times
+        lines += _gap_lines(gaps)
+        lines += ["The intervals resample the test images (paired across methods).", ""]
+        lines += self.report_notes()
+        lines += ["", *self.sizing(done)]
+        lines += ["", "Stage wall times (s):", ""]
+        lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
+        (self.out / "README.md").write_text("\n".join(lines) + "\n")
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def sigma_tables(self, logs: dict, images: int, methods: dict[str, Any]) -> list[str]:
+        """Per sigma: its table (lines returned), curves (saved) and numbers (into methods)."""
+        scale, radii, lines = self.scale, self.radii, []
         for sigma in scale.sigmas:
             table = best_sigma_table(
                 {m: {s: log} for (m, s), log in logs.items() if s == sigma}, radii
@@ -414,36 +413,13 @@ class Study:
                 title=f"sigma = {sigma:g}",
             )
             for method, cells in table.items():
-                summary["methods"].setdefault(method, {})[f"{sigma:g}"] = {
+                methods.setdefault(method, {})[f"{sigma:g}"] = {
                     "standard_accuracy": cells[0][1],
                     "certified_accuracy": {
                         f"{r:g}": c for r, (c, _, _) in zip(radii, cells, strict=True)
                     },
                 }
-        gaps = {f"{sigma:g}": self.gaps(logs, sigma) for sigma in scale.sigmas}
-        gaps = {sigma: by_method for sigma, by_method in gaps.items() if by_method}
-        summary["gap_closed"] = gaps
-        summary["stage_seconds"] = self.times
-        for sigma, by_method in gaps.items():
-            lines += [f"Share of the white-box minus no-denoiser gap closed at sigma {sigma}:", ""]
-            lines += [
-                f"- {method}: "
-                + ", ".join(
-                    f"r={r}: {g['share']:.0%} (95% CI {g['ci95'][0]:.0%} to {g['ci95'][1]:.0%})"
-                    if g["share"] is not None
-                    else f"r={r}: -"
-                    for r, g in by_r.items()
-                )
-                for method, by_r in by_method.items()
-            ]
-            lines.append("")
-        lines += ["The intervals resample the test images (paired across methods).", ""]
-        lines += self.report_notes()
-        lines += ["", *self.sizing(done)]
-        lines += ["", "Stage wall times (s):", ""]
-        lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
-        (self.out / "README.md").write_text("\n".join(lines) + "\n")
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return lines
 
     def report_notes(self) -> list[str]:
         """What the report says about the setting and its targets."""
@@ -502,6 +478,25 @@ class Study:
                     f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high]} for g in found
                 }
         return out
+
+
+def _gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The report's lines on the share of the gap each method closed, per sigma."""
+    lines: list[str] = []
+    for sigma, by_method in gaps.items():
+        lines += [f"Share of the white-box minus no-denoiser gap closed at sigma {sigma}:", ""]
+        lines += [
+            f"- {method}: "
+            + ", ".join(
+                f"r={r}: {g['share']:.0%} (95% CI {g['ci95'][0]:.0%} to {g['ci95'][1]:.0%})"
+                if g["share"] is not None
+                else f"r={r}: -"
+                for r, g in by_r.items()
+            )
+            for method, by_r in by_method.items()
+        ]
+        lines.append("")
+    return lines
 
 
 def run_experiment(

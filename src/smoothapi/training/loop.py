@@ -216,6 +216,24 @@ def _write_log(path: Path, history: list[dict]) -> None:
 # --- the loop --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Precision:
+    """How steps run on this machine: device, memory format, mixed precision."""
+
+    device: torch.device
+    memory_format: torch.memory_format
+    amp_dtype: torch.dtype
+    use_amp: bool
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> _Precision:
+        device = training_device(config)
+        cuda = device.type == "cuda"
+        fmt = torch.channels_last if cuda and config.channels_last else torch.preserve_format
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device, fmt, dtype, cuda and config.amp)
+
+
 def fit(
     model: nn.Module,
     train_set: Dataset,
@@ -235,89 +253,38 @@ def fit(
     saves the training state. Returns the records of all epochs, resumed ones included.
     """
     rank, world = _distributed()
-    device = training_device(config)
-    cuda = device.type == "cuda"
-    memory_format = torch.channels_last if cuda and config.channels_last else torch.preserve_format
-    model.to(device=device, memory_format=memory_format)
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    use_amp = cuda and config.amp
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    precision = _Precision.of(config)
+    device, cuda = precision.device, precision.device.type == "cuda"
+    model.to(device=device, memory_format=precision.memory_format)
+    fp16 = precision.use_amp and precision.amp_dtype == torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_FILE
 
-    start_epoch, history, optimizer, kind = 0, [], None, None
-    if state_path.exists():
-        meta = _load_state(state_path, model, config)
-        start_epoch, history, kind = meta["epoch"], meta["history"], meta["optimizer"]
-        optimizer = _new_optimizer(kind, model.parameters(), config)
-        optimizer.load_state_dict(meta["optimizer_state"])
-    trained = (
-        DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-        if world > 1
-        else model
-    )
-
+    start_epoch, history, optimizer, kind = _resume(state_path, model, config)
+    trained = model
+    if world > 1:
+        trained = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     sampler = DistributedSampler(
         train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
     )
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.num_workers,
-        pin_memory=cuda,
-    )
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+                        num_workers=config.num_workers, pin_memory=cuda)  # fmt: skip
     for epoch in range(start_epoch, config.epochs):
-        epoch_kind, lr = lr_at(config, epoch)
-        if optimizer is None or epoch_kind != kind:
-            optimizer, kind = _new_optimizer(epoch_kind, model.parameters(), config), epoch_kind
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        optimizer, kind, lr = _epoch_optimizer(epoch, optimizer, kind, model, config)
         sampler.set_epoch(epoch)
         model.train()
-        started, loss_sum = time.perf_counter(), torch.zeros(2, device=device)
-        batches = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            leave=False,
-            disable=not (config.progress and rank == 0),
-        )
-        for step, (images, labels) in enumerate(batches):
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            labels = labels.to(device, non_blocking=True)
-            generator = torch.Generator(device).manual_seed(
-                _step_seed(config.seed, epoch, step, rank)
-            )
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = loss_fn(trained, images, labels, generator, epoch * len(loader) + step)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += torch.stack(
-                [
-                    loss.detach().float() * len(images),
-                    torch.tensor(float(len(images)), device=device),
-                ]
-            )
-            if step % 20 == 0:
-                batches.set_postfix(loss=f"{loss.item():.4f}")
+        started = time.perf_counter()
+        epoch_run = (trained, loader, loss_fn, optimizer, scaler, precision)
+        loss_sum = _train_epoch(*epoch_run, config, epoch, rank)
         if world > 1:
             dist.all_reduce(loss_sum)
         if rank == 0:
-            record = {
-                "epoch": epoch + 1,
-                "optimizer": kind,
-                "lr": lr,
-                "train_loss": (loss_sum[0] / loss_sum[1]).item(),
-                "seconds": round(time.perf_counter() - started, 3),
-            }
-            if evaluate is not None:
-                model.eval()
-                with torch.no_grad():
-                    record.update(evaluate(model))
-            history.append(record)
+            loss, seconds = (loss_sum[0] / loss_sum[1]).item(), time.perf_counter() - started
+            record = {"epoch": epoch + 1, "optimizer": kind, "lr": lr, "train_loss": loss,
+                      "seconds": round(seconds, 3)}  # fmt: skip
+            history.append(_evaluated(model, record, evaluate))
             if on_epoch_end is not None:
                 on_epoch_end(model, epoch + 1, record)
             _save_state(state_path, model, optimizer, kind, epoch + 1, history, config)
@@ -326,3 +293,82 @@ def fit(
             dist.barrier()
     model.eval()
     return history
+
+
+def _epoch_optimizer(
+    epoch: int,
+    optimizer: torch.optim.Optimizer | None,
+    kind: str | None,
+    model: nn.Module,
+    config: TrainConfig,
+) -> tuple[torch.optim.Optimizer, str, float]:
+    """The optimizer for ``epoch`` (a new one when the schedule switches kind), at its lr."""
+    epoch_kind, lr = lr_at(config, epoch)
+    if optimizer is None or epoch_kind != kind:
+        optimizer, kind = _new_optimizer(epoch_kind, model.parameters(), config), epoch_kind
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return optimizer, epoch_kind, lr
+
+
+def _evaluated(
+    model: nn.Module, record: dict, evaluate: Callable[[nn.Module], dict[str, float]] | None
+) -> dict:
+    """``record`` with the evaluation of ``model`` (in eval mode, without gradients) added."""
+    if evaluate is not None:
+        model.eval()
+        with torch.no_grad():
+            record.update(evaluate(model))
+    return record
+
+
+def _resume(
+    state_path: Path, model: nn.Module, config: TrainConfig
+) -> tuple[int, list[dict], torch.optim.Optimizer | None, str | None]:
+    """Where training stands: (epochs done, their records, optimizer, its kind)."""
+    if not state_path.exists():
+        return 0, [], None, None
+    meta = _load_state(state_path, model, config)
+    optimizer = _new_optimizer(meta["optimizer"], model.parameters(), config)
+    optimizer.load_state_dict(meta["optimizer_state"])
+    return meta["epoch"], meta["history"], optimizer, meta["optimizer"]
+
+
+def _train_epoch(
+    trained: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    precision: _Precision,
+    config: TrainConfig,
+    epoch: int,
+    rank: int,
+) -> torch.Tensor:
+    """One pass over ``loader``; returns ``[sum of loss x batch size, images]`` on the device."""
+    device = precision.device
+    loss_sum = torch.zeros(2, device=device)
+    batches = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        leave=False,
+        disable=not (config.progress and rank == 0),
+    )
+    for step, (images, labels) in enumerate(batches):
+        images = images.to(device, non_blocking=True).contiguous(
+            memory_format=precision.memory_format
+        )
+        labels = labels.to(device, non_blocking=True)
+        generator = torch.Generator(device).manual_seed(_step_seed(config.seed, epoch, step, rank))
+        with torch.autocast(device.type, dtype=precision.amp_dtype, enabled=precision.use_amp):
+            loss = loss_fn(trained, images, labels, generator, epoch * len(loader) + step)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += torch.stack(
+            [loss.detach().float() * len(images), torch.tensor(float(len(images)), device=device)]
+        )
+        if step % 20 == 0:
+            batches.set_postfix(loss=f"{loss.item():.4f}")
+    return loss_sum

@@ -28,9 +28,7 @@ n = 10,000); ``tiny`` runs in a minute on the pip-shipped photos alone, for test
 from __future__ import annotations
 
 import copy
-import csv
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from ..adapters.http import HTTPAdapter
 from ..adapters.local import LocalModelAdapter
 from ..errors import InvalidInputError
 from ..journal import Journal
+from ..runs import LogWriter, certify_many, write_log
 from ..smoothing import RateLimits, SmoothedClassifier
 from ..testing import LoopbackProvider
 from ..zoo import IMAGENET_MEAN, IMAGENET_STD, load_classifier
@@ -281,45 +280,19 @@ class PhotoStudy(Study):
         path = self.log_path(method, sigma)
         path.parent.mkdir(parents=True, exist_ok=True)
         journal = Journal(self.out / "journals" / f"{method}@{sigma:g}.sqlite")
+        images, labels = zip(*(self.test[i] for i in range(len(self.test))), strict=True)
         with LoopbackProvider(local, rate_limit=None) as api:
             adapter = local
             if base in API_METHODS:
-                adapter = HTTPAdapter(
-                    api.url("generic-batch"),
-                    send="json",
-                    field="images",
-                    max_batch=16,
-                    batch_path="results",
-                )
-            smoothed = SmoothedClassifier(
-                adapter,
-                sigma,
-                denoiser,
-                batch_size=100,
-                seed=0,
-                device=self.device,
-                journal=journal,
-                limits=RateLimits(max_in_flight=4),
-            )
-            with smoothed, open(path.with_suffix(".part"), "w") as f:
-                log = csv.writer(f, delimiter="\t", lineterminator="\n")
-                log.writerow(["idx", "label", "predict", "radius", "correct", "time"])
-                for idx in range(len(self.test)):
-                    image, label = self.test[idx]
-                    truth = self.test.classes[label]
-                    started = time.perf_counter()
-                    result = smoothed.certify(image, n0, n, scale.alpha)
-                    predicted = -1 if result.abstained else result.label
-                    log.writerow(
-                        [
-                            idx,
-                            truth,
-                            predicted,
-                            f"{result.radius:.6f}",
-                            int(predicted == truth),
-                            f"{time.perf_counter() - started:.3f}",
-                        ]
-                    )
+                adapter = HTTPAdapter(api.url("generic-batch"), send="json", field="images",
+                                      max_batch=16, batch_path="results")
+            smoothed = SmoothedClassifier(adapter, sigma, denoiser, batch_size=100, seed=0,
+                                          device=self.device, journal=journal,
+                                          limits=RateLimits(max_in_flight=4))
+            with smoothed, open(path.with_suffix(".part"), "w", encoding="utf-8") as f:
+                outcomes = certify_many(smoothed, images, n0, n, scale.alpha, shard=False)
+                write_log(outcomes, LogWriter(f),
+                          labels=[self.test.classes[label] for label in labels])
         journal.close()
         path.with_suffix(".part").rename(path)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from ..adapters.local import LocalModelAdapter
 from ..certification import check_sigma
+from ..denoisers import save_denoiser
 from ..errors import InvalidInputError
 from .loop import TrainConfig, fit, training_device
 from .objectives import GUIDANCE_MODES, OBJECTIVES, guided_loss
@@ -68,6 +69,41 @@ def _check_unchanged(classifiers: Sequence[LocalModelAdapter], snapshots) -> Non
                 raise RuntimeError(f"a guiding classifier changed during training ({key})")
 
 
+def _guides(
+    objective: str, guidance: str, classifiers: Mapping[str, LocalModelAdapter] | None
+) -> dict[str, LocalModelAdapter]:
+    """The classifiers that guide ``objective`` (none for MSE), after checking the options."""
+    if objective not in OBJECTIVES:
+        raise InvalidInputError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    if guidance not in GUIDANCE_MODES:
+        raise InvalidInputError(
+            f"unknown guidance {guidance!r}; known: {', '.join(GUIDANCE_MODES)}"
+        )
+    guides = dict(classifiers or {})
+    if objective != "mse" and not guides:
+        raise InvalidInputError(f"objective {objective!r} needs at least one classifier")
+    return {} if objective == "mse" else guides
+
+
+def _denoiser_evaluation(
+    held_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    watchers: Mapping[str, LocalModelAdapter],
+    device: torch.device,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """PSNR before and after the denoiser, and each watcher's accuracy after it."""
+    clean, labels, noisy = held_out
+    noisy_psnr = psnr(noisy, clean)
+
+    def evaluate(model):
+        denoised = _batched(lambda b: model(b.to(device)).float().cpu(), noisy)
+        record = {"psnr_noisy": noisy_psnr, "psnr_denoised": psnr(denoised, clean)}
+        for name, adapter in watchers.items():
+            record[f"accuracy_{name}"] = _accuracy(adapter, denoised, labels)
+        return record
+
+    return evaluate
+
+
 def train_denoiser(
     denoiser: nn.Module,
     train_set: Dataset,
@@ -93,21 +129,9 @@ def train_denoiser(
     guiding and ``eval_classifiers`` classifier after the denoiser. The denoiser is
     saved to ``out_dir/denoiser.safetensors`` after every epoch, with its metadata.
     """
-    from ..denoisers import save_denoiser
-
     sigma = check_sigma(sigma)
     config = config or TrainConfig()
-    if objective not in OBJECTIVES:
-        raise InvalidInputError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
-    if guidance not in GUIDANCE_MODES:
-        raise InvalidInputError(
-            f"unknown guidance {guidance!r}; known: {', '.join(GUIDANCE_MODES)}"
-        )
-    guides = dict(classifiers or {})
-    if objective != "mse" and not guides:
-        raise InvalidInputError(f"objective {objective!r} needs at least one classifier")
-    if objective == "mse":
-        guides = {}
+    guides = _guides(objective, guidance, classifiers)
     watchers = {**guides, **(eval_classifiers or {})}
     device = training_device(config)
     snapshots = _frozen(list(watchers.values()), device)
@@ -120,32 +144,15 @@ def train_denoiser(
 
     evaluate = None
     if test_set is not None:
-        clean, labels, noisy = _held_out(test_set, eval_size, sigma, config.seed)
-        noisy_psnr = psnr(noisy, clean)
-
-        def evaluate(model):
-            denoised = _batched(lambda b: model(b.to(device)).float().cpu(), noisy)
-            record = {"psnr_noisy": noisy_psnr, "psnr_denoised": psnr(denoised, clean)}
-            for name, adapter in watchers.items():
-                record[f"accuracy_{name}"] = _accuracy(adapter, denoised, labels)
-            return record
-
+        held_out = _held_out(test_set, eval_size, sigma, config.seed)
+        evaluate = _denoiser_evaluation(held_out, watchers, device)
     out_dir = Path(out_dir)
     info = dict(metadata or {})
     info.setdefault("input_size", list(train_set[0][0].shape[-2:]))
+    info.update(sigma=sigma, objective=objective, surrogates=list(guides), guidance=guidance)
 
     def save(model, epoch, record):
-        save_denoiser(
-            out_dir / DENOISER_FILE,
-            model,
-            sigma=sigma,
-            objective=objective,
-            surrogates=list(guides),
-            epochs=epoch,
-            guidance=guidance,
-            **info,
-            last_epoch=record,
-        )
+        save_denoiser(out_dir / DENOISER_FILE, model, epochs=epoch, **info, last_epoch=record)
 
     history = fit(
         denoiser, train_set, loss_fn, config, out_dir, evaluate=evaluate, on_epoch_end=save
@@ -162,6 +169,21 @@ class _Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+def _classifier_loss(flip: bool, noise_sigma: float) -> Callable[..., torch.Tensor]:
+    """Cross-entropy on images randomly flipped (``flip``) and noised (``noise_sigma`` > 0)."""
+
+    def loss_fn(net, images, labels, generator, step):
+        if flip:
+            flipped = torch.rand(len(images), generator=generator, device=images.device) < 0.5
+            images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
+        if noise_sigma > 0:
+            noise = torch.randn(images.shape, generator=generator, device=images.device)
+            images = images + noise_sigma * noise
+        return F.cross_entropy(net(images), labels)
+
+    return loss_fn
 
 
 def train_classifier(
@@ -192,15 +214,7 @@ def train_classifier(
     if noise_sigma < 0:
         raise InvalidInputError(f"noise_sigma must be >= 0, got {noise_sigma}")
     net = nn.Sequential(_Normalize(mean, std), model)
-
-    def loss_fn(net, images, labels, generator, step):
-        if flip:
-            flipped = torch.rand(len(images), generator=generator, device=images.device) < 0.5
-            images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
-        if noise_sigma > 0:
-            noise = torch.randn(images.shape, generator=generator, device=images.device)
-            images = images + noise_sigma * noise
-        return F.cross_entropy(net(images), labels)
+    loss_fn = _classifier_loss(flip, noise_sigma)
 
     def adapter() -> LocalModelAdapter:
         return LocalModelAdapter(model, mean=mean, std=std, class_names=class_names)

@@ -1,4 +1,4 @@
-"""Small classifier architectures for experiments: targets and surrogates for 28x28 / 32x32 images.
+"""Classifier architectures (a registry): targets and surrogates for 28x28 / 32x32 images.
 
 Build one with ``create_classifier(name, in_channels=..., num_classes=...)``; list them
 with ``list_classifiers()``. Each architecture is a small factory function registered
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._registry import Registry
+from ._registry import Registry
 
 __all__ = ["create_classifier", "list_classifiers", "register_classifier"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from smoothapi import InvalidInputError
-from smoothapi.training import create_classifier, list_classifiers
+from smoothapi.classifiers import create_classifier, list_classifiers
 
 
 def test_registry_lists_and_builds_architectures():

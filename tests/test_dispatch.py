@@ -1,0 +1,264 @@
+"""The dispatcher on its own: faults, retries, limits, the answer store, stopping, sync callers.
+
+No SmoothedClassifier here: a batch producer makes grey images whose brightness is a
+function of the sample index, so every answer is known in advance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+
+from smoothapi.dispatch import (
+    Dispatcher,
+    RateLimits,
+    RetryPolicy,
+    SyncBridge,
+    all_or_nothing,
+    run_sync,
+)
+from smoothapi.errors import BadRequestError, RateLimitError, ServerError
+
+from .adapters.fake import FakeAdapter, brightness_response
+
+FAST = RetryPolicy(max_attempts=8, initial_wait=0.001, max_wait=0.01)
+BATCH = 32
+
+
+def produce(index: int, size: int, batch: int = BATCH) -> torch.Tensor:
+    """Batch ``index``: sample ``i`` is bright when ``i % 3 == 0``, dark otherwise, and its
+    first row spells ``i`` in binary, so every sample's bytes differ."""
+    images = []
+    for i in range(index * batch, index * batch + size):
+        image = torch.full((1, 12, 12), 0.9 if i % 3 == 0 else 0.1)
+        image[0, 0] += 0.05 * torch.tensor([(i >> k) & 1 for k in range(12)])
+        images.append(image)
+    return torch.stack(images)
+
+
+def expected(num: int) -> dict[int, str]:
+    return {i: "bright" if i % 3 == 0 else "dark" for i in range(num)}
+
+
+class Faulty(FakeAdapter):
+    """Injects faults independently of request order: each image whose hash falls in the
+    chosen share fails once (the whole request, or just that image in the batch), and a
+    ``storm`` fails the first requests outright."""
+
+    max_in_flight = 6
+
+    def __init__(self, fail_every=0, error=ServerError, per_image=False, storm=0):
+        super().__init__()
+        self.fail_every, self.error = fail_every, error
+        self.per_image, self.storm = per_image, storm
+        self.calls, self.failed_once = 0, set()
+
+    def _fails(self, image: bytes) -> bool:
+        key = hash(image)
+        if self.fail_every and key % self.fail_every == 0 and key not in self.failed_once:
+            self.failed_once.add(key)
+            return True
+        return False
+
+    async def _send(self, images):
+        self.calls += 1
+        await asyncio.sleep(0.001)
+        if self.calls <= self.storm:
+            raise self.error("storm", provider="fake", status=429)
+        if not self.per_image and self._fails(images[0]):
+            raise self.error("injected", provider="fake", status=503)
+        self.requests.append(list(images))
+        return [
+            self.error("one image failed", provider="fake")
+            if self.per_image and self._fails(image)
+            else brightness_response(image)
+            for image in images
+        ]
+
+
+class MemoryStore:
+    """An answer store in memory that logs what it was asked to commit."""
+
+    def __init__(self, known=None):
+        self.known = dict(known or {})
+        self.commits: list[list[tuple]] = []
+
+    def answers(self):
+        return dict(self.known)
+
+    def record(self, answers):
+        rows = list(answers)
+        self.commits.append(rows)
+        self.known.update((i, label) for i, label, _ in rows)
+
+
+def _collect(dispatcher, num, store=None, stop=None):
+    def make(index, size):
+        return produce(index, size, dispatcher.batch_size)
+
+    async def run():
+        answered = {}
+        options = {} if stop is None else {"stop": stop}
+        args = (make, num) if store is None else (make, num, store)
+        async for indices, labels in dispatcher.answers(*args, **options):
+            assert not set(indices) & set(answered), "an index was answered twice"
+            answered.update(zip(indices, labels, strict=True))
+        return answered
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        dict(fail_every=5),
+        dict(fail_every=3, error=RateLimitError),
+        dict(fail_every=4, per_image=True),
+        dict(fail_every=2, per_image=True, error=RateLimitError),
+        dict(storm=15, error=RateLimitError),
+    ],
+)
+def test_faults_do_not_change_the_answers_or_pay_twice(faults):
+    adapter = Faulty(**faults)
+    dispatcher = Dispatcher(adapter, BATCH, retry=FAST)
+    assert _collect(dispatcher, 150) == expected(150)
+    assert dispatcher.stats.retries > 0
+    # Every sample is answered once: only what failed is sent again.
+    sent = sum(len(r) for r in adapter.requests)
+    failed_in_batches = len(adapter.failed_once) if faults.get("per_image") else 0
+    assert sent - failed_in_batches == 150
+
+
+def test_non_retryable_errors_stop_at_once():
+    adapter = Faulty(fail_every=1, error=BadRequestError)
+    dispatcher = Dispatcher(adapter, BATCH, retry=FAST, limits=RateLimits(max_in_flight=1))
+    with pytest.raises(BadRequestError):
+        _collect(dispatcher, 4)
+    assert dispatcher.stats.retries == 0 and adapter.calls == 1
+
+
+def test_retries_are_capped_and_nothing_keeps_sending_after_a_failure():
+    adapter = Faulty(storm=100)
+    dispatcher = Dispatcher(adapter, 4, retry=RetryPolicy(max_attempts=3, initial_wait=0.001))
+    bridge = SyncBridge(adapter)
+
+    async def drain():
+        async for _ in dispatcher.answers(lambda i, size: produce(i, size, 4), 8):
+            pass
+
+    with pytest.raises(ServerError):
+        bridge.run(drain())
+    assert 3 <= adapter.calls <= 6  # 3 tries for the request that gave up, the other cancelled
+    assert not asyncio.all_tasks(bridge.loop)
+    bridge.close()
+
+
+def test_retry_after_is_honoured():
+    class SlowDown(FakeAdapter):
+        calls = 0
+
+        async def _send(self, images):
+            SlowDown.calls += 1
+            if SlowDown.calls == 1:
+                raise RateLimitError("wait", provider="fake", retry_after=0.3)
+            return await super()._send(images)
+
+    dispatcher = Dispatcher(SlowDown(), BATCH, retry=FAST)
+    started = time.perf_counter()
+    assert _collect(dispatcher, 4) == expected(4)
+    assert time.perf_counter() - started >= 0.3
+    assert dispatcher.stats.rate_limited == 1
+
+
+def test_requests_per_second_and_in_flight_are_respected():
+    class Timed(FakeAdapter):
+        max_batch = 1
+
+        def __init__(self):
+            super().__init__()
+            self.times, self.active, self.peak = [], 0, 0
+
+        async def _send(self, images):
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self.times.append(time.perf_counter())
+            await asyncio.sleep(0.02)
+            self.active -= 1
+            return [brightness_response(i) for i in images]
+
+    adapter = Timed()
+    limits = RateLimits(requests_per_second=100, max_in_flight=3)
+    dispatcher = Dispatcher(adapter, 16, limits=limits)
+    assert _collect(dispatcher, 50) == expected(50)
+    span = adapter.times[-1] - adapter.times[0]
+    assert len(adapter.times) == 50
+    assert span >= 49 / 100 * 0.95  # evenly spaced: 49 gaps of 10 ms
+    assert adapter.peak <= 3
+    assert dispatcher.stats.requests == 50 and dispatcher.stats.images == 50
+
+
+def test_known_answers_are_not_asked_again_and_new_ones_are_committed_first():
+    adapter = FakeAdapter()
+    store = MemoryStore({i: "stored" for i in range(0, 40, 2)})  # the even samples are paid for
+    answered = _collect(Dispatcher(adapter, BATCH), 40, store)
+    assert sum(len(r) for r in adapter.requests) == 20  # only the odd ones were sent
+    assert all(answered[i] == "stored" for i in range(0, 40, 2))
+    assert all(answered[i] == expected(40)[i] for i in range(1, 40, 2))
+    committed = {i: label for rows in store.commits for i, label, _ in rows}
+    assert committed == {i: expected(40)[i] for i in range(1, 40, 2)}
+    assert all(score is not None for rows in store.commits for _, _, score in rows)
+
+
+def test_no_request_is_made_once_stop_holds_but_sent_ones_are_still_yielded():
+    adapter = FakeAdapter()
+    seen = []
+    answered = _collect(Dispatcher(adapter, 8), 400, stop=lambda: len(seen.append(0) or seen) > 2)
+    assert len(answered) == 16  # two batches of 8 went out before stop() held
+    assert sum(len(r) for r in adapter.requests) == 16
+
+
+def test_ask_sends_one_request_and_counts_tally_the_labels():
+    adapter = FakeAdapter()
+    dispatcher = Dispatcher(adapter, BATCH)
+    labels = asyncio.run(dispatcher.ask(produce(0, 3), [0, 1, 2]))
+    assert labels == ["bright", "dark", "dark"] and len(adapter.requests) == 1
+    counts = asyncio.run(dispatcher.counts(produce, 30))
+    assert counts == {"bright": 10, "dark": 20}
+
+
+def test_sync_callers_run_coroutines_inside_and_outside_a_running_loop():
+    assert run_sync(asyncio.sleep(0, result=7)) == 7
+
+    async def inside_a_loop():  # as in a notebook: the bridge moves to a worker thread
+        return SyncBridge(FakeAdapter()).run(asyncio.sleep(0, result=8))
+
+    assert asyncio.run(inside_a_loop()) == 8
+
+    async def numbers():
+        for i in range(3):
+            yield i
+
+    bridge = SyncBridge(FakeAdapter())
+    assert list(bridge.iterate(numbers())) == [0, 1, 2]
+    bridge.close()
+
+
+def test_all_or_nothing_cancels_the_others_when_one_fails():
+    cancelled = []
+
+    async def slow():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def failing():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        asyncio.run(all_or_nothing(slow(), failing()))
+    assert cancelled == [True]

@@ -1,0 +1,135 @@
+"""Datasets: the one loop (budgets, errors, sharding, progress), the log format, shard merging."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from smoothapi import SmoothedClassifier
+from smoothapi.analysis import read_log
+from smoothapi.errors import BadRequestError, BudgetExceededError, InvalidInputError
+from smoothapi.runs import (
+    CERTIFY_COLUMNS,
+    PREDICT_COLUMNS,
+    LogWriter,
+    Shard,
+    certify_many,
+    predict_many,
+    read_log_rows,
+    write_log,
+)
+
+from .adapters.fake import FakeAdapter
+from .test_dispatch import FAST, Faulty
+
+IMAGES = [torch.full((1, 12, 12), v) for v in (0.9, 0.1, 0.8)]
+
+
+def test_certify_many_streams_outcomes_goes_on_after_errors_and_stops_at_the_budget(
+    monkeypatch,
+):
+    adapter = Faulty()
+    smoothed = SmoothedClassifier(adapter, 0.2, batch_size=8, device="cpu", seed=0, retry=FAST)
+    outcomes = list(smoothed.certify_many(IMAGES, n0=8, n=16, alpha=0.05))
+    assert [o.certification.label for o in outcomes] == ["bright", "dark", "bright"]
+    assert [o.queries for o in outcomes] == [24, 24, 24] and all(o.error is None for o in outcomes)
+
+    failing = Faulty(storm=10**6, error=BadRequestError)
+    smoothed = SmoothedClassifier(failing, 0.2, device="cpu", seed=0, retry=FAST)
+    outcomes = list(smoothed.certify_many(IMAGES, n0=4, n=4))
+    assert len(outcomes) == 3 and all(isinstance(o.error, BadRequestError) for o in outcomes)
+
+    smoothed = SmoothedClassifier(Faulty(), 0.2, device="cpu", seed=0, retry=FAST)
+    seen = []
+    with pytest.raises(BudgetExceededError, match="stopped before image 2"):
+        for outcome in smoothed.certify_many(IMAGES, n0=8, n=16, max_queries=60):
+            seen.append(outcome.index)
+    assert seen == [0, 1]
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    smoothed = SmoothedClassifier(Faulty(), 0.2, device="cpu", seed=0, retry=FAST)
+    assert [o.index for o in smoothed.certify_many(IMAGES, n0=4, n=4)] == [1]
+    assert [o.index for o in certify_many(smoothed, IMAGES, 4, 4, shard=False)] == [0, 1, 2]
+
+
+def test_cost_cap_target_radius_and_progress(capsys):
+    smoothed = SmoothedClassifier(Faulty(), 0.2, device="cpu", seed=0, retry=FAST)
+    done = []
+    with pytest.raises(BudgetExceededError):
+        for outcome in smoothed.certify_many(IMAGES, n0=8, n=16, max_cost=0.05,
+                                             price_per_1000=1.0, progress=True):  # fmt: skip
+            done.append(outcome)
+    assert [o.cost for o in done] == [pytest.approx(0.024), pytest.approx(0.024)]
+    assert "plan: 3 image(s) x 24 queries" in capsys.readouterr().err
+    with pytest.raises(InvalidInputError, match="largest radius"):
+        list(smoothed.certify_many(IMAGES, n0=8, n=16, target_radius=1.0))
+    with pytest.raises(InvalidInputError, match="max_cost needs price_per_1000"):
+        list(smoothed.certify_many(IMAGES, n0=8, n=16, max_cost=1.0))
+
+
+def test_the_loop_gives_what_single_calls_give():
+    # The runner draws each image's noise as certify / predict would: same seed, same results.
+    def classifier():
+        return SmoothedClassifier(FakeAdapter(), 0.5, batch_size=8, device="cpu", seed=4)
+
+    one = classifier()
+    singles = [one.certify(x, n0=8, n=24, alpha=0.05) for x in IMAGES]
+    assert [o.result for o in certify_many(classifier(), IMAGES, 8, 24, 0.05)] == singles
+    one = classifier()
+    singles = [one.predict(x, n=24, alpha=0.05) for x in IMAGES]
+    assert [o.result for o in predict_many(classifier(), IMAGES, 24, 0.05)] == singles
+
+
+def test_shards_split_a_dataset_without_overlap():
+    shards = [Shard(rank, 3) for rank in range(3)]
+    taken = [[i for i, _ in shard.select(range(10))] for shard in shards]
+    assert sorted(sum(taken, [])) == list(range(10))
+    assert [shard.size(10) for shard in shards] == [len(t) for t in taken] == [4, 3, 3]
+    assert [i for i, _ in shards[1].select(iter(range(10)))] == taken[1]  # a plain iterator
+    assert Shard().output("log.tsv") == "log.tsv" and shards[2].output("log.tsv") == "log.tsv.rank2"
+    assert Shard.from_env() == Shard(0, 1)
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "json"])
+def test_log_rows_round_trip_and_analysis_reads_them(tmp_path, fmt):
+    smoothed = SmoothedClassifier(FakeAdapter(), 0.2, batch_size=8, device="cpu", seed=0)
+    path = tmp_path / f"log.{fmt}"
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        written = write_log(certify_many(smoothed, IMAGES, 8, 16, 0.05), LogWriter(out, fmt),
+                            labels=["bright", "bright", "bright"], files=["a", "b", "c"],
+                            sigma=0.2)  # fmt: skip
+    assert written == 3
+    rows = read_log_rows(path)
+    assert [str(row["idx"]) for row in rows] == ["0", "1", "2"]
+    assert [str(row["correct"]) for row in rows] == ["1", "0", "1"]
+    assert [row["file"] for row in rows] == ["a", "b", "c"]
+    if fmt == "json":
+        assert rows[0]["counts"] == {"bright": 16} and rows[0]["sigma"] == 0.2
+    else:
+        assert list(rows[0]) == list(CERTIFY_COLUMNS)
+    log = read_log(path)
+    assert log.correct.tolist() == [True, False, True] and (log.radius[[0, 2]] > 0).all()
+
+
+def test_predict_rows_report_sigma_and_abstain_as_minus_one():
+    smoothed = SmoothedClassifier(FakeAdapter(), 0.2, batch_size=8, device="cpu", seed=0)
+    out = io.StringIO()
+    write_log(predict_many(smoothed, IMAGES[:1], 2, 0.001), LogWriter(out, "json", PREDICT_COLUMNS),
+              sigma=0.2)  # fmt: skip
+    row = json.loads(out.getvalue())
+    assert row["predict"] == -1 and row["sigma"] == 0.2 and "radius" not in row
+
+
+def test_a_failed_image_stops_the_log_with_its_error():
+    failing = Faulty(storm=10**6, error=BadRequestError)
+    smoothed = SmoothedClassifier(failing, 0.2, device="cpu", seed=0, retry=FAST)
+    out = io.StringIO()
+    with pytest.raises(BadRequestError):
+        write_log(certify_many(smoothed, IMAGES, 4, 4), LogWriter(out))
+    assert out.getvalue().splitlines() == ["\t".join(CERTIFY_COLUMNS)]  # the header alone
+    with pytest.raises(InvalidInputError, match="log format"):
+        LogWriter(out, "csv")
