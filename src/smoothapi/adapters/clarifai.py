@@ -340,6 +340,8 @@ class ClarifaiAdapter(RemoteAdapter):
         call = post(request, metadata=self._metadata, timeout=self.timeout)
         response = await call
         trailing = await call.trailing_metadata()
+        if response is None:  # gRPC could not decode the answer's bytes
+            raise ServerError("malformed answer: the response did not decode", provider=self.name)
         body = sdk.json_format.MessageToDict(
             response, preserving_proto_field_name=True, use_integers_for_enums=True
         )

@@ -370,6 +370,10 @@ class GoogleVisionAdapter(RemoteAdapter):
                 # so that only those are retried.
                 results.extend(error for later in groups[number:] for _ in later)
                 return results
+            if reply is None:  # gRPC could not decode the answer's bytes
+                raise ServerError(
+                    "malformed answer: the response did not decode", provider=self.name
+                )
             body = self._json_format.MessageToDict(type(reply).pb(reply))
             part = self.split_batch(body, self.name)
             if len(part) != len(group):
