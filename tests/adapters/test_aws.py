@@ -478,3 +478,19 @@ def test_example_without_credentials_names_the_variables_and_sends_nothing(rekog
     assert done.returncode != 0
     assert "AWS_ACCESS_KEY_ID" in done.stderr and "AWS_PROFILE" in done.stderr
     assert state["requests"] == []
+
+
+@pytest.mark.parametrize("code", [
+    "IncompleteSignatureException", "MissingAuthenticationTokenException",
+    "InvalidSignatureException", "UnrecognizedClientException", "ExpiredTokenException"])
+def test_every_signature_and_token_error_is_an_authentication_error(code):
+    from botocore.exceptions import ClientError
+
+    from smoothapi.adapters.aws import map_error
+    from smoothapi.errors import AuthenticationError
+
+    status = 403 if code != "IncompleteSignatureException" else 400
+    exc = ClientError({"Error": {"Code": code, "Message": "no"},
+                       "ResponseMetadata": {"HTTPStatusCode": status}}, "DetectLabels")
+    error = map_error(exc)
+    assert type(error) is AuthenticationError and error.code == code and not error.retryable

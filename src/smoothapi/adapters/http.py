@@ -94,7 +94,8 @@ def _at(value: Any, path: str) -> Any:
 
 
 def _put(body: Any, path: Sequence[str], value: Any) -> None:
-    """Set ``value`` at a dotted path of a JSON template, making objects on the way."""
+    """Set ``value`` at a dotted path of a JSON template, making objects (lists where
+    the next part is an index) on the way."""
     for index, part in enumerate(path):
         if isinstance(body, list) and part.isdigit() and int(part) <= len(body):
             key: Any = int(part)
@@ -108,7 +109,7 @@ def _put(body: Any, path: Sequence[str], value: Any) -> None:
             body[key] = value
             return
         if isinstance(body, dict) and not isinstance(body.get(key), (dict, list)):
-            body[key] = {}
+            body[key] = [] if path[index + 1].isdigit() else {}
         body = body[key]
 
 
