@@ -4,8 +4,11 @@ A loopback vision API (``smoothapi.testing.LoopbackProvider``) serves the bundle
 Fashion-MNIST classifier with 150 ms latency and a 50 requests/s limit (429 above it).
 Each row certifies one image and reports the achieved requests/s and images/s, the
 429s received, and the share of the limit used; the first row is the authors' way,
-one request at a time. The last row is the local denoiser's own throughput, the
-ceiling for images/s when it, not the provider, is the bottleneck.
+one request at a time. Then one row per provider adapter, each through its default
+transport (boto3, msrest, aiohttp, gRPC) against the same server speaking that
+provider's wire format, one image per request, with ``max_in_flight=16``. The last row
+is the local denoiser's own throughput, the ceiling for images/s when it, not the
+provider, is the bottleneck.
 
     python benchmarks/bench_client.py [--latency 0.15] [--limit 50] [--n 1000]
 """
@@ -13,6 +16,7 @@ ceiling for images/s when it, not the provider, is the bottleneck.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -25,8 +29,37 @@ from smoothapi.dispatch import RateLimits
 from smoothapi.testing import LoopbackProvider
 
 
-def run(api, *, batch: bool, limits: RateLimits, n: int, denoiser, image) -> dict:
-    if batch:
+def provider_adapter(name: str, api):
+    """A provider adapter with its default transport, pointed at the loopback server."""
+    from smoothapi.adapters.aws import RekognitionAdapter
+    from smoothapi.adapters.azure import AzureVisionAdapter
+    from smoothapi.adapters.clarifai import ClarifaiAdapter
+    from smoothapi.adapters.google import GoogleVisionAdapter
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "AKIALOOPBACKBENCH000")  # loopback only
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "loopback-bench-secret")
+    options = {"max_in_flight": 16}
+    adapters = {
+        "aws": lambda: RekognitionAdapter(endpoint_url=api.url(""), region_name="us-east-1",
+                                          **options),
+        "azure v3.2": lambda: AzureVisionAdapter(api.url(""), "loopback", **options),
+        "azure 4.0": lambda: AzureVisionAdapter(api.url(""), "loopback", api="4.0", **options),
+        "google": lambda: GoogleVisionAdapter(endpoint=api.target(), insecure=True,
+                                              api_key="loopback", **options),
+        "clarifai": lambda: ClarifaiAdapter(target=api.target(), insecure=True, pat="loopback",
+                                            **options),
+        "http": lambda: HTTPAdapter(api.url("generic"), **options),
+    }
+    return adapters[name]()
+
+
+def run(api, *, batch: bool, limits: RateLimits, n: int, denoiser, image,
+        adapter=None) -> dict:
+    if adapter is not None:
+        # One image per request, so requests/s compare with the limit (google and clarifai
+        # would otherwise send their whole batch in one request).
+        adapter.max_batch = 1
+    elif batch:
         adapter = HTTPAdapter(api.url("generic-batch"), send="json", field="images",
                               max_batch=16, batch_path="results")
     else:
@@ -64,6 +97,9 @@ def main() -> None:
     parser.add_argument("--cheap-server", action="store_true",
                         help="the server answers a fixed label instead of running the model, "
                         "so on a small machine it does not compete with the client for CPU")
+    parser.add_argument("--providers", nargs="*",
+                        default=["aws", "azure v3.2", "azure 4.0", "google", "clarifai", "http"],
+                        help="provider adapters to give a row each (none: --providers)")
     args = parser.parse_args()
     torch.manual_seed(0)
     denoiser = create_denoiser("dncnn", in_channels=1, depth=6, width=32).eval()
@@ -85,17 +121,22 @@ def main() -> None:
             api, batch=True, limits=RateLimits(requests_per_second=args.limit,
                                                max_in_flight=16),
             n=args.n * 8, denoiser=denoiser, image=image)))
+        for name in args.providers:
+            rows.append((f"{name} adapter, 1 image/request", 1, run(
+                api, batch=False, adapter=provider_adapter(name, api),
+                limits=RateLimits(requests_per_second=args.limit, max_in_flight=16),
+                n=args.n, denoiser=denoiser, image=image)))
     model = "a fixed label" if args.cheap_server else "the bundled classifier"
     print(f"loopback provider serving {model}: {args.latency * 1000:.0f} ms latency, limit "
           f"{args.limit:g} requests/s; denoiser dncnn-6 on CPU, {torch.get_num_threads()} threads")
-    print(f"{'client':<30}{'req/s':>8}{'img/s':>9}{'429s':>6}{'steady req/s':>14}"
+    print(f"{'client':<36}{'req/s':>8}{'img/s':>9}{'429s':>6}{'steady req/s':>14}"
           f"{'of limit':>10}{'wall s':>8}")
     for name, _per_request, r in rows:
-        print(f"{name:<30}{r['requests/s']:>8.1f}{r['images/s']:>9.1f}{r['429s']:>6}"
+        print(f"{name:<36}{r['requests/s']:>8.1f}{r['images/s']:>9.1f}{r['429s']:>6}"
               f"{r['steady']:>14.1f}{r['steady'] / args.limit:>10.0%}{r['wall']:>8.1f}")
     print("req/s and img/s: over the whole certification, first denoise to last answer; "
           "steady req/s: as the server saw them, first to last request")
-    print(f"{'local denoise (batch 256)':<30}{'':>8}{denoise_throughput(denoiser, image):>9.0f}")
+    print(f"{'local denoise (batch 256)':<36}{'':>8}{denoise_throughput(denoiser, image):>9.0f}")
 
 
 if __name__ == "__main__":

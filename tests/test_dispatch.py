@@ -20,7 +20,7 @@ from smoothapi.dispatch import (
     all_or_nothing,
     run_sync,
 )
-from smoothapi.errors import BadRequestError, RateLimitError, ServerError
+from smoothapi.errors import APITimeoutError, BadRequestError, RateLimitError, ServerError
 
 from .adapters.fake import FakeAdapter, brightness_response
 
@@ -262,3 +262,32 @@ def test_all_or_nothing_cancels_the_others_when_one_fails():
     with pytest.raises(ValueError):
         asyncio.run(all_or_nothing(slow(), failing()))
     assert cancelled == [True]
+
+
+class _SlowThenFine(FakeAdapter):
+    """The first request times out after being sent (possibly billed); a 503 is not billed."""
+
+    max_in_flight = 1
+
+    def __init__(self, first_error):
+        super().__init__()
+        self.first_error, self.calls = first_error, 0
+
+    async def _send(self, images):
+        self.calls += 1
+        if self.calls == 1:
+            raise self.first_error
+        return [brightness_response(image) for image in images]
+
+
+@pytest.mark.parametrize(
+    ("error", "billed"),
+    [(APITimeoutError("no answer in time", provider="fake"), 4),  # one request of 4 images
+     (ServerError("busy", provider="fake", status=503), 0)],
+)
+def test_abandoned_requests_count_as_possibly_billed(error, billed):
+    dispatcher = Dispatcher(_SlowThenFine(error), batch_size=BATCH, retry=FAST)
+    assert _collect(dispatcher, BATCH) == expected(BATCH)
+    stats = dispatcher.stats
+    assert stats.images == BATCH + 4 and stats.answered == BATCH  # the failed request resent
+    assert stats.possibly_billed == billed and stats.billable == BATCH + billed

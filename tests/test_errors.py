@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import logging
 import time
 
 import pytest
@@ -48,3 +49,19 @@ def test_tree_shape():
     assert issubclass(errors.InvalidImageError, errors.BadRequestError)
     assert issubclass(errors.InvalidInputError, ValueError)
     assert issubclass(errors.MissingDependencyError, ImportError)
+
+
+def test_retry_after_lives_on_every_provider_error_and_secrets_are_redacted():
+    from smoothapi._redaction import RedactingFilter, register_secret
+    from smoothapi.errors import ServerError, error_for_status
+
+    unavailable = error_for_status(503, "busy", provider="x", retry_after=2.5)
+    assert type(unavailable) is ServerError and unavailable.retry_after == 2.5
+    assert error_for_status(400, "bad").retry_after is None
+    register_secret("s3cr3t-value-77")
+    error = ServerError("the server said s3cr3t-value-77 and s3cr3t-value-77", provider="x")
+    assert "s3cr3t" not in str(error) + repr(error) and str(error).count("<redacted>") == 2
+    record = logging.LogRecord("any", logging.INFO, __file__, 1, "key=%s", ("s3cr3t-value-77",),
+                               None)
+    assert RedactingFilter().filter(record) and record.getMessage() == "key=<redacted>"
+    assert not ServerError("x").possibly_billed

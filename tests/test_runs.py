@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from smoothapi import SmoothedClassifier
+from smoothapi import Adapter, SmoothedClassifier
 from smoothapi.analysis import read_log
 from smoothapi.errors import BadRequestError, BudgetExceededError, InvalidInputError
 from smoothapi.runs import (
@@ -133,3 +133,26 @@ def test_a_failed_image_stops_the_log_with_its_error():
     assert out.getvalue().splitlines() == ["\t".join(CERTIFY_COLUMNS)]  # the header alone
     with pytest.raises(InvalidInputError, match="log format"):
         LogWriter(out, "csv")
+
+
+class _Broken(Adapter):
+    """A local adapter with a bug: dark images raise a plain RuntimeError."""
+
+    name = "broken"
+
+    def top_labels(self, images):
+        if images.mean() < 0.5:
+            raise RuntimeError("shape mismatch in the model")
+        return ["bright"] * len(images)
+
+    def ranked_labels(self, image):
+        return [("bright", 1.0)]
+
+
+def test_any_exception_is_kept_for_its_image_and_the_run_goes_on():
+    """Before: only ProviderError was caught, so any other failure ended the whole run."""
+    smoothed = SmoothedClassifier(_Broken(), 0.2, device="cpu", seed=0, retry=FAST)
+    outcomes = list(certify_many(smoothed, IMAGES, 4, 8, 0.05, shard=False))
+    assert [o.index for o in outcomes] == [0, 1, 2]
+    assert isinstance(outcomes[1].error, RuntimeError) and outcomes[1].result is None
+    assert outcomes[0].error is None and outcomes[2].error is None

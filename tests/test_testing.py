@@ -12,11 +12,12 @@ import torch
 from smoothapi import SmoothedClassifier
 from smoothapi.adapters.encoding import encode_image
 from smoothapi.adapters.http import HTTPAdapter
-from smoothapi.dispatch import RetryPolicy
+from smoothapi.dispatch import RateLimits, RetryPolicy
 from smoothapi.testing import Faults, LoopbackProvider
 
 IMAGE = torch.full((1, 12, 12), 0.6)
 RETRY = RetryPolicy(max_attempts=40, initial_wait=0.005, max_wait=0.05)
+FAST = RateLimits(requests_per_second=1000)  # the loopback server has no limit
 
 
 def brightness(images):
@@ -92,3 +93,42 @@ def test_batched_generic_endpoint_with_the_http_adapter():
         labels = adapter.top_labels(torch.rand(40, 1, 8, 8) * 0.3)
         assert labels == ["dark"] * 40
         assert api.stats.requests == 3 and api.stats.images == 40
+
+
+def _provider_adapter(name, api, monkeypatch, **options):
+    """Each provider adapter through its default transport (vendor SDK), at the loopback."""
+    from smoothapi.adapters.aws import RekognitionAdapter
+    from smoothapi.adapters.azure import AzureVisionAdapter
+    from smoothapi.adapters.clarifai import ClarifaiAdapter
+    from smoothapi.adapters.google import GoogleVisionAdapter
+
+    if name == "aws":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIALOOPBACK0TESTING")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "loopback-testing-secret")
+        return RekognitionAdapter(endpoint_url=api.url(""), region_name="us-east-1", **options)
+    if name == "azure":
+        return AzureVisionAdapter(api.url(""), "loopback-key", **options)
+    if name == "google":
+        return GoogleVisionAdapter(endpoint=api.target(), insecure=True, api_key="k123456",
+                                   **options)
+    return ClarifaiAdapter(target=api.target(), insecure=True, pat="p123456", **options)
+
+
+@pytest.mark.parametrize("name", ["aws", "azure", "google", "clarifai"])
+def test_each_provider_adapter_certifies_through_its_sdk_against_a_faulty_server(
+    name, monkeypatch
+):
+    """Real vendor clients (boto3, msrest, gRPC) against the loopback server: 5xx, malformed
+    bodies and per-image errors are retried to the same certificate as a clean server's,
+    and no malformed answer ever counts as a sample."""
+    faults = Faults(error_5xx=0.1, malformed=0.3, per_image=0.1, seed=7)
+    results = []
+    for setting in (Faults(), faults):
+        with LoopbackProvider(brightness, faults=setting) as api:
+            adapter = _provider_adapter(name, api, monkeypatch, timeout=5)
+            with SmoothedClassifier(adapter, 0.3, batch_size=32, device="cpu", seed=4,
+                                    retry=RETRY, limits=FAST) as smoothed:
+                results.append(smoothed.certify(IMAGE, n0=16, n=64, alpha=0.05))
+            if setting is faults:
+                assert api.stats.faults["malformed"] > 0 and api.stats.faults["5xx"] > 0
+    assert results[1] == results[0] and results[0].label == "bright"

@@ -88,13 +88,26 @@ class RateLimits:
 
 @dataclass
 class ClientStats:
-    """What a classifier has sent so far."""
+    """What a classifier has sent so far.
+
+    ``images`` counts every image sent, retries included (what a query cap limits);
+    ``answered`` the images that came back with an answer; ``possibly_billed`` the images
+    of requests that reached the provider and were abandoned unanswered (a timeout): the
+    provider may charge for them although no answer was used. :attr:`billable` is what
+    cost figures count: answered plus possibly billed.
+    """
 
     requests: int = 0
     images: int = 0
+    answered: int = 0
+    possibly_billed: int = 0
     retries: int = 0
     rate_limited: int = 0
     errors: Counter = field(default_factory=Counter)
+
+    @property
+    def billable(self) -> int:
+        return self.answered + self.possibly_billed
 
 
 class AnswerStore(Protocol):
@@ -251,9 +264,17 @@ class Dispatcher:
                 async with throttle.request(len(todo)):
                     self.stats.requests += 1
                     self.stats.images += len(todo)
-                    outcomes = await self.adapter.ascored_or_errors(images[todo])
+                    try:
+                        outcomes = await self.adapter.ascored_or_errors(images[todo])
+                    except ProviderError as error:
+                        self.stats.possibly_billed += len(todo) * error.possibly_billed
+                        raise
                 done = [(i, o) for i, o in zip(todo, outcomes, strict=True)
                         if not isinstance(o, ProviderError)]  # fmt: skip
+                self.stats.answered += len(done)
+                self.stats.possibly_billed += sum(
+                    isinstance(o, ProviderError) and o.possibly_billed for o in outcomes
+                )
                 if done:
                     store.record([(indices[i], label, score) for i, (label, score) in done])
                 answers.update((i, label) for i, (label, _) in done)

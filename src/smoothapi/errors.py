@@ -12,22 +12,27 @@ so ``except smoothapi.SmoothAPIError`` catches all of them::
     └── ProviderError              a vision API refused or failed a request
         ├── AuthenticationError    401: missing or wrong credentials
         ├── PermissionDeniedError  403: no access, or the quota is spent
-        ├── RateLimitError         429: too many requests (retryable; .retry_after if sent)
+        ├── RateLimitError         429: too many requests (retryable)
         ├── BadRequestError        400, 404, 413, 415, 422: the request itself is wrong
         │   └── InvalidImageError  the image was rejected (format, size, dimensions)
         ├── ServerError            5xx (retryable)
         └── APIConnectionError     no answer: refused, reset, DNS (retryable)
             └── APITimeoutError    no answer in time (retryable)
 
-``ProviderError.retryable`` says whether sending the same request again may succeed.
-HTTP statuses map to classes through one table, :data:`STATUS_ERRORS`. Errors never
-carry credentials: messages name the setting, not its value.
+``ProviderError.retryable`` says whether sending the same request again may succeed,
+``retry_after`` how long the server asked to wait first (any status that sends it), and
+``possibly_billed`` whether the request reached the provider and was abandoned unanswered
+(a timeout), so the provider may have billed it. HTTP statuses map to classes through one
+table, :data:`STATUS_ERRORS`. Errors never carry credentials: messages name the setting,
+not its value, and every configured secret is redacted from them.
 """
 
 from __future__ import annotations
 
 import datetime
 import email.utils
+
+from ._redaction import redact
 
 __all__ = [
     "STATUS_ERRORS",
@@ -88,11 +93,15 @@ class ProviderError(SmoothAPIError):
     """A vision API refused or failed a request.
 
     ``provider`` names the adapter, ``status`` is the HTTP (or mapped) status when
-    there is one, ``code`` the provider's own error code, and ``retryable`` says
-    whether the same request may succeed if sent again.
+    there is one, ``code`` the provider's own error code, ``retryable`` says whether
+    the same request may succeed if sent again, ``retry_after`` is the wait in seconds
+    the server asked for (``Retry-After``, gRPC ``RetryInfo``), if it sent one, and
+    ``possibly_billed`` is true when the request was sent and then abandoned without an
+    answer: the provider may have counted (and billed) it.
     """
 
     retryable = False
+    possibly_billed = False
 
     def __init__(
         self,
@@ -101,10 +110,12 @@ class ProviderError(SmoothAPIError):
         provider: str = "",
         status: int | None = None,
         code: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         prefix = f"{provider}: " if provider else ""
-        super().__init__(prefix + message)
+        super().__init__(redact(prefix + message))
         self.provider, self.status, self.code = provider, status, code
+        self.retry_after = retry_after
 
 
 class AuthenticationError(ProviderError):
@@ -119,10 +130,6 @@ class RateLimitError(ProviderError):
     """Too many requests (HTTP 429); ``retry_after`` is the server's wait in seconds, if sent."""
 
     retryable = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
 
 
 class BadRequestError(ProviderError):
@@ -146,7 +153,14 @@ class APIConnectionError(ProviderError):
 
 
 class APITimeoutError(APIConnectionError):
-    """No answer in time; retryable."""
+    """No answer in time; retryable. The request was sent (``possibly_billed``) unless
+    the connection itself could not be made in time."""
+
+    possibly_billed = True
+
+    def __init__(self, message: str, *, possibly_billed: bool = True, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.possibly_billed = possibly_billed
 
 
 #: HTTP status -> error class. Statuses not listed map by range (4xx bad request, 5xx server).
@@ -171,13 +185,10 @@ def error_for_status(
     code: str | None = None,
     retry_after: float | None = None,
 ) -> ProviderError:
-    """The error for an HTTP ``status``, through :data:`STATUS_ERRORS`."""
+    """The error for an HTTP ``status``, through :data:`STATUS_ERRORS`; ``retry_after``
+    is kept whatever the status (a 503 may send ``Retry-After`` too)."""
     cls = STATUS_ERRORS.get(status) or (ServerError if status >= 500 else BadRequestError)
-    if cls is RateLimitError:
-        return RateLimitError(
-            message, retry_after=retry_after, provider=provider, status=status, code=code
-        )
-    return cls(message, provider=provider, status=status, code=code)
+    return cls(message, provider=provider, status=status, code=code, retry_after=retry_after)
 
 
 def parse_retry_after(value: str | None) -> float | None:

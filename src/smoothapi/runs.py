@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ._images import ImageLike
 from .adapters.base import Adapter
 from .certification import Certification, Prediction, check_alpha, check_count
-from .errors import BudgetExceededError, InvalidInputError, ProviderError
+from .errors import BudgetExceededError, InvalidInputError
 from .pricing import PRICES, plan_run
 from .sequential import RadiusCertification
 from .smoothing import SmoothedClassifier
@@ -60,12 +60,14 @@ ABSTAIN_CODE = -1  # what Cohen et al.'s logs write in the ``predict`` column on
 @dataclass(frozen=True)
 class ImageOutcome:
     """One image of a dataset run: its result (a certificate, or a prediction), or the error
-    that stopped it; ``queries`` were sent for it (answers found in the journal are free)."""
+    that stopped it (any exception: the run goes on); ``queries`` were sent for it (answers
+    found in the journal are free); ``cost`` counts the images answered and those possibly
+    billed (sent, then abandoned after a timeout)."""
 
     index: int
     image_id: str | None
     result: Result | None
-    error: ProviderError | None
+    error: Exception | None
     queries: int
     seconds: float
     cost: float | None = None
@@ -376,17 +378,18 @@ async def _each_image(
                     f"may need {per_image} and max_queries is {cap}; the results "
                     "so far were returned (and journaled, if a journal is set)"
                 )
-            before, started = smoothed.stats.images, asyncio.get_running_loop().time()
+            stats, started = smoothed.stats, asyncio.get_running_loop().time()
+            before, billable = stats.images, stats.billable
             image_id = None if ids is None else str(ids[index])
             result, error = None, None
             try:
                 result = await job(image, image_id)
-            except ProviderError as exc:
+            except Exception as exc:  # any failure is this image's; the run goes on
                 error = exc
-            queries = smoothed.stats.images - before
+            queries = stats.images - before
             spent += queries
             seconds = asyncio.get_running_loop().time() - started
-            cost = None if price is None else queries * price / 1000
+            cost = None if price is None else (stats.billable - billable) * price / 1000
             if bar is not None:
                 bar.update(spent)
             yield ImageOutcome(index, image_id, result, error, queries, seconds, cost)

@@ -36,8 +36,10 @@ class FakeAdapter(RemoteAdapter):
         return [self.respond(image) for image in images]
 
 
-class Crash(Exception):
-    """Stands for the process dying mid-run."""
+class Crash(BaseException):
+    """Stands for the process dying mid-run (a BaseException, as KeyboardInterrupt and
+    SystemExit are: the adapter maps every Exception its transport raises into the error
+    tree, and a crash must not become a provider error)."""
 
 
 class CrashingAdapter(FakeAdapter):

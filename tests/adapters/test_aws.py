@@ -132,7 +132,8 @@ def test_parse_does_not_trust_the_response_order_and_survives_odd_bodies():
         np.random.default_rng(seed).shuffle(shuffled)
         assert RekognitionAdapter.parse({"Labels": shuffled}) == expected
     assert RekognitionAdapter.parse(payload("empty")) == []
-    assert RekognitionAdapter.parse({}) == []
+    with pytest.raises(KeyError):  # not DetectLabels' shape: a malformed answer, no sample
+        RekognitionAdapter.parse({})
     cycle = {
         "Labels": [
             {"Name": "B", "Confidence": 50.0, "Parents": [{"Name": "A"}]},
@@ -438,7 +439,9 @@ def test_the_client_it_builds_makes_one_attempt_with_our_timeouts(monkeypatch):
     config = client.meta.config
     assert config.retries["total_max_attempts"] == 1
     assert config.connect_timeout == 12.5 and config.read_timeout == 12.5
-    assert config.max_pool_connections == 64
+    assert config.max_pool_connections == adapter.max_in_flight == 16  # one per pool thread
+    wide = create_adapter("aws", max_in_flight=40)._make_client().meta.config
+    assert wide.max_pool_connections == 40
     assert client.meta.region_name == "eu-west-1"
     assert RekognitionAdapter(region_name="ap-south-1")._make_client().meta.region_name == (
         "ap-south-1"
@@ -475,3 +478,19 @@ def test_example_without_credentials_names_the_variables_and_sends_nothing(rekog
     assert done.returncode != 0
     assert "AWS_ACCESS_KEY_ID" in done.stderr and "AWS_PROFILE" in done.stderr
     assert state["requests"] == []
+
+
+@pytest.mark.parametrize("code", [
+    "IncompleteSignatureException", "MissingAuthenticationTokenException",
+    "InvalidSignatureException", "UnrecognizedClientException", "ExpiredTokenException"])
+def test_every_signature_and_token_error_is_an_authentication_error(code):
+    from botocore.exceptions import ClientError
+
+    from smoothapi.adapters.aws import map_error
+    from smoothapi.errors import AuthenticationError
+
+    status = 403 if code != "IncompleteSignatureException" else 400
+    exc = ClientError({"Error": {"Code": code, "Message": "no"},
+                       "ResponseMetadata": {"HTTPStatusCode": status}}, "DetectLabels")
+    error = map_error(exc)
+    assert type(error) is AuthenticationError and error.code == code and not error.retryable

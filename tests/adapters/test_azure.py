@@ -182,8 +182,9 @@ def test_parse_ties_and_empty_answers():
     ]
     assert AzureVisionAdapter.parse(payload("v32_empty")) == []
     assert AzureVisionAdapter.parse(payload("v40_empty")) == []
-    assert AzureVisionAdapter.parse({}) == []
-    assert AzureVisionAdapter.parse({"tagsResult": None}) == []
+    for malformed in ({}, {"tagsResult": None}, {"tags": {"name": "x"}}, {"tags": [{"name": 1}]}):
+        with pytest.raises((KeyError, TypeError)):  # not Azure's shape: no sample from it
+            AzureVisionAdapter.parse(malformed)
 
 
 # --- the error table ------------------------------------------------------------------------

@@ -164,3 +164,80 @@ def test_parse_shapes_and_bad_options():
         HTTPAdapter("http://x", send="carrier-pigeon")
     with pytest.raises(InvalidInputError):
         HTTPAdapter("http://x", max_batch=4)
+
+
+# --- secrets in the query, Retry-After on any status, body templates, bad-image 4xx ---------
+
+
+@pytest.fixture(scope="module")
+def echo():
+    """A server that answers with what it received, or the status and body asked for."""
+    seen = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        seen["query"] = dict(request.query)
+        seen["body"] = await request.json() if request.content_type == "application/json" else None
+        status = int(request.query.get("status", 200))
+        if status != 200:
+            return web.Response(status=status, text=request.query.get("say", "no"),
+                                headers={"Retry-After": "3"})
+        body = seen["body"] or {}
+        count = len(body["instances"]) if "instances" in body else 1
+        return web.json_response({"results": [{"labels": {"ok": 1.0}}] * count,
+                                  "labels": {"ok": 1.0}})
+
+    app = web.Application()
+    app.router.add_post("/m", handle)
+    with serve(app) as url:
+        yield f"{url}/m", seen
+
+
+def test_a_secret_in_the_url_query_is_refused_and_query_env_keeps_it_out_of_everything(
+    echo, monkeypatch, tmp_path
+):
+    url, seen = echo
+    with pytest.raises(InvalidInputError, match="query_env"):
+        HTTPAdapter(f"{url}?key=abcdef123456")
+    monkeypatch.setenv("MODEL_KEY", "query-secret-0042")
+    adapter = HTTPAdapter(url, query_env={"key": "MODEL_KEY"},
+                          recording=Recording(tmp_path / "q.jsonl", mode="record"))
+    assert adapter.top_labels(torch.rand(1, 1, 8, 8)) == ["ok"]
+    assert seen["query"] == {"key": "query-secret-0042"}  # sent
+    stored = (repr(adapter) + json.dumps(adapter.identity()) + json.dumps(adapter.request_params())
+              + (tmp_path / "q.jsonl").read_text())
+    assert "query-secret-0042" not in stored
+
+
+@pytest.mark.parametrize("status", [429, 503, 502])
+def test_retry_after_is_kept_on_any_status_that_sends_it(echo, status):
+    url, _ = echo
+    with pytest.raises((RateLimitError, ServerError)) as caught:
+        HTTPAdapter(f"{url}?status={status}").top_labels(torch.rand(1, 1, 8, 8))
+    assert caught.value.retry_after == 3.0 and caught.value.retryable
+
+
+def test_body_templates_put_base64_images_at_a_json_path(echo):
+    url, seen = echo
+    single = HTTPAdapter(url, send="json", field="instances.0.image.b64",
+                         json_extra={"signature_name": "serve"})
+    assert single.top_labels(torch.rand(1, 1, 8, 8)) == ["ok"]
+    body = seen["body"]
+    assert body["signature_name"] == "serve" and list(body["instances"][0]) == ["image"]
+    assert base64.b64decode(body["instances"][0]["image"]["b64"])[:4] == b"\x89PNG"
+    batch = HTTPAdapter(url, send="json", field="instances.*.b64", max_batch=4,
+                        json_extra={"instances": [{"kind": "png"}]}, labels_path="labels")
+    assert batch.top_labels(torch.rand(6, 1, 8, 8)) == ["ok"] * 6  # 4 + 2 in two requests
+    assert [sorted(item) for item in seen["body"]["instances"]] == [["b64", "kind"]] * 2
+    assert single.json_extra == {"signature_name": "serve"}  # the template is not mutated
+
+
+@pytest.mark.parametrize(("status", "say", "bad_image"), [
+    (400, "Invalid image: cannot decode", True), (422, "image too large", True),
+    (415, "unsupported image format", True), (400, "missing field 'model'", False)])
+def test_a_4xx_that_says_the_image_is_bad_is_an_invalid_image_error(echo, status, say, bad_image):
+    from smoothapi.errors import BadRequestError, InvalidImageError
+
+    url, _ = echo
+    with pytest.raises(BadRequestError) as caught:
+        HTTPAdapter(f"{url}?status={status}&say={say}").top_labels(torch.rand(1, 1, 8, 8))
+    assert isinstance(caught.value, InvalidImageError) == bad_image

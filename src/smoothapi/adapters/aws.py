@@ -9,7 +9,6 @@ or from a boto3 client you pass in. boto3 is imported when the adapter is built
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -46,7 +45,10 @@ ERRORS: dict[str, type[ProviderError]] = {
     "AccessDeniedException": PermissionDeniedError,
     "UnrecognizedClientException": AuthenticationError,
     "InvalidSignatureException": AuthenticationError,
+    "IncompleteSignatureException": AuthenticationError,
+    "MissingAuthenticationTokenException": AuthenticationError,
     "ExpiredTokenException": AuthenticationError,
+    "ExpiredToken": AuthenticationError,
     "InvalidImageFormatException": InvalidImageError,
     "ImageTooLargeException": InvalidImageError,
     "InvalidParameterException": BadRequestError,
@@ -58,6 +60,7 @@ ERRORS: dict[str, type[ProviderError]] = {
     "PartialCredentialsError": AuthenticationError,
     "NoRegionError": BadRequestError,
     "ParamValidationError": BadRequestError,
+    "ResponseParserError": ServerError,  # a body botocore could not parse: malformed answer
     "ReadTimeoutError": APITimeoutError,
     "ConnectTimeoutError": APITimeoutError,
     "EndpointConnectionError": APIConnectionError,
@@ -131,16 +134,15 @@ def map_error(exc: Exception, provider: str = "aws") -> ProviderError:
             return error_for_status(
                 int(status or 500), message, provider=provider, code=code, retry_after=retry_after
             )
-        if cls is RateLimitError:
-            return RateLimitError(
-                message, retry_after=retry_after, provider=provider, status=status, code=code
-            )
-        return cls(message, provider=provider, status=status, code=code)
+        return cls(message, provider=provider, status=status, code=code, retry_after=retry_after)
     for klass in type(exc).__mro__:
         if klass.__name__ in ERRORS:
             name = klass.__name__
             hint = f" ({_HINTS[name]})" if name in _HINTS else ""
-            return ERRORS[name](f"{name}: {_clean(str(exc))}{hint}", provider=provider)
+            error = ERRORS[name](f"{name}: {_clean(str(exc))}{hint}", provider=provider)
+            if isinstance(error, APITimeoutError):  # a read timeout was sent; a connect one not
+                error.possibly_billed = name == "ReadTimeoutError"
+            return error
     return ProviderError(f"{type(exc).__name__}: {_clean(str(exc))}", provider=provider)
 
 
@@ -169,9 +171,10 @@ class RekognitionAdapter(RemoteAdapter):
 
     The client this adapter builds makes one attempt per request (the smoothing
     client does the retrying), uses ``timeout`` for connecting and reading, and keeps
-    up to 64 pooled connections for concurrent requests. Building one also adds a
-    filter to botocore's ``botocore.auth`` and ``botocore.endpoint`` loggers that
-    redacts the session token and access key id from their DEBUG lines.
+    as many pooled connections (``max_pool_connections``) as threads in the adapter's
+    pool, ``max_in_flight``. The access key id, secret key and session token are
+    redacted from every error and from every botocore log record; a filter on
+    ``botocore.auth`` and ``botocore.endpoint`` also redacts signed-request values.
     """
 
     name = "aws"
@@ -182,7 +185,6 @@ class RekognitionAdapter(RemoteAdapter):
     max_in_flight = 16
     # DetectLabels: JPEG or PNG of at most 5 MB as raw bytes, 80 to 10,000 px per side.
     limits = ImageLimits(max_bytes=5 * 1024 * 1024, min_side=80, max_side=10_000)
-    max_pool_connections = 64
 
     def __init__(
         self,
@@ -211,6 +213,20 @@ class RekognitionAdapter(RemoteAdapter):
         _redact_signing_logs()
         self._client = client
         self._lock = threading.Lock()
+        if client is not None:
+            self._register_credentials(client)
+
+    @property
+    def max_pool_connections(self) -> int:
+        """botocore's connection pool: one connection per thread of the adapter's pool."""
+        return max(10, self.max_in_flight)
+
+    def _register_credentials(self, client: Any) -> None:
+        signer = getattr(client, "_request_signer", None)
+        credentials = getattr(signer, "_credentials", None)
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            self.secrets(frozen.access_key, frozen.secret_key, frozen.token)
 
     def __repr__(self) -> str:
         return (
@@ -227,13 +243,21 @@ class RekognitionAdapter(RemoteAdapter):
 
     @staticmethod
     def parse(raw: Mapping[str, Any]) -> Ranked:
+        """A ``DetectLabels`` answer -> ranked labels; ``ValueError`` (or ``TypeError``,
+        ``KeyError``) if it lacks the documented shape: a ``Labels`` list of objects
+        with a ``Name`` string and a numeric ``Confidence``."""
+        labels = raw["Labels"]
+        if not isinstance(labels, list):
+            raise TypeError(f"Labels is a {type(labels).__name__}, not a list")
         scores: dict[str, float] = {}
         parents: dict[str, set[str]] = {}
-        for label in raw.get("Labels") or []:
-            name = label.get("Name")
+        for label in labels:
+            name, confidence = label["Name"], label["Confidence"]
+            if not isinstance(name, str) or isinstance(confidence, bool):
+                raise TypeError(f"malformed label {label!r:.100}")
+            score = min(1.0, max(0.0, float(confidence) / 100))
             if not name:
                 continue
-            score = min(1.0, max(0.0, float(label.get("Confidence") or 0.0) / 100))
             scores[name] = max(score, scores.get(name, 0.0))
             parents.setdefault(name, set()).update(
                 p["Name"] for p in label.get("Parents") or [] if p.get("Name")
@@ -268,7 +292,9 @@ class RekognitionAdapter(RemoteAdapter):
         # botocore itself reads AWS_DEFAULT_REGION and the profile, not AWS_REGION.
         region = self.region_name or os.environ.get("AWS_REGION") or None
         session = self._boto3.session.Session(region_name=region)
-        return session.client("rekognition", config=config, endpoint_url=self.endpoint_url)
+        client = session.client("rekognition", config=config, endpoint_url=self.endpoint_url)
+        self._register_credentials(client)
+        return client
 
     def _detect_labels(self, image: bytes) -> dict[str, Any]:
         with self._lock:
@@ -291,8 +317,11 @@ class RekognitionAdapter(RemoteAdapter):
                 f"{self.limits.max_bytes} bytes",
                 provider=self.name,
             )
-        errors = (self._exceptions.ClientError, self._exceptions.BotoCoreError)
-        try:
-            return [await asyncio.to_thread(self._detect_labels, image)]
-        except errors as exc:
-            raise map_error(exc, self.name) from None
+        return [await self.in_thread(self._detect_labels, image)]
+
+    def map_exception(self, exc: Exception) -> ProviderError:
+        """botocore's ``ClientError`` and ``BotoCoreError`` through :func:`map_error`;
+        anything else (botocore's parser choking on a malformed body) as the base does."""
+        if isinstance(exc, (self._exceptions.ClientError, self._exceptions.BotoCoreError)):
+            return map_error(exc, self.name)
+        return super().map_exception(exc)

@@ -113,9 +113,13 @@ def map_error(
 
 
 def _no_answer(exc: BaseException, timed_out: bool) -> APIConnectionError:
-    """The error for a request that got no HTTP answer at all."""
+    """The error for a request that got no HTTP answer at all (a connect timeout was
+    never sent; a read timeout may have been billed)."""
     if timed_out:
-        return APITimeoutError(f"no answer in time ({type(exc).__name__})", provider="azure")
+        sent = "connect" not in type(exc).__name__.lower()
+        return APITimeoutError(
+            f"no answer in time ({type(exc).__name__})", provider="azure", possibly_billed=sent
+        )
     return APIConnectionError(f"no answer: {type(exc).__name__}: {exc}", provider="azure")
 
 
@@ -168,6 +172,7 @@ class AzureVisionAdapter(RemoteAdapter):
         self.limits = API_VERSIONS[api]
         endpoint = endpoint or next((os.environ[n] for n in ENDPOINT_ENV if os.environ.get(n)), "")
         self._key = key or next((os.environ[n] for n in KEY_ENV if os.environ.get(n)), "")
+        self.secrets(self._key)
         self.endpoint = endpoint.rstrip("/")
         if self.endpoint and not self.endpoint.startswith(("https://", "http://")):
             raise InvalidInputError("endpoint must be an http(s) URL")
@@ -190,22 +195,28 @@ class AzureVisionAdapter(RemoteAdapter):
 
     @staticmethod
     def parse(raw: Mapping[str, Any]) -> Ranked:
-        """v3.2 ``{"tags": [...]}`` or 4.0 ``{"tagsResult": {"values": [...]}}`` -> ranked."""
-        if "tagsResult" in raw:
-            tags = (raw.get("tagsResult") or {}).get("values") or []
-        else:
-            tags = raw.get("tags") or []
-        return rank(
-            (tag["name"], min(1.0, max(0.0, float(tag.get("confidence", 0.0)))))
-            for tag in tags
-            if tag.get("name")
-        )
+        """v3.2 ``{"tags": [...]}`` or 4.0 ``{"tagsResult": {"values": [...]}}`` -> ranked.
+
+        An answer without that shape (no tag list, a tag without a ``name`` string or a
+        numeric ``confidence``) raises ``KeyError`` / ``TypeError``: a malformed answer.
+        """
+        tags = raw["tagsResult"]["values"] if "tagsResult" in raw else raw["tags"]
+        if not isinstance(tags, list):
+            raise TypeError(f"the tags are a {type(tags).__name__}, not a list")
+        pairs = []
+        for tag in tags:
+            name, confidence = tag["name"], tag["confidence"]
+            if not isinstance(name, str) or isinstance(confidence, (bool, str)):
+                raise TypeError(f"malformed tag {tag!r:.100}")
+            if name:
+                pairs.append((name, min(1.0, max(0.0, float(confidence)))))
+        return rank(pairs)
 
     async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:
         if not (self.endpoint and self._key):
             raise self._missing_credentials()
         if self.api == "v3.2":
-            return [await asyncio.to_thread(self._tag_v32, images[0])]
+            return [await self.in_thread(self._tag_v32, images[0])]
         return [await self._analyze_v40(images[0])]
 
     # --- transports ---------------------------------------------------------------------
@@ -254,12 +265,12 @@ class AzureVisionAdapter(RemoteAdapter):
             response = exc.response
             raise map_error(
                 response.status_code, response.content, response.headers, secret=self._key
-            ) from None
+            ) from exc
         except ClientRequestError as exc:
             inner = exc.inner_exception
-            raise _no_answer(inner or exc, isinstance(inner, requests.Timeout)) from None
-        except DeserializationError:
-            raise ServerError("malformed answer", provider=self.name) from None
+            raise _no_answer(inner or exc, isinstance(inner, requests.Timeout)) from exc
+        except DeserializationError as exc:
+            raise ServerError("malformed answer", provider=self.name) from exc
         # The SDK parsed the body into a TagResult already; keep the REST JSON itself.
         return answer.response.json()
 
@@ -287,15 +298,12 @@ class AzureVisionAdapter(RemoteAdapter):
                 body = await reply.read()
                 status, reply_headers = reply.status, reply.headers
         except asyncio.TimeoutError as exc:  # aiohttp.ServerTimeoutError included
-            raise _no_answer(exc, timed_out=True) from None
+            raise _no_answer(exc, timed_out=True) from exc
         except aiohttp.ClientError as exc:
-            raise _no_answer(exc, timed_out=False) from None
+            raise _no_answer(exc, timed_out=False) from exc
         if status != 200:
             raise map_error(status, body, reply_headers, secret=self._key)
         try:
-            answer = json.loads(body)
-        except ValueError:
-            raise ServerError("malformed answer", provider=self.name) from None
-        if not isinstance(answer, dict):
-            raise ServerError("malformed answer", provider=self.name)
-        return answer
+            return json.loads(body)  # its shape is checked by parse before it counts
+        except ValueError as exc:
+            raise ServerError("malformed answer", provider=self.name) from exc

@@ -143,11 +143,12 @@ def error_for_code(
                 http_status, message, provider=provider, code=str(code), retry_after=retry_after
             )
         cls = ProviderError
-    if cls is RateLimitError:
-        return RateLimitError(
-            message, retry_after=retry_after, provider=provider, status=http_status, code=str(code)
-        )
-    return cls(message, provider=provider, status=http_status, code=str(code))
+    error = cls(
+        message, provider=provider, status=http_status, code=str(code), retry_after=retry_after
+    )
+    if code == "DEADLINE_EXCEEDED":  # sent and abandoned: it may have been billed
+        error.possibly_billed = True
+    return error
 
 
 def _status_error(
@@ -177,6 +178,8 @@ def split_outputs(
     """
     status = body.get("status") or {}
     outputs = body.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(o, Mapping) for o in outputs):
+        raise ServerError("malformed answer: outputs is not a list of objects", provider=provider)
     code = int(status.get("code", 0))
     per_image = code in (SUCCESS, MIXED_STATUS) or (code == FAILURE and len(outputs) == count)
     if not per_image:
@@ -253,6 +256,7 @@ class ClarifaiAdapter(RemoteAdapter):
             raise AuthenticationError(
                 f"no personal access token: pass pat= or set {PAT_ENV}", provider=self.name
             )
+        self.secrets(pat)
         self._metadata = (("authorization", f"Key {pat}"),)
         self.user_id, self.app_id, self.model_id = user_id, app_id, model_id
         self.model_version_id = model_version_id
@@ -276,12 +280,22 @@ class ClarifaiAdapter(RemoteAdapter):
 
     @staticmethod
     def parse(raw: Mapping[str, Any]) -> Ranked:
-        """One output (``{"data": {"concepts": [...]}}``) -> ranked ``[(name, value), ...]``."""
-        concepts = (raw.get("data") or {}).get("concepts") or []
-        return rank(
-            (c.get("name") or c.get("id", ""), min(1.0, max(0.0, float(c.get("value", 0.0)))))
-            for c in concepts
-        )
+        """One output (``{"data": {"concepts": [...]}}``) -> ranked ``[(name, value), ...]``.
+
+        No ``data`` or ``concepts`` is an image without labels (proto3 JSON leaves them
+        out when empty); concepts that are not a list of objects with a string name (or
+        id) and a numeric value raise ``TypeError``: a malformed answer.
+        """
+        concepts = raw.get("data", {}).get("concepts", [])
+        if not isinstance(concepts, list):
+            raise TypeError(f"concepts is a {type(concepts).__name__}, not a list")
+        pairs = []
+        for concept in concepts:
+            name, value = concept.get("name") or concept.get("id", ""), concept.get("value", 0.0)
+            if not isinstance(name, str) or isinstance(value, (bool, str)):
+                raise TypeError(f"malformed concept {concept!r:.100}")
+            pairs.append((name, min(1.0, max(0.0, float(value)))))
+        return rank(pairs)
 
     def _channel(self) -> Any:
         """A fresh asyncio gRPC channel to ``target``, with gRPC retries off."""
@@ -324,22 +338,28 @@ class ClarifaiAdapter(RemoteAdapter):
         )
         post = self._post_model_outputs()
         call = post(request, metadata=self._metadata, timeout=self.timeout)
-        try:
-            response = await call
-            trailing = await call.trailing_metadata()
-        except sdk.grpc.aio.AioRpcError as exc:
-            raise error_for_code(
-                exc.code().name,
-                f"gRPC {exc.code().name}: {(exc.details() or '')[:200]}",
-                provider=self.name,
-                retry_after=_retry_after(exc.trailing_metadata()),
-            ) from None
+        response = await call
+        trailing = await call.trailing_metadata()
+        if response is None:  # gRPC could not decode the answer's bytes
+            raise ServerError("malformed answer: the response did not decode", provider=self.name)
         body = sdk.json_format.MessageToDict(
             response, preserving_proto_field_name=True, use_integers_for_enums=True
         )
         return split_outputs(
             body, len(images), provider=self.name, retry_after=_retry_after(trailing)
         )
+
+    def map_exception(self, exc: Exception) -> ProviderError:
+        """A gRPC status by its name through :data:`ERRORS` (``retry-after`` metadata
+        kept); anything else (a protobuf that does not parse) as the base class does."""
+        if isinstance(exc, self._sdk.grpc.aio.AioRpcError):
+            return error_for_code(
+                exc.code().name,
+                f"gRPC {exc.code().name}: {(exc.details() or '')[:200]}",
+                provider=self.name,
+                retry_after=_retry_after(exc.trailing_metadata()),
+            )
+        return super().map_exception(exc)
 
 
 def _retry_after(metadata: Any) -> float | None:

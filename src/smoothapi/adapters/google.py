@@ -68,6 +68,11 @@ _NO_CREDENTIALS = (
     "'gcloud auth application-default login') or GOOGLE_API_KEY, or pass api_key"
 )
 
+_MESSAGE_SIZES = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
 # The documented limits: 16 images, 20 MB per image, 10 MB per JSON request (base64).
 MAX_REQUEST_BYTES = 10_000_000
 _PER_IMAGE_JSON = 128  # {"image":{"content":""},"features":[{"type":...,"maxResults":...}]}
@@ -95,11 +100,10 @@ def map_error(
     if code == 14 and any(marker in message.lower() for marker in _NO_CONNECTION):
         cls = APIConnectionError
     text = f"{name}: {message}"
-    if cls is RateLimitError:
-        return RateLimitError(
-            text, retry_after=retry_after, provider=provider, status=status, code=name
-        )
-    return cls(text, provider=provider, status=status, code=name)
+    error = cls(text, provider=provider, status=status, code=name, retry_after=retry_after)
+    if code == 4 and not per_image:  # DEADLINE_EXCEEDED: sent, abandoned, maybe billed
+        error.possibly_billed = True
+    return error
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -154,6 +158,10 @@ class GoogleVisionAdapter(RemoteAdapter):
             it was made on) or a zero-argument callable making one (called once per
             event loop). Overrides ``api_key`` and ``endpoint``.
         endpoint: ``client_options.api_endpoint`` (``host:port``), e.g. a regional one.
+        insecure: plaintext gRPC to ``endpoint`` (an emulator, a loopback test server such
+            as :class:`~smoothapi.testing.LoopbackProvider`), through the SDK's own asyncio
+            transport; an ``api_key`` then travels as ``x-goog-api-key`` metadata and no
+            application default credentials are looked up.
         **options: the :class:`~smoothapi.adapters.remote.RemoteAdapter` options.
 
     The SDK's own retries are off (``retry=None``; the smoothing client retries) and
@@ -177,9 +185,12 @@ class GoogleVisionAdapter(RemoteAdapter):
         api_key: str | None = None,
         client: Any = None,
         endpoint: str | None = None,
+        insecure: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        if insecure and not endpoint:
+            raise InvalidInputError("insecure=True needs endpoint='host:port'")
         if not isinstance(max_results, int) or max_results < 1:
             raise InvalidInputError(f"max_results must be a positive int, got {max_results!r}")
         self._vision = import_optional("google.cloud.vision", "google", "google-cloud-vision")
@@ -188,13 +199,16 @@ class GoogleVisionAdapter(RemoteAdapter):
         self._json_format = import_optional("google.protobuf.json_format", "google", "protobuf")
         self.max_results, self.model, self.endpoint = max_results, model, endpoint
         self._client = client
+        self.insecure = bool(insecure)
         self._api_key = api_key or os.environ.get("GOOGLE_API_KEY") or None
+        self.secrets(self._api_key)
 
     def __repr__(self) -> str:
         auth = "client" if self._client is not None else "api_key" if self._api_key else "adc"
         return (
             f"GoogleVisionAdapter(max_results={self.max_results}, model={self.model!r}, "
-            f"endpoint={self.endpoint!r}, auth={auth!r})"
+            f"endpoint={self.endpoint!r}, auth={auth!r}"
+            + (", insecure=True)" if self.insecure else ")")
         )
 
     def request_params(self) -> dict[str, Any]:
@@ -202,12 +216,23 @@ class GoogleVisionAdapter(RemoteAdapter):
 
     @staticmethod
     def parse(raw: Mapping[str, Any]) -> Ranked:
-        """One image's ``AnnotateImageResponse`` (REST JSON) -> ranked labels."""
-        return rank(
-            (item["description"], min(1.0, max(0.0, float(item.get("score", 0.0)))))
-            for item in raw.get("labelAnnotations") or ()
-            if item.get("description")
-        )
+        """One image's ``AnnotateImageResponse`` (REST JSON) -> ranked labels.
+
+        No ``labelAnnotations`` is an image without labels (proto3 JSON leaves an empty
+        list out); one that is not a list of objects with a string ``description`` and
+        a numeric ``score`` raises ``TypeError``: a malformed answer.
+        """
+        annotations = raw.get("labelAnnotations", [])
+        if not isinstance(annotations, list):
+            raise TypeError(f"labelAnnotations is a {type(annotations).__name__}, not a list")
+        pairs = []
+        for item in annotations:
+            description, score = item.get("description", ""), item.get("score", 0.0)
+            if not isinstance(description, str) or isinstance(score, (bool, str)):
+                raise TypeError(f"malformed label annotation {item!r:.100}")
+            if description:
+                pairs.append((description, min(1.0, max(0.0, float(score)))))
+        return rank(pairs)
 
     @staticmethod
     def split_batch(
@@ -216,7 +241,14 @@ class GoogleVisionAdapter(RemoteAdapter):
         """A ``BatchAnnotateImagesResponse`` (REST JSON) -> one body, or the mapped
         per-image ``error``, per image."""
         results: list[Mapping[str, Any] | ProviderError] = []
-        for response in body.get("responses") or ():
+        responses = body.get("responses", [])
+        if not isinstance(responses, list):
+            raise ServerError("malformed answer: responses is not a list", provider=provider)
+        for response in responses:
+            if not isinstance(response, Mapping):
+                raise ServerError(
+                    "malformed answer: a response is not an object", provider=provider
+                )
             error = response.get("error") or {}
             if error.get("code"):
                 results.append(
@@ -236,6 +268,18 @@ class GoogleVisionAdapter(RemoteAdapter):
     def _make_client(self) -> Any:
         if callable(self._client):
             return self._client()
+        if self.insecure:
+            grpc = import_optional("grpc", "google", package="grpcio")
+            transports = import_optional(
+                "google.cloud.vision_v1.services.image_annotator.transports",
+                "google",
+                "google-cloud-vision",
+            )
+            channel = grpc.aio.insecure_channel(
+                self.endpoint, options=[("grpc.enable_retries", 0)] + _MESSAGE_SIZES
+            )
+            transport = transports.ImageAnnotatorGrpcAsyncIOTransport(channel=channel)
+            return self._vision.ImageAnnotatorAsyncClient(transport=transport)
         options: dict[str, str] = {}
         if self._api_key:
             options["api_key"] = self._api_key
@@ -268,19 +312,34 @@ class GoogleVisionAdapter(RemoteAdapter):
 
     async def _annotate(self, client: Any, request: Any) -> Any:
         """One ``batch_annotate_images`` call; every failure mapped to a ProviderError."""
+        metadata = ()
+        if self.insecure and self._api_key and not callable(self._client):
+            metadata = (("x-goog-api-key", self._api_key),)
         try:
             return await client.batch_annotate_images(
-                request=request, retry=None, timeout=self.timeout
+                request=request, retry=None, timeout=self.timeout, metadata=metadata
             )
-        except self._api_core.GoogleAPICallError as exc:
-            raise map_exception(exc, self.name) from None
-        except self._auth_errors.DefaultCredentialsError:
-            raise AuthenticationError(_NO_CREDENTIALS, provider=self.name) from None
-        except self._auth_errors.GoogleAuthError as exc:
-            raise AuthenticationError(
+        except Exception as exc:  # noqa: BLE001 (every failure is typed, cause chained)
+            raise self.map_exception(exc) from exc
+
+    def map_exception(self, exc: Exception) -> ProviderError:
+        """API errors by gRPC code (:func:`map_exception`), google-auth failures as
+        authentication errors, a gRPC status the SDK left unwrapped by its code; anything
+        else (a protobuf that does not parse) as the base class does."""
+        if isinstance(exc, self._api_core.GoogleAPICallError):
+            return map_exception(exc, self.name)
+        if isinstance(exc, self._auth_errors.DefaultCredentialsError):
+            return AuthenticationError(_NO_CREDENTIALS, provider=self.name)
+        if isinstance(exc, self._auth_errors.GoogleAuthError):
+            return AuthenticationError(
                 f"{type(exc).__name__}: could not get a token for the credentials",
                 provider=self.name,
-            ) from None
+            )
+        code = getattr(exc, "code", None)
+        if callable(code) and callable(getattr(exc, "details", None)):  # a raw grpc.RpcError
+            value = getattr(code(), "value", (None,))
+            return map_error(value[0], str(exc.details() or ""), provider=self.name)
+        return super().map_exception(exc)
 
     async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:
         vision = self._vision
@@ -311,6 +370,10 @@ class GoogleVisionAdapter(RemoteAdapter):
                 # so that only those are retried.
                 results.extend(error for later in groups[number:] for _ in later)
                 return results
+            if reply is None:  # gRPC could not decode the answer's bytes
+                raise ServerError(
+                    "malformed answer: the response did not decode", provider=self.name
+                )
             body = self._json_format.MessageToDict(type(reply).pb(reply))
             part = self.split_batch(body, self.name)
             if len(part) != len(group):

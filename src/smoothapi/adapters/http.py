@@ -8,25 +8,42 @@
     )
 
 How the image goes out (``send``): ``"raw"`` as the request body with its image
-content type, ``"multipart"`` as the form field ``field``, or ``"json"`` as base64 in
-the JSON field ``field`` (merged into ``json_extra``). Where the labels are in the
-answer: ``labels_path`` is a dotted path (``"result.labels"``; list indices allowed:
-``"outputs.0.labels"``) to either a list of objects with ``label_key`` / ``score_key``,
-a list of ``[label, score]`` pairs, or an object mapping labels to scores.
+content type, ``"multipart"`` as the form field ``field``, or ``"json"`` as base64 at
+the dotted JSON path ``field`` of a body built from the template ``json_extra``. Where
+the labels are in the answer: ``labels_path`` is a dotted path (``"result.labels"``;
+list indices allowed: ``"outputs.0.labels"``) to either a list of objects with
+``label_key`` / ``score_key``, a list of ``[label, score]`` pairs, or an object mapping
+labels to scores.
 
-With ``send="json"`` and ``max_batch > 1`` one request carries a list of base64 images
-in ``field`` and the answer holds one result per image at ``batch_path``; each result
-is then read with ``labels_path``.
+Request-body templates (``send="json"``) front most JSON model servers::
 
-Header values are secrets: give them directly or, better, name environment variables
-in ``header_env``. They are sent, never logged, shown in ``repr`` or recorded.
+    field="image"                       {"image": "<b64>"}
+    field="instances.0.image.b64"       {"instances": [{"image": {"b64": "<b64>"}}]}
+    max_batch=16, field="images"        {"images": ["<b64>", ...]}
+    max_batch=16, field="instances.*.b64"   {"instances": [{"b64": "<b64>"}, ...]}
+
+Anything else in ``json_extra`` is sent as it is; list items the template already has
+are filled in, and with ``*`` every image gets a copy of the template's first item. With
+``max_batch > 1`` the answer holds one result per image at ``batch_path``, each read
+with ``labels_path``.
+
+Secrets: header values (``headers``, or better environment variables named in
+``header_env``) and query parameters (``query`` / ``query_env``) are sent, never
+logged, shown in ``repr``, recorded or journaled, and are redacted from errors. A URL
+whose query holds a secret-looking parameter (``?key=...``) is refused: pass it with
+``query_env`` instead. A 400, 415 or 422 whose body says the image is bad (matched by
+``invalid_image``) is an :class:`~smoothapi.errors.InvalidImageError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import copy
 import json
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +51,8 @@ import aiohttp
 
 from ..errors import (
     APIConnectionError,
+    APITimeoutError,
+    InvalidImageError,
     InvalidInputError,
     ProviderError,
     ServerError,
@@ -42,9 +61,24 @@ from ..errors import (
 )
 from .remote import Ranked, RemoteAdapter, rank
 
-__all__ = ["HTTPAdapter"]
+__all__ = ["INVALID_IMAGE", "SECRET_QUERY", "HTTPAdapter"]
 
 SEND_MODES = ("raw", "multipart", "json")
+#: Query parameter names that hold secrets: refused in a URL (use ``query_env``).
+SECRET_QUERY = re.compile(
+    r"^(key|api[-_]?key|apikey|code|sig|signature|token|access[-_]?token|auth|secret"
+    r"|password|pat|x-api-key|subscription[-_]?key)$",
+    re.IGNORECASE,
+)
+#: Header names whose values are secrets even when given directly (``headers=``).
+SECRET_HEADER = re.compile(r"auth|key|token|secret|password|signature|cookie", re.IGNORECASE)
+#: A 4xx body that says the image itself is bad.
+INVALID_IMAGE = (
+    r"(?i)(invalid|unsupported|corrupt|malformed|bad|unreadable|too (large|small|big)"
+    r"|cannot (decode|identify|read)|could not (decode|identify|read)|failed to decode)"
+    r"\W+(\w+\W+){0,3}?image|image\W+(\w+\W+){0,4}?(invalid|unsupported|corrupt|malformed"
+    r"|too (large|small|big)|could not be (decoded|read)|cannot be (decoded|read)|decod)"
+)
 
 
 def _at(value: Any, path: str) -> Any:
@@ -57,6 +91,32 @@ def _at(value: Any, path: str) -> Any:
         else:
             raise KeyError(part)
     return value
+
+
+def _put(body: Any, path: Sequence[str], value: Any) -> None:
+    """Set ``value`` at a dotted path of a JSON template, making objects (lists where
+    the next part is an index) on the way."""
+    for index, part in enumerate(path):
+        if isinstance(body, list) and part.isdigit() and int(part) <= len(body):
+            key: Any = int(part)
+            if key == len(body):
+                body.append({})
+        elif isinstance(body, dict):
+            key = part
+        else:
+            raise InvalidInputError(f"field path: cannot put a value at {part!r}")
+        if index == len(path) - 1:
+            body[key] = value
+            return
+        if isinstance(body, dict) and not isinstance(body.get(key), (dict, list)):
+            body[key] = [] if path[index + 1].isdigit() else {}
+        body = body[key]
+
+
+def _secret_query(url: str) -> list[str]:
+    query = urllib.parse.urlsplit(url).query
+    return [name for name, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)
+            if SECRET_QUERY.match(name)]
 
 
 class HTTPAdapter(RemoteAdapter):
@@ -80,6 +140,9 @@ class HTTPAdapter(RemoteAdapter):
         max_batch: int = 1,
         headers: Mapping[str, str] | None = None,
         header_env: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        query_env: Mapping[str, str] | None = None,
+        invalid_image: str | None = INVALID_IMAGE,
         method: str = "POST",
         **options: Any,
     ) -> None:
@@ -88,18 +151,34 @@ class HTTPAdapter(RemoteAdapter):
             raise InvalidInputError(f"send must be one of {SEND_MODES}, got {send!r}")
         if max_batch < 1 or (max_batch > 1 and send != "json"):
             raise InvalidInputError("max_batch > 1 needs send='json' (a list of images)")
-        missing = [env for env in (header_env or {}).values() if not os.environ.get(env)]
+        if "*" in field and (send != "json" or field.count("*") > 1):
+            raise InvalidInputError("a '*' in field needs send='json' and may appear once")
+        secret = _secret_query(url)
+        if secret:
+            raise InvalidInputError(
+                f"the URL carries a secret in its query ({', '.join(secret)}); it would be "
+                f"stored and shown: pass it with query_env={{{secret[0]!r}: 'ENV_VARIABLE'}}"
+            )
+        envs = {**(header_env or {}), **(query_env or {})}
+        missing = [env for env in envs.values() if not os.environ.get(env)]
         if missing:
             raise InvalidInputError(f"environment variable(s) not set: {', '.join(missing)}")
         self.url, self.method, self.send = url, method.upper(), send
-        self.field, self.json_extra = field, dict(json_extra or {})
+        self.field, self.json_extra = field, copy.deepcopy(dict(json_extra or {}))
         self.labels_path, self.label_key, self.score_key = labels_path, label_key, score_key
         self.batch_path, self.max_batch = batch_path, max_batch
+        self.invalid_image = re.compile(invalid_image) if invalid_image else None
         self._headers = {**(headers or {}),
                          **{k: os.environ[env] for k, env in (header_env or {}).items()}}
+        self._query = {**(query or {}),
+                       **{k: os.environ[env] for k, env in (query_env or {}).items()}}
+        secret = [v for k, v in self._headers.items() if k in (header_env or {})
+                  or SECRET_HEADER.search(k)] + list(self._query.values())
+        self.secrets(*secret, *(word for v in secret for word in v.split()[1:]))  # "Bearer x"
 
     def __repr__(self) -> str:
-        return f"HTTPAdapter({self.url!r}, send={self.send!r}, headers={sorted(self._headers)})"
+        return (f"HTTPAdapter({self.url!r}, send={self.send!r}, headers={sorted(self._headers)}, "
+                f"query={sorted(self._query)})")
 
     def request_params(self) -> dict[str, Any]:
         return {"url": self.url, "send": self.send, "field": self.field, "extra": self.json_extra}
@@ -111,15 +190,41 @@ class HTTPAdapter(RemoteAdapter):
             raise ServerError(f"no labels at {self.labels_path!r} in the answer",
                               provider=self.name) from None
         if isinstance(found, Mapping):
-            return rank(found.items())
-        pairs = []
-        for item in found:
-            if isinstance(item, Mapping):
-                pairs.append((item[self.label_key], item[self.score_key]))
-            else:
-                label, score = item
-                pairs.append((label, score))
+            pairs = list(found.items())
+        elif isinstance(found, list):
+            pairs = [(item[self.label_key], item[self.score_key]) if isinstance(item, Mapping)
+                     else tuple(item) for item in found]
+        else:
+            raise TypeError(f"the labels are a {type(found).__name__}")
+        for pair in pairs:
+            if len(pair) != 2 or isinstance(pair[1], (bool, str)) or pair[1] is None:
+                raise TypeError(f"malformed (label, score): {pair!r:.100}")
         return rank(pairs)
+
+    def _json_body(self, images: Sequence[bytes]) -> dict[str, Any]:
+        encoded = [base64.b64encode(image).decode("ascii") for image in images]
+        body = copy.deepcopy(self.json_extra)
+        if "*" not in self.field:
+            _put(body, self.field.split("."), encoded if self.max_batch > 1 else encoded[0])
+            return body
+        head, _, tail = self.field.partition("*")
+        head_path = [p for p in head.split(".") if p]
+        try:
+            existing = _at(body, ".".join(head_path))
+        except (KeyError, IndexError, TypeError):
+            existing = None
+        template = existing[0] if isinstance(existing, list) and existing else {}
+        items = []
+        for image in encoded:
+            item = copy.deepcopy(template)
+            tail_path = [p for p in tail.split(".") if p]
+            if tail_path:
+                _put(item, tail_path, image)
+            else:
+                item = image
+            items.append(item)
+        _put(body, head_path, items)
+        return body
 
     def _body(self, images: Sequence[bytes]) -> dict[str, Any]:
         content_type = "image/png" if self.image_format == "png" else "image/jpeg"
@@ -130,29 +235,41 @@ class HTTPAdapter(RemoteAdapter):
             form.add_field(self.field, images[0], filename=f"image.{self.image_format}",
                            content_type=content_type)
             return {"data": form}
-        encoded = [base64.b64encode(image).decode("ascii") for image in images]
-        return {"json": {**self.json_extra,
-                         self.field: encoded if self.max_batch > 1 else encoded[0]}}
+        return {"json": self._json_body(images)}
+
+    def _error(self, status: int, text: str, reason: str, headers: Mapping[str, str]):
+        message = " ".join(text.split())[:200] or reason
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        if (status in (400, 415, 422) and self.invalid_image is not None
+                and self.invalid_image.search(text[:2000])):
+            return InvalidImageError(message, provider=self.name, status=status,
+                                     retry_after=retry_after)
+        return error_for_status(status, message, provider=self.name, retry_after=retry_after)
 
     async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:
         session = self.loop_local("session", aiohttp.ClientSession)
         body = self._body(images)
         headers = {**self._headers, **body.pop("headers", {})}
-        try:
-            async with session.request(self.method, self.url, headers=headers, **body) as reply:
-                text = await reply.text()
-                if reply.status >= 400:
-                    raise error_for_status(
-                        reply.status, text[:200] or reply.reason or "", provider=self.name,
-                        retry_after=parse_retry_after(reply.headers.get("Retry-After")),
-                    )
-        except aiohttp.ClientError as exc:
-            raise APIConnectionError(f"{type(exc).__name__}: {exc}", provider=self.name) from None
+        async with session.request(self.method, self.url, headers=headers,
+                                   params=self._query or None, **body) as reply:
+            text = await reply.text()
+            if reply.status >= 400:
+                raise self._error(reply.status, text, reply.reason or "", reply.headers)
         try:
             answer = json.loads(text)
             results = _at(answer, self.batch_path) if self.max_batch > 1 else [answer]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise ServerError(f"malformed answer: {text[:100]!r}", provider=self.name) from None
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ServerError(f"malformed answer: {text[:100]!r}", provider=self.name) from exc
         if not isinstance(results, list):
             raise ServerError(f"{self.batch_path!r} is not a list", provider=self.name)
         return results
+
+    def map_exception(self, exc: Exception) -> ProviderError:
+        """aiohttp's connection errors and timeouts; the rest as the base class does."""
+        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            sent = not isinstance(exc, aiohttp.ConnectionTimeoutError)
+            return APITimeoutError(f"no answer in time ({type(exc).__name__})",
+                                   provider=self.name, possibly_billed=sent)
+        if isinstance(exc, aiohttp.ClientError):
+            return APIConnectionError(f"{type(exc).__name__}: {exc}", provider=self.name)
+        return super().map_exception(exc)

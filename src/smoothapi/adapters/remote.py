@@ -11,6 +11,15 @@ A provider module subclasses :class:`RemoteAdapter` and supplies three things:
   the mapped error. The vendor SDK is imported here, never at module import;
 * the class attributes ``name``, ``max_batch`` and ``limits``.
 
+Anything else ``_send`` raises (an SDK's parser, transport or timeout exception) goes
+through the adapter's one mapping function, :meth:`RemoteAdapter.map_exception`, into
+the error tree, with the original chained as ``__cause__`` once configured secrets are
+scrubbed from it. An answer without the provider's documented shape (``parse`` fails on
+it) is a retryable :class:`~smoothapi.errors.ServerError`: never a sample, never recorded.
+
+Blocking SDKs (boto3, msrest) run in a thread pool of the adapter's own, sized to its
+``max_in_flight``, so the client's concurrency reaches the provider.
+
 Clients bound to an event loop (HTTP sessions, async gRPC channels) are made with
 :meth:`RemoteAdapter.loop_local`; the sync methods close them when their call ends,
 and async users close them with ``await adapter.aclose()``.
@@ -26,17 +35,28 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import importlib
 import inspect
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
 
+from .._redaction import install_log_redaction, register_secret, safe_cause
 from ..certification import Label
 from ..dispatch import run_sync
-from ..errors import InvalidInputError, MissingDependencyError, ProviderError
+from ..errors import (
+    APITimeoutError,
+    InvalidInputError,
+    MissingDependencyError,
+    ProviderError,
+    ServerError,
+)
 from ..recording import Recording, request_key
 from .base import Adapter
 from .encoding import ImageLimits, encode_image
@@ -45,6 +65,8 @@ __all__ = ["RemoteAdapter", "import_optional", "rank", "run_sync"]
 
 T = TypeVar("T")
 Ranked = list[tuple[str, float]]
+#: What a malformed answer makes ``parse`` raise (a missing field, a wrong type ...).
+MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
 
 def rank(labels: Sequence[tuple[str, float]]) -> Ranked:
@@ -70,6 +92,8 @@ class RemoteAdapter(Adapter):
         label_map: provider label -> your label, applied to the top label.
         recording: a :class:`~smoothapi.recording.Recording` to record or replay responses.
         timeout: seconds before one request counts as failed (``APITimeoutError``).
+        max_in_flight: requests this adapter serves at once (default: the class's);
+            the thread pool of a blocking SDK and its connection pool are sized to it.
     """
 
     name = "remote"
@@ -85,11 +109,20 @@ class RemoteAdapter(Adapter):
         label_map: Mapping[str, Label] | None = None,
         recording: Recording | None = None,
         timeout: float = 30.0,
+        max_in_flight: int | None = None,
     ) -> None:
         if not 1 <= jpeg_quality <= 100:
             raise InvalidInputError(f"jpeg_quality must lie in 1..100, got {jpeg_quality}")
         if timeout <= 0:
             raise InvalidInputError(f"timeout must be positive, got {timeout}")
+        if max_in_flight is not None:
+            if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
+                raise InvalidInputError(f"max_in_flight must be an int, got {max_in_flight!r}")
+            if max_in_flight < 1:
+                raise InvalidInputError(f"max_in_flight must be >= 1, got {max_in_flight}")
+            self.max_in_flight = max_in_flight
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
         self.image_format, self.jpeg_quality = image_format, jpeg_quality
         self.small_images = small_images
         self.label_map = dict(label_map or {})
@@ -108,6 +141,19 @@ class RemoteAdapter(Adapter):
     @abc.abstractmethod
     async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:
         """One request with ``len(images) <= max_batch`` images; one body (or error) each."""
+
+    def map_exception(self, exc: Exception) -> ProviderError:
+        """The error-tree error for anything the SDK or transport raised in :meth:`_send`.
+
+        Providers override it for their SDK's exceptions and fall back to this: a
+        malformed answer the SDK choked on (``MALFORMED``) is a retryable
+        :class:`~smoothapi.errors.ServerError`, anything else a plain ``ProviderError``.
+        """
+        if isinstance(exc, MALFORMED):
+            return ServerError(
+                f"malformed answer ({type(exc).__name__}: {str(exc)[:200]})", provider=self.name
+            )
+        return ProviderError(f"{type(exc).__name__}: {str(exc)[:200]}", provider=self.name)
 
     def request_params(self) -> dict[str, Any]:
         """What, besides the images, decides the response (model, features ...); keys recordings."""
@@ -134,6 +180,23 @@ class RemoteAdapter(Adapter):
             quality=self.jpeg_quality,
             small=self.small_images,
         )
+
+    @staticmethod
+    def secrets(*values: str | None) -> None:
+        """Register credentials: redacted from every error, repr and SDK log record."""
+        register_secret(*values)
+        install_log_redaction()
+
+    async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking SDK call in this adapter's pool of ``max_in_flight`` threads."""
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    self.max_in_flight, thread_name_prefix=f"smoothapi-{self.name}"
+                )
+                weakref.finalize(self, self._executor.shutdown, wait=False)
+        call = functools.partial(contextvars.copy_context().run, function, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def loop_local(self, key: str, factory: Callable[[], T]) -> T:
         """An object (HTTP session, async channel) made once per running event loop."""
@@ -176,21 +239,41 @@ class RemoteAdapter(Adapter):
             recorded = self.recording.lookup(key, self.name)
             if recorded is not None:
                 return recorded
-        responses = await self._with_timeout(self._send(images))
+        try:
+            responses = await self._with_timeout(self._send(images))
+        except ProviderError as error:
+            error.__cause__ = safe_cause(error.__cause__)
+            raise
+        except Exception as exc:  # an SDK or transport exception: typed, cause scrubbed
+            error = self.map_exception(exc)
+            raise error from safe_cause(exc)
         if len(responses) != len(images):
-            raise ProviderError(
+            raise ServerError(
                 f"sent {len(images)} images, got {len(responses)} responses", provider=self.name
             )
+        for response in responses:
+            if not isinstance(response, ProviderError):
+                self._check_shape(response)
         if self.recording is not None:
             self.recording.store(key, self.name, responses)
         return responses
 
-    async def _with_timeout(self, request: Awaitable[T]) -> T:
-        from ..errors import APITimeoutError
+    def _check_shape(self, response: Any) -> None:
+        """Raise a retryable ServerError unless ``parse`` accepts the answer."""
+        try:
+            if not isinstance(response, Mapping):
+                raise TypeError(f"a {type(response).__name__}, not an object")
+            self.parse(response)
+        except MALFORMED as exc:
+            raise ServerError(
+                f"malformed answer ({type(exc).__name__}: {str(exc)[:200]})", provider=self.name
+            ) from None
 
+    async def _with_timeout(self, request: Awaitable[T]) -> T:
         try:
             return await asyncio.wait_for(request, self.timeout)
         except asyncio.TimeoutError:
+            # Sent and abandoned: the provider may still answer it, and bill it.
             raise APITimeoutError(
                 f"no answer within {self.timeout:g} s", provider=self.name
             ) from None
