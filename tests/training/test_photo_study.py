@@ -51,6 +51,16 @@ def test_every_configuration_is_certified_and_reported(study):
     assert (study / "curves_sigma0.25.png").stat().st_size > 0
 
 
+def test_query_access_rows_go_through_the_loopback_vision_api(study):
+    from smoothapi.journal import Journal
+
+    for method, adapter in (("api-none", "clarifai"), ("stab+mse-query", "clarifai"),
+                            ("stab+mse-full", "local"), ("whitebox", "local")):
+        with Journal(study / "journals" / f"{method}@0.25.sqlite") as journal:
+            [config] = journal.runs().values()
+        assert config["adapter"]["adapter"] == adapter, method
+
+
 def test_denoisers_record_how_they_were_trained(study):
     from smoothapi.denoisers import load_denoiser
 

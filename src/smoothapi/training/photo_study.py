@@ -12,8 +12,8 @@
    so the target itself is fine-tuned under Gaussian noise to keep its clean
    predictions (distillation: the noisy student matches the clean target's softmax);
 4. **certification**: CERTIFY of every test crop with no denoiser, MSE and query-access
-   STAB+MSE **through the target served as a vision API** on loopback (PNG over HTTP,
-   rate-limited), full-access STAB+MSE and the white-box model locally, plus the paper's
+   STAB+MSE **through the target served as a vision API** on loopback (Clarifai's wire
+   format and gRPC client, PNG images, tags named by ImageNet class), full-access STAB+MSE and the white-box model locally, plus the paper's
    API budget (n0 = 20, n = 100) for no denoiser and query access;
 5. **report**: tables, curves, the share of the white-box gap closed with bootstrap
    intervals, denoising examples, stage times and ``summary.json``.
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import photos as photo_data
-from ..adapters.http import HTTPAdapter
+from ..adapters.clarifai import ClarifaiAdapter
 from ..adapters.local import LocalModelAdapter
 from ..errors import InvalidInputError
 from ..journal import Journal
@@ -283,9 +283,8 @@ class PhotoStudy(Study):
         images, labels = zip(*(self.test[i] for i in range(len(self.test))), strict=True)
         with LoopbackProvider(local, rate_limit=None) as api:
             adapter = local
-            if base in API_METHODS:
-                adapter = HTTPAdapter(api.url("generic-batch"), send="json", field="images",
-                                      max_batch=16, batch_path="results")
+            if base in API_METHODS:  # Clarifai's gRPC client and wire format, PNG images
+                adapter = ClarifaiAdapter(target=api.target(), insecure=True, pat="loopback")
             smoothed = SmoothedClassifier(adapter, sigma, denoiser, batch_size=100, seed=0,
                                           device=self.device, journal=journal,
                                           limits=RateLimits(max_in_flight=4))
@@ -343,7 +342,8 @@ class PhotoStudy(Study):
         scale = self.scale
         notes = [
             "Target: EfficientNet-Lite2 (published ImageNet weights) at "
-            f"{scale.size} px, served as a vision API on loopback for the no-denoiser, MSE and "
+            f"{scale.size} px, served as a vision API on loopback (Clarifai's gRPC wire format, "
+            "PNG images, concepts named by ImageNet class) for the no-denoiser, MSE and "
             "query-access rows. Labels are its clean top-1 on each test crop.",
             "White box: no noise-trained ImageNet model is available offline, so 'whitebox' is "
             "the target fine-tuned under Gaussian noise to match its own clean predictions "
