@@ -13,8 +13,9 @@
    predictions (distillation: the noisy student matches the clean target's softmax);
 4. **certification**: CERTIFY of every test crop with no denoiser, MSE and query-access
    STAB+MSE **through the target served as a vision API** on loopback (Clarifai's wire
-   format and gRPC client, PNG images, tags named by ImageNet class), full-access STAB+MSE and the white-box model locally, plus the paper's
-   API budget (n0 = 20, n = 100) for no denoiser and query access;
+   format and gRPC client, PNG images, tags named by ImageNet class), full-access
+   STAB+MSE and the white-box model locally, plus the paper's API budget (n0 = 20,
+   n = 100) for no denoiser and query access;
 5. **report**: tables, curves, the share of the white-box gap closed with bootstrap
    intervals, denoising examples, stage times and ``summary.json``.
 
