@@ -1,0 +1,50 @@
+"""Denoisers shipped in the package load by name and denoise what they were trained for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smoothapi import InvalidInputError
+from smoothapi.denoisers import default_denoiser, load_denoiser, pretrained_denoisers
+
+SHIPPED = pretrained_denoisers()
+PHOTO = [name for name in SHIPPED if name.startswith("photo-")]
+
+
+def test_shipped_names_are_listed_with_what_they_were_trained_for():
+    assert {"fashion-mnist-sigma0.25-query", "fashion-mnist-sigma0.25-full"} <= set(SHIPPED)
+    for name, entry in SHIPPED.items():
+        model = load_denoiser(name)
+        meta = model.checkpoint_metadata
+        assert meta["sigma"] == pytest.approx(entry.sigma) and entry.description
+        assert meta["objective"] == "stab+mse"
+
+
+def test_unknown_name_lists_the_shipped_ones():
+    with pytest.raises(InvalidInputError, match="fashion-mnist-sigma0.25-query"):
+        load_denoiser("photo-sigma0.3")
+
+
+def test_default_denoiser_is_the_photo_one_for_its_sigma():
+    assert default_denoiser(0.3) is None
+    for name in PHOTO:
+        assert default_denoiser(SHIPPED[name].sigma) == name
+
+
+@pytest.mark.parametrize("name", PHOTO)
+def test_photo_denoisers_lower_the_error_of_noisy_held_out_photos(name):
+    from smoothapi import photos
+
+    held_out = [photos.load_photo(p) for p in photos.available_photos("test")]
+    tiles, _ = photos.test_crops(held_out, 96)
+    clean = torch.from_numpy(tiles[::6]).float() / 255
+    sigma = SHIPPED[name].sigma
+    noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    model = load_denoiser(name)
+    assert model.checkpoint_metadata["kwargs"]["in_channels"] == 3
+    assert model.checkpoint_metadata["surrogates"] == ["lite0", "lite1"]  # query access
+    with torch.inference_mode():
+        denoised = model(noisy)
+    noisy_mse = (noisy - clean).pow(2).mean().item()
+    assert (denoised - clean).pow(2).mean().item() < 0.5 * noisy_mse
