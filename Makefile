@@ -31,10 +31,12 @@ experiments: $(STAMP)
 # Training photos for the natural-photo study: two Debian wallpaper packages, unpacked
 # without root into ~/.cache/smoothapi/photos (held-out test photos ship with pip packages).
 PHOTO_CACHE := $(HOME)/.cache/smoothapi/photos
-photos:
+photos: $(PHOTO_CACHE)/.unpacked
+$(PHOTO_CACHE)/.unpacked:
 	mkdir -p $(PHOTO_CACHE)/debs
 	cd $(PHOTO_CACHE)/debs && apt-get download mate-backgrounds plasma-workspace-wallpapers
 	for deb in $(PHOTO_CACHE)/debs/*.deb; do dpkg-deb -x $$deb $(PHOTO_CACHE); done
+	touch $@
 
 # The natural-photo study (hours on 2 CPU cores; resumes where it stopped).
 photo-study: $(STAMP) photos
