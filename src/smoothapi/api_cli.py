@@ -308,7 +308,8 @@ def plan(args: argparse.Namespace, images: int, certify: bool) -> tuple[list[str
     cost = None if price is None else queries * price / 1000
     lines.append(source if cost is None else f"estimated cost ${cost:,.2f} {source}")
     lines.append(f"largest certifiable radius with n={args.n}, alpha={args.alpha:g}, "
-                 f"sigma={args.sigma:g}: {best:.3f}")
+                 f"sigma={args.sigma:g}: {best:.3f}"
+                 + ("" if best > 0 else " (n is too small: every image will abstain)"))
     if radius_mode:
         check_radius(args.radius)
         if best < args.radius:
