@@ -413,8 +413,9 @@ def _caps(
     if max_cost is not None:
         if price is None:
             raise InvalidInputError("max_cost needs price_per_1000 for this adapter")
-        by_cost = int(max_cost / price * 1000)
-        max_queries = by_cost if max_queries is None else min(max_queries, by_cost)
+        if price > 0:  # free queries: the cost cap never binds
+            by_cost = int(max_cost / price * 1000)
+            max_queries = by_cost if max_queries is None else min(max_queries, by_cost)
     return price, max_queries
 
 
