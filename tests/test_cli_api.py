@@ -398,3 +398,22 @@ def test_plan_is_printed_before_anything_is_sent_even_on_a_dead_endpoint(capsys,
     assert code == 2
     assert err.index("plan: 3 image(s)") < err.index("smoothapi: error:")
     assert time.perf_counter() - started < 60
+
+
+def test_radius_mode_with_a_local_model_too(capsys, tmp_path):
+    from smoothapi import LocalModelAdapter
+    from smoothapi.training import create_classifier
+
+    torch.manual_seed(1)
+    model = create_classifier("small_cnn", in_channels=1, num_classes=2, width=4)
+    with torch.no_grad():  # answers "a" whatever the input
+        model[-1].weight.zero_()
+        model[-1].bias.copy_(torch.tensor([10.0, 0.0]))
+    LocalModelAdapter(model, class_names=["a", "b"]).save(tmp_path / "m.safetensors")
+    Image.fromarray(np.full((8, 8), 90, dtype=np.uint8)).save(tmp_path / "x.png")
+    code, out, err = _run(capsys, "certify", "--model", tmp_path / "m.safetensors",
+                          tmp_path / "x.png", "--sigma", SIGMA, "--n0", "5", "--n", "500",
+                          "--radius", "0.3", "--seed", "0", "--device", "cpu")
+    assert code == 0, err
+    (row,) = _rows(out)
+    assert row["outcome"] == "certified" and float(row["radius"]) == 0.3 and row["predict"] == "a"

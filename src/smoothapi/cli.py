@@ -346,32 +346,7 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
     add_api_options(parser, certify)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Certified l2 robustness of image classifiers by randomized smoothing.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    certify = commands.add_parser(
-        "certify", help="certify a class and an l2 radius for each image (CERTIFY)",
-        description="CERTIFY (Cohen et al. 2019): for each image, a class and an l2 radius "
-                    "(in [0,1] pixel space) within which the smoothed classifier cannot change, "
-                    "with probability at least 1 - alpha. Columns: "
-                    + ", ".join(CERTIFY_COLUMNS) + ".",
-    )
-    _add_image_options(certify, certify=True)
-    certify.set_defaults(handler=_cmd_certify)
-
-    predict = commands.add_parser(
-        "predict", help="predict the smoothed classifier's class for each image (PREDICT)",
-        description="PREDICT (Cohen et al. 2019): the smoothed classifier's class for each "
-                    "image, or -1 (abstain); wrong with probability at most alpha.",
-    )
-    _add_image_options(predict, certify=False)
-    predict.set_defaults(handler=_cmd_predict)
-
+def _add_demo_command(commands: Any) -> None:
     demo = commands.add_parser(
         "demo", help="certify the bundled Fashion-MNIST images, with and without denoisers",
         description="Certify 20 bundled Fashion-MNIST test images at sigma=0.25 with a "
@@ -399,6 +374,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--denoiser", default=None, metavar="NAME|PATH",
                       help="with --photos: another photo denoiser than the shipped one")
     demo.set_defaults(handler=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Certified l2 robustness of image classifiers by randomized smoothing.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    certify = commands.add_parser(
+        "certify", help="certify a class and an l2 radius for each image (CERTIFY)",
+        description="CERTIFY (Cohen et al. 2019): for each image, a class and an l2 radius "
+                    "(in [0,1] pixel space) within which the smoothed classifier cannot change, "
+                    "with probability at least 1 - alpha. Columns: "
+                    + ", ".join(CERTIFY_COLUMNS) + ".",
+    )
+    _add_image_options(certify, certify=True)
+    certify.set_defaults(handler=_cmd_certify)
+
+    predict = commands.add_parser(
+        "predict", help="predict the smoothed classifier's class for each image (PREDICT)",
+        description="PREDICT (Cohen et al. 2019): the smoothed classifier's class for each "
+                    "image, or -1 (abstain); wrong with probability at most alpha.",
+    )
+    _add_image_options(predict, certify=False)
+    predict.set_defaults(handler=_cmd_predict)
+
+    _add_demo_command(commands)
 
     analyze = commands.add_parser(
         "analyze", help="certified accuracy, average radius and best-sigma tables from logs",
