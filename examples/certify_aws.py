@@ -1,10 +1,12 @@
-"""Certify Amazon Rekognition's top label (DetectLabels) on one image.
+"""Certify Amazon Rekognition's top label (DetectLabels) on photos, denoised.
 
     export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... AWS_REGION=us-east-1
     # or: export AWS_PROFILE=my-profile
-    python examples/certify_aws.py --image photo.jpg --n0 20 --n 100
+    python examples/certify_aws.py                         # two held-out photos, n=100
+    python examples/certify_aws.py --image photo.jpg --compare
 
-Every query is one billed DetectLabels call; the cost estimate is printed first.
+Every query is one billed DetectLabels call. The plan and the estimated cost come
+first, and the run stops at --max-cost (USD).
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from smoothapi.adapters import create_adapter
 ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE")
 
 
+def options(parser) -> None:
+    parser.add_argument("--region", default=None, help="default: AWS_REGION / the profile's")
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], options)
     require_env(ENV, "aws")
-    run("aws", lambda: create_adapter("aws"), args)  # region: AWS_REGION, AWS_DEFAULT_REGION
+    run("aws", lambda: create_adapter("aws", region_name=args.region), args)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Certify Clarifai's general image recognition model's top concept on one image.
+"""Certify Clarifai's general image recognition model's top concept on photos, denoised.
 
     export CLARIFAI_PAT=...     # a personal access token (Clarifai settings > Secrets)
-    python examples/certify_clarifai.py --image photo.jpg --n0 20 --n 100
+    python examples/certify_clarifai.py                    # two held-out photos, n=100
+    python examples/certify_clarifai.py --image photo.jpg --compare
 
-Up to 128 noisy images go out per PostModelOutputs request; every image is billed,
-and the cost estimate is printed first.
+Up to 128 noisy images go out per PostModelOutputs request; every image is billed.
+The plan and the estimated cost come first, and the run stops at --max-cost (USD).
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ from smoothapi.adapters import create_adapter
 ENV = ("CLARIFAI_PAT",)
 
 
+def options(parser) -> None:
+    parser.add_argument("--model-id", default="general-image-recognition")
+    parser.add_argument("--user-id", default="clarifai", help="the model owner")
+    parser.add_argument("--app-id", default="main")
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], options)
     require_env(ENV, "clarifai")
-    run("clarifai", lambda: create_adapter("clarifai"), args)  # model: model_id=..., app_id=...
+    model = dict(model_id=args.model_id, user_id=args.user_id, app_id=args.app_id)
+    run("clarifai", lambda: create_adapter("clarifai", **model), args)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
     smoothapi certify --model CKPT IMAGES --sigma 0.25 [--n0 100] [--n 10000] [--alpha 0.001]
     smoothapi predict --model CKPT IMAGES --sigma 0.25 [--n 1000] [--alpha 0.001]
-    smoothapi demo [--n0 100] [--n 1000] [--seed 0]
+    smoothapi certify --api azure IMAGES --sigma 0.25 [--n 500] [--max-cost 5] [--journal J]
+    smoothapi demo [--n0 100] [--n 1000] [--seed 0] [--photos [--out PNG]]
 
 IMAGES is one image file or a folder. A folder with subfolders is read in ImageFolder
 layout: each subfolder's name is the true label of the images in it (searched
 recursively); images directly in a folder have no known label. Output is one row per
 image, written and flushed as it is produced: TSV with Cohen et al.'s column names, or
-JSON Lines with ``--format json``.
+JSON Lines with ``--format json``. ``--api NAME`` certifies a vision API instead of a
+local model: see :mod:`smoothapi.api_cli`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .analysis import (
     plot_curves,
     read_log,
 )
+from .api_cli import add_api_options, check_local_options, resolve_counts, run_api
 from .certification import check_alpha, check_count, check_sigma
 from .demo import run_demo, run_denoised_demo
 from .denoisers import load_denoiser
@@ -43,6 +46,7 @@ from .errors import InvalidInputError, SmoothAPIError
 from .runs import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
+    RADIUS_COLUMNS,
     LogWriter,
     Shard,
     certify_many,
@@ -185,12 +189,23 @@ class _LazyImages(Sequence):
 
 
 def _run_images(args: argparse.Namespace, certify: bool) -> int:
+    resolve_counts(args, certify)
     _validate_common(args)
+    if args.api is not None:
+        if args.model is not None:
+            raise InvalidInputError("give --model CKPT or --api NAME, not both")
+        device = _device(args.device)
+        return run_api(args, certify, find_images(args.images), device, _output)
+    if args.model is None:
+        raise InvalidInputError("give --model CKPT (a local classifier) or --api NAME "
+                                "(a vision API: azure, google, aws, clarifai, http)")
+    check_local_options(args)
     device = _device(args.device)
     adapter = LocalModelAdapter.from_checkpoint(args.model, device=device)
     entries = find_images(args.images)
     _check_images(entries, adapter)
-    denoiser = load_denoiser(args.denoiser) if args.denoiser else None
+    use = args.denoiser is not None and args.denoiser.lower() != "none"
+    denoiser = load_denoiser(args.denoiser) if use else None
     shard = Shard.from_env()
     if shard.world > 1 and (args.output is None or args.output == "-"):
         raise InvalidInputError("under torchrun, give --output: each process writes its "
@@ -201,7 +216,12 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
         adapter, args.sigma, denoiser, batch_size=args.batch_size, device=device, seed=args.seed,
         journal=args.journal,
     )
-    columns = CERTIFY_COLUMNS if certify else PREDICT_COLUMNS
+    radius = getattr(args, "radius", None)
+    options = dict(shard=shard, max_queries=args.max_queries, progress=args.progress)
+    if radius is not None:
+        options.update(radius=radius, selection=args.selection, target_radius=radius)
+    columns = (PREDICT_COLUMNS if not certify else
+               CERTIFY_COLUMNS if radius is None else RADIUS_COLUMNS)  # fmt: skip
     with smoothed, _output(shard.output(args.output)) as out:
         what = f"certify n0={args.n0} n={args.n}" if certify else f"predict n={args.n}"
         share = f" (process {shard.rank} of {shard.world})" if shard.world > 1 else ""
@@ -209,9 +229,9 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
               f"on {len(entries)} image(s){share}, device {device}", file=sys.stderr, flush=True)
         images = _LazyImages(entries)
         if certify:
-            outcomes = certify_many(smoothed, images, args.n0, args.n, args.alpha, shard=shard)
+            outcomes = certify_many(smoothed, images, args.n0, args.n, args.alpha, **options)
         else:
-            outcomes = predict_many(smoothed, images, args.n, args.alpha, shard=shard)
+            outcomes = predict_many(smoothed, images, args.n, args.alpha, **options)
         write_log(outcomes, LogWriter(out, args.format, columns), sigma=smoothed.sigma,
                   labels=[e.label for e in entries], files=[e.name for e in entries])
     shard.merge(args.output, args.format, columns)
@@ -227,10 +247,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    check_count("n0", args.n0)
-    check_count("n", args.n)
+    photo = args.photos
+    n0 = args.n0 if args.n0 is not None else 32 if photo else 100
+    n = args.n if args.n is not None else 256 if photo else 1_000
+    check_count("n0", n0)
+    check_count("n", n)
     if args.seed is not None and args.seed < 0:
         raise InvalidInputError(f"seed must be a non-negative integer, got {args.seed}")
+    if photo:
+        from .photo_demo import run_photo_demo  # loads the ImageNet zoo: only when asked
+
+        if args.white_box:
+            raise InvalidInputError("--photos and --white-box are two different demos")
+        run_photo_demo(args.out, count=check_count("count", args.count), n0=n0, n=n,
+                       seed=args.seed, denoiser=args.denoiser)
+        return EXIT_OK
+    if args.denoiser is not None:
+        raise InvalidInputError("--denoiser applies to the --photos demo")
+    args.n0, args.n = n0, n
     if args.white_box:
         run_demo(n0=args.n0, n=args.n, seed=args.seed)
     else:
@@ -278,19 +312,20 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
     parser.add_argument("images", metavar="IMAGES",
                         help="an image file, or a folder of images (subfolders = true labels)")
-    parser.add_argument("--model", required=True, metavar="CKPT",
+    parser.add_argument("--model", metavar="CKPT",
                         help="classifier checkpoint (.safetensors) saved by LocalModelAdapter.save")
-    parser.add_argument("--denoiser", default=None, metavar="CKPT",
-                        help="denoiser checkpoint (.safetensors) run before the classifier")
+    parser.add_argument("--denoiser", default=None, metavar="NAME|PATH|none",
+                        help="denoiser run before the classifier: a shipped name (e.g. "
+                             "photo-sigma0.25), a .safetensors file, or none (default: none "
+                             "with --model; with --api the shipped photo denoiser for --sigma)")
     parser.add_argument("--sigma", type=float, required=True,
                         help="noise level, an l2 distance in [0,1] pixel space")
     if certify:
-        parser.add_argument("--n0", type=int, default=100,
-                            help="selection samples (default: 100)")
-    parser.add_argument("--n", "--num-samples", dest="n", type=int,
-                        default=10_000 if certify else 1_000,
+        parser.add_argument("--n0", type=int, default=None,
+                            help="selection samples (default: 100; 20 with --api)")
+    parser.add_argument("--n", "--num-samples", dest="n", type=int, default=None,
                         help=f"{'estimation ' if certify else ''}samples "
-                             f"(default: {10_000 if certify else 1_000})")
+                             f"(default: {10_000 if certify else 1_000}; 500 with --api)")
     parser.add_argument("--alpha", type=float, default=0.001,
                         help="failure probability (default: 0.001)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -308,6 +343,37 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
                              "with the same --seed resumes without repeating work")
     parser.add_argument("--format", choices=("tsv", "json"), default="tsv",
                         help="tsv (default) or json (JSON Lines, with counts and bounds)")
+    add_api_options(parser, certify)
+
+
+def _add_demo_command(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo", help="certify the bundled Fashion-MNIST images, with and without denoisers",
+        description="Certify 20 bundled Fashion-MNIST test images at sigma=0.25 with a "
+                    "standard-trained small CNN: alone, behind the full-access denoiser, and "
+                    "behind the query-access denoiser with the CNN served as a vision API on "
+                    "loopback HTTP. --white-box certifies a noise-trained CNN instead. "
+                    "--photos: an ImageNet classifier as a vision API on held-out photos, "
+                    "without and with the shipped photo denoiser, drawn in a PNG grid.",
+    )
+    demo.add_argument("--white-box", action="store_true",
+                      help="the noise-trained classifier (Cohen et al.) without denoisers")
+    demo.add_argument("--n0", type=int, default=None,
+                      help="selection samples (default: 100; 32 with --photos)")
+    demo.add_argument("--n", type=int, default=None,
+                      help="estimation samples (default: 1000; 256 with --photos)")
+    demo.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    demo.add_argument("--photos", action="store_true",
+                      help="EfficientNet-Lite2 (ImageNet) served as a vision API on loopback "
+                           "certifies held-out photos without and with the shipped photo "
+                           "denoiser, and draws them in a PNG grid")
+    demo.add_argument("--out", default="photo_demo.png", metavar="PNG",
+                      help="with --photos: where the grid goes (default: photo_demo.png)")
+    demo.add_argument("--count", type=int, default=6,
+                      help="with --photos: how many photos (default: 6)")
+    demo.add_argument("--denoiser", default=None, metavar="NAME|PATH",
+                      help="with --photos: another photo denoiser than the shipped one")
+    demo.set_defaults(handler=_cmd_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,19 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_options(predict, certify=False)
     predict.set_defaults(handler=_cmd_predict)
 
-    demo = commands.add_parser(
-        "demo", help="certify the bundled Fashion-MNIST images, with and without denoisers",
-        description="Certify 20 bundled Fashion-MNIST test images at sigma=0.25 with a "
-                    "standard-trained small CNN: alone, behind the full-access denoiser, and "
-                    "behind the query-access denoiser with the CNN served as a vision API on "
-                    "loopback HTTP. --white-box certifies a noise-trained CNN instead.",
-    )
-    demo.add_argument("--white-box", action="store_true",
-                      help="the noise-trained classifier (Cohen et al.) without denoisers")
-    demo.add_argument("--n0", type=int, default=100, help="selection samples (default: 100)")
-    demo.add_argument("--n", type=int, default=1_000, help="estimation samples (default: 1000)")
-    demo.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    demo.set_defaults(handler=_cmd_demo)
+    _add_demo_command(commands)
 
     analyze = commands.add_parser(
         "analyze", help="certified accuracy, average radius and best-sigma tables from logs",

@@ -37,6 +37,7 @@ __all__ = [
     "ABSTAIN_CODE",
     "CERTIFY_COLUMNS",
     "PREDICT_COLUMNS",
+    "RADIUS_COLUMNS",
     "ImageOutcome",
     "LogWriter",
     "Shard",
@@ -54,6 +55,8 @@ Result = Certification | RadiusCertification | Prediction
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "file")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "file")
+#: The sequential mode's log (``radius=``): CERTIFY's columns and the test's outcome.
+RADIUS_COLUMNS = ("idx", "label", "predict", "radius", "outcome", "correct", "time", "file")
 ABSTAIN_CODE = -1  # what Cohen et al.'s logs write in the ``predict`` column on abstention
 
 
@@ -177,6 +180,8 @@ def log_row(
     }
     if not isinstance(result, Prediction):
         row["radius"] = float(result.radius)
+    if isinstance(result, RadiusCertification):
+        row["outcome"] = str(result.outcome)
     correct = 0 if result.abstained else int(str(result.label) == str(label))
     row["correct"] = None if label is None else correct
     row["time"] = format_elapsed(outcome.seconds)
@@ -185,7 +190,7 @@ def log_row(
         if isinstance(result, Certification):
             row.update(p_a_lower=result.p_a_lower, n0=result.n0)
         elif isinstance(result, RadiusCertification):
-            row.update(outcome=str(result.outcome), tested_radius=result.tested_radius)
+            row["tested_radius"] = result.tested_radius
         else:
             row["p_value"] = result.p_value
         row.update(n=result.n, alpha=result.alpha, sigma=getattr(result, "sigma", sigma),
@@ -411,8 +416,9 @@ def _caps(
     if max_cost is not None:
         if price is None:
             raise InvalidInputError("max_cost needs price_per_1000 for this adapter")
-        by_cost = int(max_cost / price * 1000)
-        max_queries = by_cost if max_queries is None else min(max_queries, by_cost)
+        if price > 0:  # free queries: the cost cap never binds
+            by_cost = int(max_cost / price * 1000)
+            max_queries = by_cost if max_queries is None else min(max_queries, by_cost)
     return price, max_queries
 
 

@@ -1,0 +1,419 @@
+"""``smoothapi certify / predict --api NAME`` end to end against a loopback vision API.
+
+The loopback server speaks the REST wire formats of the generic HTTP adapter and of
+Azure (v3.2 through the SDK, 4.0 through aiohttp): those run end to end. Google and
+Clarifai speak gRPC by default and AWS its own signed protocol, which the loopback
+server does not: for them the plan, the refusal and the credential checks are tested,
+and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from smoothapi import api_cli
+from smoothapi.certification import max_certifiable_radius
+from smoothapi.cli import main
+from smoothapi.denoisers import create_denoiser, save_denoiser
+from smoothapi.pricing import PRICES
+from smoothapi.testing import LoopbackProvider
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+SIGMA = 0.25
+
+
+def brightness(images: torch.Tensor) -> list[list[tuple[str, float]]]:
+    """The served 'API': bright or dark by mean pixel value (unanimous on flat images)."""
+    means = images.mean(dim=(1, 2, 3))
+    return [[("bright", 0.9), ("dark", 0.1)] if m > 0.5 else [("dark", 0.9), ("bright", 0.1)]
+            for m in means]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def api():
+    with LoopbackProvider(brightness) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """ImageFolder layout, grey and RGB images, true labels from the folder names."""
+    root = tmp_path_factory.mktemp("images")
+    for label, value, mode in (("bright", 230, "L"), ("bright", 210, "RGB"), ("dark", 20, "RGB")):
+        folder = root / label
+        folder.mkdir(exist_ok=True)
+        shape = (16, 16) if mode == "L" else (16, 16, 3)
+        name = f"{value}.png"
+        Image.fromarray(np.full(shape, value, dtype=np.uint8), mode=mode).save(folder / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_denoiser(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("denoiser") / "tiny.safetensors"
+    save_denoiser(path, create_denoiser("dncnn", in_channels=3, depth=2, width=4),
+                  sigma=SIGMA, objective="mse")  # fmt: skip
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_real_credentials(monkeypatch, tmp_path):
+    """Fake or no credentials only; no cloud metadata server is ever asked."""
+    for name in ("AZURE_VISION_ENDPOINT", "AZURE_VISION_KEY", "VISION_ENDPOINT", "VISION_KEY",
+                 "GOOGLE_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "CLARIFAI_PAT",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_REGION", "AWS_DEFAULT_REGION"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _rows(tsv: str) -> list[dict[str, str]]:
+    header, *lines = tsv.splitlines()
+    columns = header.split("\t")
+    return [dict(zip(columns, line.split("\t"), strict=True)) for line in lines]
+
+
+def _without_time(tsv: str) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k != "time"} for row in _rows(tsv)]
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert lines[-1].startswith("smoothapi: error: "), err
+    return lines[-1]
+
+
+COUNTS = ("--n0", "8", "--n", "40", "--seed", "0")
+
+
+# --- http: the whole path ---------------------------------------------------------------------
+
+
+def test_http_certify_writes_the_tsv_after_the_plan(capsys, api, images):
+    before = api.stats.images
+    code, out, err = _run(capsys, "certify", "--api", "http", "--url", api.url("generic"), images,
+                          "--sigma", SIGMA, *COUNTS, "--denoiser", "none")
+    assert code == 0, err
+    best = max_certifiable_radius(40, 0.001, SIGMA)
+    assert out.splitlines()[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tfile"
+    rows = _rows(out)
+    assert [r["file"] for r in rows] == ["bright/210.png", "bright/230.png", "dark/20.png"]
+    assert [r["predict"] for r in rows] == [r["label"] for r in rows]
+    assert all(float(r["radius"]) == pytest.approx(best) and r["correct"] == "1" for r in rows)
+    assert "plan: 3 image(s) x at most 48 queries = at most 144 queries to http" in err
+    assert f"largest certifiable radius with n=40, alpha=0.001, sigma=0.25: {best:.3f}" in err
+    assert "cost unknown: no price for http" in err and "denoiser: none (--denoiser none)" in err
+    assert api.stats.images - before == 144
+
+
+def test_default_denoiser_is_the_shipped_photo_one_and_grey_images_become_rgb(
+    capsys, monkeypatch, api, images, tiny_denoiser
+):
+    monkeypatch.setattr(api_cli, "default_denoiser", lambda sigma: str(tiny_denoiser))
+    code, out, err = _run(capsys, "predict", "--api", "http", "--url", api.url("generic"), images,
+                          "--sigma", SIGMA, "--n", "30", "--seed", "0")
+    assert code == 0, err
+    assert f"denoiser: {tiny_denoiser}" in err
+    assert out.splitlines()[0] == "idx\tlabel\tpredict\tcorrect\ttime\tfile"
+    assert len(_rows(out)) == 3
+
+
+def test_no_shipped_denoiser_for_sigma_says_so(capsys, monkeypatch, api, images):
+    monkeypatch.setattr(api_cli, "default_denoiser", lambda sigma: None)
+    code, _, err = _run(capsys, "predict", "--api", "http", "--url", api.url("generic"), images,
+                        "--sigma", 0.3, "--n", "10", "--seed", "0")
+    assert code == 0
+    assert "denoiser: none (no shipped photo denoiser for sigma=0.3" in err
+
+
+def test_radius_mode_adds_the_outcome_column_and_stops_early(capsys, api, images):
+    before = api.stats.images
+    code, out, err = _run(capsys, "certify", "--api", "http", "--url", api.url("generic"), images,
+                          "--sigma", SIGMA, "--n0", "5", "--n", "400", "--seed", "0",
+                          "--radius", "0.2", "--selection", "clean", "--denoiser", "none")
+    assert code == 0, err
+    assert out.splitlines()[0] == "idx\tlabel\tpredict\tradius\toutcome\tcorrect\ttime\tfile"
+    rows = _rows(out)
+    assert [r["outcome"] for r in rows] == ["certified"] * 3
+    assert all(float(r["radius"]) == 0.2 for r in rows)
+    # Unanimous answers decide R >= 0.2 long before the budget of 400 (1 clean query each).
+    assert api.stats.images - before < 3 * 200
+    assert "at most 401 queries" in err
+
+
+def test_radius_beyond_reach_is_refused_before_any_query(capsys, api, images):
+    before = api.stats.requests
+    code, _, err = _run(capsys, "certify", "--api", "http", "--url", api.url("generic"), images,
+                        "--sigma", SIGMA, "--n", "20", "--radius", "0.5", "--denoiser", "none")
+    assert code == 2
+    assert "can never be certified with n=20" in _one_error_line(err)
+    assert api.stats.requests == before
+
+
+def test_record_then_replay_gives_the_same_rows_with_nothing_sent(capsys, api, images, tmp_path):
+    tape = tmp_path / "tape.jsonl"
+    common = ["certify", "--api", "http", images, "--sigma", SIGMA, *COUNTS, "--denoiser", "none",
+              "--format", "json"]
+    code, recorded, _ = _run(capsys, *common, "--url", api.url("generic"), "--record", tape)
+    assert code == 0 and tape.stat().st_size > 0
+    before = api.stats.requests
+    code, replayed, err = _run(capsys, *common, "--url", api.url("generic"), "--replay", tape,
+                               "--price", "1")
+    assert code == 0, err
+    assert "nothing is sent: every answer is replayed" in err
+    assert api.stats.requests == before
+
+    def strip(text):
+        return [line.split('"time"')[0] for line in text.splitlines()]
+
+    assert strip(replayed) == strip(recorded)
+
+
+# --- money first: the plan and the refusal -------------------------------------------------
+
+
+@pytest.mark.parametrize("api_version", ["v3.2", "4.0"])
+def test_azure_plan_refusal_and_run_under_the_cap(capsys, monkeypatch, api, images, api_version):
+    monkeypatch.setenv("AZURE_VISION_KEY", "fake-key-for-loopback")
+    common = ["certify", "--api", "azure", "--endpoint", api.url(""), "--api-version",
+              api_version, images, "--sigma", SIGMA, "--n0", "4", "--n", "20", "--seed", "0",
+              "--rate", "500", "--denoiser", "none"]  # fmt: skip
+    before = api.stats.requests
+    code, out, err = _run(capsys, *common)
+    assert code == api_cli.EXIT_NOT_RUN and out == ""
+    price = PRICES["azure"]
+    assert f"estimated cost $0.07 at ${price.per_1000:.2f} per 1,000 images" in err
+    assert price.source in err and price.checked in err
+    assert "not run: add --yes" in err
+    code, out, err = _run(capsys, *common, "--max-cost", "0.05")
+    assert code == api_cli.EXIT_NOT_RUN and "above --max-cost $0.05" in err
+    assert api.stats.requests == before  # nothing was sent
+    code, out, err = _run(capsys, *common, "--max-cost", "0.10")
+    assert code == 0, err
+    assert [r["predict"] for r in _rows(out)] == ["bright", "bright", "dark"]
+    assert api.stats.requests - before == 72
+    assert "sent 72 queries to azure, about $0.07" in err
+
+
+def test_yes_runs_and_max_cost_below_the_estimate_stops_at_the_cap(capsys, monkeypatch, api,
+                                                                   images):
+    monkeypatch.setenv("AZURE_VISION_KEY", "fake")
+    code, out, err = _run(capsys, "certify", "--api", "azure", "--endpoint", api.url(""),
+                          "--api-version", "4.0", images, "--sigma", SIGMA, "--n0", "4",
+                          "--n", "20", "--seed", "0", "--rate", "500", "--denoiser", "none",
+                          "--yes", "--max-cost", "0.05")
+    # $0.05 buys 50 queries: two images of 24, then the run stops before the third.
+    assert code == 2
+    assert len(_rows(out)) == 2
+    assert "stopped before image 2" in _one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "provider, env, flags",
+    [
+        ("google", {"GOOGLE_API_KEY": "fake"}, []),
+        ("clarifai", {"CLARIFAI_PAT": "fake"}, ["--model-id", "general-image-recognition"]),
+        ("aws", {"AWS_ACCESS_KEY_ID": "AKIAFAKE", "AWS_SECRET_ACCESS_KEY": "fake"},
+         ["--region", "us-east-1"]),
+    ],
+)
+def test_other_providers_plan_and_refuse_without_sending(capsys, monkeypatch, images, provider,
+                                                         env, flags):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = _run(capsys, "certify", "--api", provider, *flags, images, "--sigma", SIGMA,
+                          "--n0", "20", "--n", "500", "--max-cost", "1", "--denoiser", "none")
+    assert code == api_cli.EXIT_NOT_RUN and out == ""
+    cost = 3 * 520 * PRICES[provider].per_1000 / 1000
+    assert f"estimated cost ${cost:,.2f} at" in err and PRICES[provider].checked in err
+    assert "above --max-cost $1" in err
+
+
+# --- the journal: a killed run resumes -----------------------------------------------------
+
+
+def _cli(*argv) -> list[str]:
+    return [sys.executable, "-m", "smoothapi", *map(str, argv)]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_a_killed_run_resumes_from_its_journal(capsys, tmp_path, images, how):
+    with LoopbackProvider(brightness, latency=0.02) as slow:
+        common = ["certify", "--api", "http", "--url", slow.url("generic"), images, "--sigma",
+                  SIGMA, "--n0", "10", "--n", "60", "--seed", "3", "--denoiser", "none",
+                  "--journal", tmp_path / "j.sqlite"]  # fmt: skip
+        process = subprocess.Popen(_cli(*common), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=_env())  # fmt: skip
+        assert process.stdout.readline().startswith("idx\t")
+        assert process.stdout.readline().startswith("0\t")  # one image done
+        process.send_signal(how)
+        _, err = process.communicate(timeout=60)
+        killed_sent = slow.stats.images
+        if how == signal.SIGINT:
+            assert process.returncode == 130 and "Traceback" not in err
+            assert "--journal" in err and "--seed 3" in err and "interrupted" in err
+        with sqlite3.connect(tmp_path / "j.sqlite") as db:
+            journaled = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        assert 70 <= journaled < 3 * 70
+        code, resumed, err = _run(capsys, *common)
+        assert code == 0, err
+        resumed_sent = slow.stats.images - killed_sent
+    assert resumed_sent == 3 * 70 - journaled  # nothing journaled was sent again
+    with LoopbackProvider(brightness) as fresh:
+        code, reference, _ = _run(capsys, *common[:4], fresh.url("generic"), *common[5:-2])
+    assert _without_time(resumed) == _without_time(reference)
+
+
+# --- bad input: one line, a non-zero exit, nothing sent --------------------------------------
+
+
+def test_unknown_provider(capsys, images):
+    code, _, err = _run(capsys, "certify", "--api", "watson", images, "--sigma", SIGMA)
+    assert code == 2
+    assert _one_error_line(err) == ("smoothapi: error: unknown API 'watson'; known: azure, "
+                                    "google, aws, clarifai, http")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "provider, flags, fragment",
+    [
+        ("azure", [], "no Azure AI Vision credentials"),
+        ("google", [], "no Google credentials: set GOOGLE_API_KEY"),
+        ("clarifai", [], "set CLARIFAI_PAT"),
+        ("aws", ["--region", "us-east-1"], "no AWS credentials"),
+    ],
+)
+def test_missing_credentials(capsys, images, provider, flags, fragment):
+    code, out, err = _run(capsys, "certify", "--api", provider, *flags, images, "--sigma", SIGMA)
+    assert code == 2 and out == ""
+    assert fragment in _one_error_line(err)
+
+
+def test_aws_without_region(capsys, monkeypatch, images):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake")
+    code, _, err = _run(capsys, "certify", "--api", "aws", images, "--sigma", SIGMA)
+    assert code == 2 and "no AWS region" in _one_error_line(err)
+
+
+@pytest.mark.parametrize("provider, module", [("aws", "boto3"), ("google", "google.cloud.vision"),
+                                              ("clarifai", "clarifai_grpc.grpc.api.service_pb2")])
+def test_missing_sdk_extra(capsys, monkeypatch, images, provider, module):
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    code, _, err = _run(capsys, "certify", "--api", provider, images, "--sigma", SIGMA)
+    assert code == 2
+    line = _one_error_line(err)
+    assert f"pip install 'smoothapi-certified[{provider}]'" in line
+
+
+def test_unreadable_image(capsys, api, images, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "white").save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"not a png at all")
+    before = api.stats.requests
+    code, out, err = _run(capsys, "certify", "--api", "http", "--url", api.url("generic"), folder,
+                          "--sigma", SIGMA, "--denoiser", "none")
+    assert code == 2 and out == ""
+    assert "b.png" in _one_error_line(err)
+    assert api.stats.requests == before
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--api", "http"], "--api http needs --url"),
+        (["--api", "azure", "--region", "eu"], "--region applies to aws, not azure"),
+        (["--api", "http", "--url", "http://127.0.0.1:9", "--header", "oops"],
+         "expected --header 'NAME: VALUE'"),
+        (["--api", "http", "--url", "http://127.0.0.1:9", "--max-cost", "1"],
+         "--max-cost needs a price for http"),
+        (["--api", "http", "--url", "http://127.0.0.1:9", "--header-env", "X-Key=NOT_SET_HERE"],
+         "NOT_SET_HERE"),
+        (["--model", "m.safetensors", "--api", "http"], "not both"),
+        ([], "give --model CKPT (a local classifier) or --api NAME"),
+    ],
+)
+def test_bad_options(capsys, images, argv, fragment):
+    code, _, err = _run(capsys, "certify", images, "--sigma", SIGMA, *argv)
+    assert code == 2
+    assert fragment in _one_error_line(err)
+
+
+def test_header_values_never_reach_the_output(capsys, monkeypatch, api, images):
+    monkeypatch.setenv("MY_SECRET_TOKEN", "s3cr3t-value")
+    code, out, err = _run(capsys, "predict", "--api", "http", "--url", api.url("generic"), images,
+                          "--sigma", SIGMA, "--n", "5", "--denoiser", "none",
+                          "--header-env", "Authorization=MY_SECRET_TOKEN")
+    assert code == 0
+    assert "s3cr3t" not in out + err
+
+
+def test_console_entry_point_one_line_without_traceback(images, tmp_path):
+    env = {k: v for k, v in _env().items() if not k.startswith(("AWS_", "AZURE_", "VISION_"))}
+    done = subprocess.run(_cli("certify", "--api", "azure", images, "--sigma", SIGMA),
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no Azure AI Vision credentials" in done.stderr
+
+
+def test_api_options_with_a_local_model_are_refused(capsys, images):
+    code, _, err = _run(capsys, "certify", "--model", "m.safetensors", images, "--sigma", SIGMA,
+                        "--max-cost", "1")
+    assert code == 2 and "--max-cost only apply with --api NAME" in _one_error_line(err)
+
+
+def test_plan_is_printed_before_anything_is_sent_even_on_a_dead_endpoint(capsys, images):
+    """The plan needs no connection: a closed port fails only after the plan was shown."""
+    started = time.perf_counter()
+    code, _, err = _run(capsys, "certify", "--api", "http", "--url", "http://127.0.0.1:9/x",
+                        images, "--sigma", SIGMA, "--n0", "2", "--n", "5", "--denoiser", "none")
+    assert code == 2
+    assert err.index("plan: 3 image(s)") < err.index("smoothapi: error:")
+    assert time.perf_counter() - started < 60
+
+
+def test_radius_mode_with_a_local_model_too(capsys, tmp_path):
+    from smoothapi import LocalModelAdapter
+    from smoothapi.training import create_classifier
+
+    torch.manual_seed(1)
+    model = create_classifier("small_cnn", in_channels=1, num_classes=2, width=4)
+    with torch.no_grad():  # answers "a" whatever the input
+        model[-1].weight.zero_()
+        model[-1].bias.copy_(torch.tensor([10.0, 0.0]))
+    LocalModelAdapter(model, class_names=["a", "b"]).save(tmp_path / "m.safetensors")
+    Image.fromarray(np.full((8, 8), 90, dtype=np.uint8)).save(tmp_path / "x.png")
+    code, out, err = _run(capsys, "certify", "--model", tmp_path / "m.safetensors",
+                          tmp_path / "x.png", "--sigma", SIGMA, "--n0", "5", "--n", "500",
+                          "--radius", "0.3", "--seed", "0", "--device", "cpu")
+    assert code == 0, err
+    (row,) = _rows(out)
+    assert row["outcome"] == "certified" and float(row["radius"]) == 0.3 and row["predict"] == "a"

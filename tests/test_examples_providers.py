@@ -1,0 +1,127 @@
+"""examples/certify_<provider>.py with fake credentials against a loopback vision API.
+
+The generic HTTP and Azure examples run end to end against LoopbackProvider (Azure over
+both transports). Google and Clarifai speak gRPC by default and AWS its own signed
+protocol, none of which LoopbackProvider serves: their examples are run up to the plan
+and the refusal above --max-cost, which comes before any request.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from smoothapi.denoisers import create_denoiser, default_denoiser, save_denoiser
+from smoothapi.pricing import PRICES
+from smoothapi.testing import LoopbackProvider
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+FAST = ["--size", "64", "--n0", "5", "--n", "30", "--rate", "1000"]
+
+
+def brightness(images: torch.Tensor) -> list[list[tuple[str, float]]]:
+    means = images.mean(dim=(1, 2, 3))
+    return [[("bright", 0.9), ("dark", 0.1)] if m > 0.5 else [("dark", 0.9), ("bright", 0.1)]
+            for m in means]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def api():
+    with LoopbackProvider(brightness) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_denoiser(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("denoiser") / "tiny-photo.safetensors"
+    save_denoiser(path, create_denoiser("dncnn", in_channels=3, depth=2, width=4), sigma=0.25,
+                  objective="mse")  # fmt: skip
+    return path
+
+
+def _example(name: str, *argv, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("AZURE_", "VISION_", "GOOGLE_", "CLARIFAI", "AWS_"))}
+    clean.update(PYTHONPATH=str(ROOT / "src"), NO_GCE_CHECK="true",
+                 AWS_EC2_METADATA_DISABLED="true", **env)  # fmt: skip
+    return subprocess.run([sys.executable, str(EXAMPLES / name), *map(str, argv)],
+                          capture_output=True, text=True, timeout=300, env=clean)  # fmt: skip
+
+
+def _table(stdout: str) -> list[list[str]]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("image "))
+    return [line.split() for line in lines[start:] if not line.startswith("journal:")]
+
+
+def test_http_example_compares_both_columns_and_resumes_from_its_journal(api, tiny_denoiser,
+                                                                         tmp_path):
+    argv = ["--url", api.url("generic"), "--denoiser", tiny_denoiser, "--compare", *FAST,
+            "--journal", tmp_path / "run.sqlite"]  # fmt: skip
+    before = api.stats.images
+    done = _example("certify_http.py", *argv)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plan: 2 image(s) x 2 column(s) x 35 queries = 140 queries" in done.stdout
+    table = _table(done.stdout)
+    assert table[0] == ["image", "no", "denoiser", "tiny-photo.safetensors"]
+    assert len(table) == 3 and all(len(row) == 5 for row in table[1:])  # name, 2 x (label r=)
+    assert api.stats.images - before == 140
+    again = _example("certify_http.py", *argv)
+    assert again.returncode == 0
+    assert _table(again.stdout) == table
+    assert api.stats.images - before == 140  # every answer came from the journal
+
+
+@pytest.mark.parametrize("api_version", ["v3.2", "4.0"])
+def test_azure_example_end_to_end_with_a_fake_key(api, tmp_path, api_version):
+    before = api.stats.images
+    done = _example("certify_azure.py", "--api-version", api_version, "--denoiser", "none",
+                    *FAST, "--journal", tmp_path / "azure.sqlite",
+                    AZURE_VISION_ENDPOINT=api.url(""), AZURE_VISION_KEY="fake-key")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    price = PRICES["azure"]
+    assert f"about $0.07 at ${price.per_1000:.2f}/1,000 ({price.source}" in done.stdout
+    assert _table(done.stdout)[0] == ["image", "no", "denoiser"]
+    assert api.stats.images - before == 70
+    assert "fake-key" not in done.stdout + done.stderr
+
+
+def test_the_default_is_the_shipped_photo_denoiser(api, tmp_path):
+    done = _example("certify_http.py", "--url", api.url("generic"), *FAST, "--count", "1",
+                    "--journal", tmp_path / "j.sqlite")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    shipped = default_denoiser(0.25)
+    if shipped is None:
+        assert "no shipped photo denoiser for sigma=0.25 here" in done.stdout
+    else:
+        assert shipped in _table(done.stdout)[0]
+
+
+@pytest.mark.parametrize(
+    "example, env",
+    [
+        ("certify_azure.py", {"AZURE_VISION_ENDPOINT": "http://127.0.0.1:9",
+                              "AZURE_VISION_KEY": "fake"}),
+        ("certify_google.py", {"GOOGLE_API_KEY": "fake"}),
+        ("certify_clarifai.py", {"CLARIFAI_PAT": "fake"}),
+        ("certify_aws.py", {"AWS_ACCESS_KEY_ID": "AKIAFAKE", "AWS_SECRET_ACCESS_KEY": "fake",
+                            "AWS_REGION": "us-east-1"}),
+    ],
+)
+def test_examples_refuse_above_max_cost_before_any_request(example, env, tmp_path):
+    done = _example(example, "--denoiser", "none", "--size", "64", "--n", "1000",
+                    "--journal", tmp_path / "never.sqlite", **env)  # fmt: skip
+    assert done.returncode != 0
+    provider = example.removeprefix("certify_").removesuffix(".py")
+    cost = 2 * 1020 * PRICES[provider].per_1000 / 1000
+    assert f"about ${cost:.2f}" in done.stdout and PRICES[provider].checked in done.stdout
+    assert "above --max-cost 1.0; add --yes" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "never.sqlite").exists()
