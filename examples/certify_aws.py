@@ -20,12 +20,14 @@ ENV = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE")
 
 def options(parser) -> None:
     parser.add_argument("--region", default=None, help="default: AWS_REGION / the profile's")
+    parser.add_argument("--endpoint-url", default=None, help="another Rekognition endpoint")
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], options)
     require_env(ENV, "aws")
-    run("aws", lambda: create_adapter("aws", region_name=args.region), args)
+    endpoint = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+    run("aws", lambda: create_adapter("aws", region_name=args.region, **endpoint), args)
 
 
 if __name__ == "__main__":

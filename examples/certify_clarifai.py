@@ -21,12 +21,17 @@ def options(parser) -> None:
     parser.add_argument("--model-id", default="general-image-recognition")
     parser.add_argument("--user-id", default="clarifai", help="the model owner")
     parser.add_argument("--app-id", default="main")
+    parser.add_argument("--endpoint", default=None, help="host:port of another gRPC endpoint")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plaintext gRPC to --endpoint (a loopback server)")
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], options)
     require_env(ENV, "clarifai")
     model = dict(model_id=args.model_id, user_id=args.user_id, app_id=args.app_id)
+    if args.endpoint:
+        model.update(target=args.endpoint, insecure=args.insecure)
     run("clarifai", lambda: create_adapter("clarifai", **model), args)
 
 

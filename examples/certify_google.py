@@ -20,9 +20,14 @@ CREDENTIAL_ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_API_KEY")
 
 def options(parser) -> None:
     parser.add_argument("--model-id", default=None, help="Feature.model, e.g. builtin/latest")
+    parser.add_argument("--endpoint", default=None, help="host:port of another gRPC endpoint")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plaintext gRPC to --endpoint (an emulator or a loopback server)")
 
 
 if __name__ == "__main__":
     args = parse_args(__doc__.splitlines()[0], options)
     require_env(CREDENTIAL_ENV, "google")
-    run("google", lambda: create_adapter("google", max_results=50, model=args.model_id), args)
+    endpoint = {"endpoint": args.endpoint, "insecure": args.insecure} if args.endpoint else {}
+    run("google", lambda: create_adapter("google", max_results=50, model=args.model_id,
+                                         **endpoint), args)

@@ -1,10 +1,9 @@
 """``smoothapi certify / predict --api NAME`` end to end against a loopback vision API.
 
-The loopback server speaks the REST wire formats of the generic HTTP adapter and of
-Azure (v3.2 through the SDK, 4.0 through aiohttp): those run end to end. Google and
-Clarifai speak gRPC by default and AWS its own signed protocol, which the loopback
-server does not: for them the plan, the refusal and the credential checks are tested,
-and nothing is sent.
+The loopback server speaks every provider's wire format: the generic HTTP adapter's
+and Azure's (v3.2 through the SDK, 4.0 through aiohttp) over REST, AWS Rekognition's
+JSON 1.1 through boto3, and Google's and Clarifai's services over plaintext gRPC
+through their own clients; each runs end to end.
 """
 
 from __future__ import annotations
@@ -250,6 +249,29 @@ def test_other_providers_plan_and_refuse_without_sending(capsys, monkeypatch, im
     cost = 3 * 520 * PRICES[provider].per_1000 / 1000
     assert f"estimated cost ${cost:,.2f} at" in err and PRICES[provider].checked in err
     assert "above --max-cost $1" in err
+
+
+@pytest.mark.parametrize("provider", ["google", "clarifai", "aws"])
+def test_grpc_and_aws_providers_certify_end_to_end_through_their_sdks(capsys, monkeypatch, api,
+                                                                      images, provider):
+    """The vendor's own client against the loopback server in the vendor's wire format."""
+    env, flags = {
+        "google": ({"GOOGLE_API_KEY": "fake-key"}, ["--endpoint", api.target(), "--insecure"]),
+        "clarifai": ({"CLARIFAI_PAT": "fake-pat"}, ["--endpoint", api.target(), "--insecure"]),
+        "aws": ({"AWS_ACCESS_KEY_ID": "AKIAFAKE", "AWS_SECRET_ACCESS_KEY": "fake-secret"},
+                ["--region", "us-east-1", "--endpoint", api.url("aws")]),
+    }[provider]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    before = api.stats.images
+    code, out, err = _run(capsys, "certify", "--api", provider, *flags, images, "--sigma", SIGMA,
+                          "--n0", "4", "--n", "20", "--seed", "0", "--rate", "500",
+                          "--denoiser", "none", "--yes")
+    assert code == 0, err
+    assert [r["predict"] for r in _rows(out)] == ["bright", "bright", "dark"]
+    assert api.stats.images - before == 3 * 24
+    assert f"sent 72 queries to {provider}" in err
+    assert "fake-key" not in err + out and "fake-secret" not in err + out
 
 
 # --- the journal: a killed run resumes -----------------------------------------------------

@@ -1,9 +1,9 @@
 """examples/certify_<provider>.py with fake credentials against a loopback vision API.
 
-The generic HTTP and Azure examples run end to end against LoopbackProvider (Azure over
-both transports). Google and Clarifai speak gRPC by default and AWS its own signed
-protocol, none of which LoopbackProvider serves: their examples are run up to the plan
-and the refusal above --max-cost, which comes before any request.
+Every example runs end to end against LoopbackProvider in its vendor's wire format:
+generic HTTP, Azure over both transports, AWS's JSON 1.1 through boto3, and Google and
+Clarifai over plaintext gRPC through their own clients; and each refuses to run above
+--max-cost before any request.
 """
 
 from __future__ import annotations
@@ -125,3 +125,20 @@ def test_examples_refuse_above_max_cost_before_any_request(example, env, tmp_pat
     assert "above --max-cost 1.0; add --yes" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "never.sqlite").exists()
+
+
+@pytest.mark.parametrize("provider", ["google", "clarifai", "aws"])
+def test_grpc_and_aws_examples_end_to_end_with_fake_credentials(api, tmp_path, provider):
+    argv, env = {
+        "google": (["--endpoint", api.target(), "--insecure"], {"GOOGLE_API_KEY": "fake-key"}),
+        "clarifai": (["--endpoint", api.target(), "--insecure"], {"CLARIFAI_PAT": "fake-pat"}),
+        "aws": (["--endpoint-url", api.url("aws"), "--region", "us-east-1"],
+                {"AWS_ACCESS_KEY_ID": "AKIAFAKE", "AWS_SECRET_ACCESS_KEY": "fake-secret"}),
+    }[provider]
+    before = api.stats.images
+    done = _example(f"certify_{provider}.py", *argv, "--denoiser", "none", *FAST, "--yes",
+                    "--journal", tmp_path / "run.sqlite", **env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = _table(done.stdout)
+    assert len(table) == 3 and api.stats.images - before == 2 * 35
+    assert "fake-" not in done.stdout + done.stderr
