@@ -1,4 +1,5 @@
-"""A real aiohttp server on 127.0.0.1, run in a thread of its own for the length of a test."""
+"""Loopback helpers: a real aiohttp server on 127.0.0.1 in a thread of its own for the length
+of a test, and the 'model' the loopback vision APIs serve in tests."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
+import torch
 from aiohttp import web
+
+
+def brightness(images: torch.Tensor) -> list[list[tuple[str, float]]]:
+    """Ranked labels per image: "bright" or "dark" by mean pixel value (scores sum to 1)."""
+    means = images.flatten(1).mean(1).tolist()
+    return [[("bright", m), ("dark", 1 - m)] if m >= 0.5 else [("dark", 1 - m), ("bright", m)]
+            for m in means]  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -28,15 +28,11 @@ from smoothapi.denoisers import create_denoiser, save_denoiser
 from smoothapi.pricing import PRICES
 from smoothapi.testing import LoopbackProvider
 
+from .loopback import brightness
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 SIGMA = 0.25
 
-
-def brightness(images: torch.Tensor) -> list[list[tuple[str, float]]]:
-    """The served 'API': bright or dark by mean pixel value (unanimous on flat images)."""
-    means = images.mean(dim=(1, 2, 3))
-    return [[("bright", 0.9), ("dark", 0.1)] if m > 0.5 else [("dark", 0.9), ("bright", 0.1)]
-            for m in means]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

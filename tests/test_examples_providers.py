@@ -20,15 +20,12 @@ from smoothapi.denoisers import create_denoiser, default_denoiser, save_denoiser
 from smoothapi.pricing import PRICES
 from smoothapi.testing import LoopbackProvider
 
+from .loopback import brightness
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 FAST = ["--size", "64", "--n0", "5", "--n", "30", "--rate", "1000"]
 
-
-def brightness(images: torch.Tensor) -> list[list[tuple[str, float]]]:
-    means = images.mean(dim=(1, 2, 3))
-    return [[("bright", 0.9), ("dark", 0.1)] if m > 0.5 else [("dark", 0.9), ("bright", 0.1)]
-            for m in means]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

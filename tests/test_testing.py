@@ -15,15 +15,12 @@ from smoothapi.adapters.http import HTTPAdapter
 from smoothapi.dispatch import RateLimits, RetryPolicy
 from smoothapi.testing import Faults, LoopbackProvider
 
+from .loopback import brightness
+
 IMAGE = torch.full((1, 12, 12), 0.6)
 RETRY = RetryPolicy(max_attempts=40, initial_wait=0.005, max_wait=0.05)
 FAST = RateLimits(requests_per_second=1000)  # the loopback server has no limit
 
-
-def brightness(images):
-    means = images.flatten(1).mean(1).tolist()
-    return [[("bright", m), ("dark", 1 - m)] if m >= 0.5 else [("dark", 1 - m), ("bright", m)]
-            for m in means]
 
 
 def _post(url, data, content_type="image/png"):

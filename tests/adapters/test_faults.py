@@ -33,6 +33,8 @@ from smoothapi.errors import (
 from smoothapi.recording import Recording
 from smoothapi.testing import MALFORMED_KINDS, Faults, LoopbackProvider
 
+from ..loopback import brightness
+
 AWS_KEY_ID, AWS_SECRET = "AKIALOOPBACK7EXAMPLE", "loopback/Secret+Key/EXAMPLEKEY0123456789"
 SECRETS = {
     "aws": AWS_KEY_ID,
@@ -45,11 +47,6 @@ SECRETS = {
 PROVIDERS = list(SECRETS)
 IMAGE = torch.full((1, 3, 96, 96), 0.7)
 
-
-def brightness(images):
-    means = images.flatten(1).mean(1).tolist()
-    return [[("bright", m), ("dark", 1 - m)] if m >= 0.5 else [("dark", 1 - m), ("bright", m)]
-            for m in means]
 
 
 @pytest.fixture(scope="module")
