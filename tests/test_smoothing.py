@@ -248,3 +248,72 @@ def test_local_model_adapter_labels_follow_class_names_and_batch_size_does_not_m
     b = SmoothedClassifier(named, 0.25, batch_size=7, device="cpu", seed=4).certify(x, 10, 300)
     assert b.candidate == {0: "no", 1: "yes"}[a.candidate]
     assert b.counts == {{0: "no", 1: "yes"}[k]: v for k, v in a.counts.items()}
+
+
+# --- inputs refused or accepted the same way everywhere ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: SmoothedClassifier(Recorder(), 1e39), "float32"),
+        (lambda: SmoothedClassifier(Recorder(), 1e-40), "float32"),
+        (lambda: SmoothedClassifier(Recorder(), True), "sigma"),
+        (lambda: SmoothedClassifier(Recorder(), 0.25, seed=True), "seed"),
+        (lambda: SmoothedClassifier(Recorder(), 0.25, seed=1.0), "seed"),
+        (lambda: SmoothedClassifier(Recorder(), 0.25, batch_size=True), "batch_size"),
+    ],
+)
+def test_sigma_bools_and_floats_are_refused_where_an_int_is_wanted(make, message):
+    with pytest.raises(InvalidInputError, match=message):
+        make()
+
+
+def test_numpy_numbers_are_accepted_wherever_a_python_one_is():
+    smoothed = SmoothedClassifier(
+        Recorder(), np.float32(0.25), device="cpu", seed=np.uint32(7), batch_size=np.int64(4)
+    )
+    assert (smoothed.seed, smoothed.batch_size, smoothed.sigma) == (7, 4, 0.25)
+    assert type(smoothed.seed) is int and type(smoothed.batch_size) is int
+    result = smoothed.certify(torch.zeros(1, 2, 2), n0=np.int64(3), n=np.int32(5))
+    assert (result.n0, result.n) == (3, 5)
+    assert smoothed.predict(torch.zeros(1, 2, 2), n=np.int16(5)).n == 5
+
+
+class _NaNDenoiser(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.full((1,), math.nan))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def test_non_finite_denoised_batches_are_refused_before_anything_is_sent():
+    recorder = Recorder()
+    smoothed = SmoothedClassifier(recorder, 0.25, _NaNDenoiser(), device="cpu", seed=0)
+    with pytest.raises(InvalidInputError, match="denoiser's output has NaN"):
+        smoothed.certify(torch.zeros(1, 4, 4), n0=2, n=2)
+    assert recorder.batches == []
+
+
+def test_the_largest_sigma_allowed_still_draws_finite_noise():
+    from smoothapi.certification import SIGMA_MAX
+
+    recorder = Recorder()
+    smoothed = SmoothedClassifier(recorder, SIGMA_MAX, device="cpu", seed=0)
+    smoothed.certify(torch.zeros(1, 8, 8), n0=2, n=64)
+    assert all(bool(torch.isfinite(batch).all()) for batch in recorder.batches)
+
+
+def test_a_model_or_denoiser_that_cannot_take_the_image_is_an_invalid_input_error():
+    model = LocalModelAdapter(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)))
+    smoothed = SmoothedClassifier(model, 0.25, device="cpu", seed=0)
+    with pytest.raises(InvalidInputError, match="model cannot take 1x3x3") as caught:
+        smoothed.certify(torch.zeros(1, 3, 3), n0=2, n=2)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    rgb_denoiser = torch.nn.Conv2d(3, 3, 3, padding=1)
+    smoothed = SmoothedClassifier(Recorder(), 0.25, rgb_denoiser, device="cpu", seed=0)
+    with pytest.raises(InvalidInputError, match="denoiser cannot take 1x4x4") as caught:
+        smoothed.certify(torch.zeros(1, 4, 4), n0=2, n=2)
+    assert isinstance(caught.value.__cause__, RuntimeError)

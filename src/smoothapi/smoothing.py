@@ -33,6 +33,7 @@ from .certification import (
     check_alpha,
     check_count,
     check_radius,
+    check_seed,
     check_sigma,
     predict_counts,
     top_label,
@@ -109,8 +110,7 @@ class SmoothedClassifier:
         self.batch_size = check_count("batch_size", batch_size)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.denoiser = None if denoiser is None else denoiser.to(self.device).eval()
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
+        seed = check_seed(seed)
         self.seed = secrets.randbits(63) if seed is None else seed
         self._owns_journal = journal is not None and not isinstance(journal, Journal)
         self.journal = Journal(journal) if self._owns_journal else journal

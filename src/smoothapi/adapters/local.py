@@ -67,9 +67,16 @@ class LocalModelAdapter(Adapter):
         x = images.to(self.device, non_blocking=True)
         if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return self.module(x)
+        try:
+            if self.mean is not None:
+                x = (x - self.mean) / self.std
+            return self.module(x)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:  # a shape or dtype the model cannot take
+            shape = "x".join(map(str, x.shape[1:]))
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidInputError(f"the model cannot take {shape} images: {message}") from exc
 
     def _label(self, index: int) -> Label:
         return index if self.class_names is None else self.class_names[index]
