@@ -6,9 +6,11 @@ import io
 import json
 import math
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -457,6 +459,23 @@ def test_closed_pipe_stops_quietly(tmp_path, constant_model_path, image_folder):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_ctrl_c_prints_one_line_with_what_was_spent(tmp_path, constant_model_path, image_folder):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smoothapi.cli", "certify", "--model", str(constant_model_path),
+         str(image_folder), "--sigma", "0.25", "--n0", "10", "--n", "2000000", "--seed", "0",
+         "--journal", str(tmp_path / "j.sqlite"), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stderr.readline().startswith("smoothapi: certify")
+    time.sleep(1.0)  # well into the first image's two million samples
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert out.startswith("idx\tlabel") and out.count("\n") == 1  # the header, no row
+    assert err.startswith("smoothapi: interrupted: nothing was sent after Ctrl-C"), err
+    assert err.count("\n") == 1 and "images) sent in all" in err, err
 
 
 def test_denoiser_option_runs_the_denoiser_first(capsys, model_path, image_folder, tmp_path):

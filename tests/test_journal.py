@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 import torch
 
-from smoothapi import SmoothedClassifier
+from smoothapi import RateLimits, SmoothedClassifier
+from smoothapi.adapters.http import HTTPAdapter
+from smoothapi.errors import Interrupted
 from smoothapi.journal import Journal
+from smoothapi.testing import LoopbackProvider
 
 from .adapters.fake import Crash, CrashingAdapter
 
@@ -129,3 +136,106 @@ def test_a_run_hands_out_one_store_per_stream(tmp_path):
         assert journal.run("run-b", {}).stream(key, Phase.ESTIMATION).answers() == {}  # run
         assert journal.answers("run-a", key.digest, 0, Phase.ESTIMATION) == {0: "cat", 3: None}
         assert list(journal.runs()) == ["run-a", "run-b"]
+
+
+# --- Ctrl-C: stop sending at once, keep what was in flight, leave nothing to resume ----------
+
+
+def _brightness(images):
+    means = images.flatten(1).mean(1).tolist()
+    return [[("bright", m), ("dark", 1 - m)] for m in means]
+
+
+def _ctrl_c_once(api, requests: int) -> dict:
+    """From a timer thread: SIGINT this process once the server has seen ``requests``."""
+    fired: dict = {}
+
+    def fire():
+        deadline = time.monotonic() + 30
+        while api.stats.requests < requests and time.monotonic() < deadline:
+            time.sleep(0.005)
+        fired["requests"] = api.stats.requests
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=fire, daemon=True).start()
+    return fired
+
+
+def _journaled(path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+
+
+IN_FLIGHT = 4
+N = 4_000  # 4,000 requests of one image at 4 in flight and 20 ms each: 20 s if nothing stops it
+
+
+def _loopback_classifier(api, path):
+    adapter = HTTPAdapter(api.url("generic"))
+    limits = RateLimits(max_in_flight=IN_FLIGHT)
+    return SmoothedClassifier(adapter, 0.25, batch_size=16, device="cpu", seed=5,
+                              journal=path, limits=limits)  # fmt: skip
+
+
+def _stopped_at_once(api, fired, started) -> int:
+    """The server saw at most the requests in flight after the interrupt, and sees no more."""
+    assert time.monotonic() - started < 10
+    seen = api.stats.requests
+    assert seen <= fired["requests"] + 2 * IN_FLIGHT
+    time.sleep(0.5)
+    assert api.stats.requests == seen, "requests were sent after the interrupt"
+    return seen
+
+
+def test_ctrl_c_in_a_script_stops_sending_and_nothing_resumes_on_the_next_call(tmp_path):
+    with LoopbackProvider(_brightness, latency=0.02) as api:
+        smoothed = _loopback_classifier(api, tmp_path / "j.sqlite")
+        fired = _ctrl_c_once(api, requests=20)
+        started = time.monotonic()
+        with pytest.raises(Interrupted, match="sent in all") as caught:
+            smoothed.certify(IMAGE, n0=16, n=N)
+        seen = _stopped_at_once(api, fired, started)
+        assert caught.value.stats.requests == seen
+        assert _journaled(tmp_path / "j.sqlite") == api.stats.images  # every answer kept
+        smoothed.predict(torch.full((1, 12, 12), 0.2), n=16)
+        assert api.stats.requests == seen + 16  # what was asked, nothing left over
+        smoothed.close()
+
+
+@pytest.mark.parametrize("runner", ["asyncio.run", "notebook"])
+def test_ctrl_c_of_a_sync_call_inside_a_running_loop_stops_the_worker_thread(tmp_path, runner):
+    async def cell(smoothed):  # a notebook cell: sync code while a loop runs
+        return smoothed.certify(IMAGE, n0=16, n=N)
+
+    with LoopbackProvider(_brightness, latency=0.02) as api:
+        smoothed = _loopback_classifier(api, tmp_path / "j.sqlite")
+        fired = _ctrl_c_once(api, requests=20)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            if runner == "asyncio.run":  # asyncio's own SIGINT handler is in place
+                asyncio.run(cell(smoothed))
+            else:  # Python's default handler, as in a Jupyter kernel
+                loop = asyncio.new_event_loop()
+                try:
+                    loop.run_until_complete(cell(smoothed))
+                finally:
+                    loop.close()
+        _stopped_at_once(api, fired, started)
+        assert _journaled(tmp_path / "j.sqlite") == api.stats.images
+        smoothed.close()
+
+
+def test_ctrl_c_under_asyncio_run_cancels_at_once_and_keeps_the_answers_in_flight(tmp_path):
+    with LoopbackProvider(_brightness, latency=0.02) as api:
+        smoothed = _loopback_classifier(api, tmp_path / "j.sqlite")
+
+        async def main():
+            async with smoothed:
+                return await smoothed.acertify(IMAGE, n0=16, n=N)
+
+        fired = _ctrl_c_once(api, requests=20)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(main())
+        _stopped_at_once(api, fired, started)
+        assert _journaled(tmp_path / "j.sqlite") == api.stats.images

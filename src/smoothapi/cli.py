@@ -39,7 +39,7 @@ from .analysis import (
 from .certification import check_alpha, check_count, check_sigma
 from .demo import run_demo, run_denoised_demo
 from .denoisers import load_denoiser
-from .errors import InvalidInputError, SmoothAPIError
+from .errors import Interrupted, InvalidInputError, SmoothAPIError
 from .runs import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
@@ -386,8 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SmoothAPIError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Interrupted says what was spent
+        print(f"{PROG}: {exc if isinstance(exc, Interrupted) else 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`smoothapi certify ... | head`): stop quietly, and point
