@@ -107,8 +107,8 @@ class JournalError(SmoothAPIError):
 
 
 class JournalLockedError(JournalError):
-    """Another process (or another ``Journal`` object) is writing to this journal; a journal
-    has one writer at a time. ``holder`` is what the lock file says: pid, host, since."""
+    """Another process is writing to this journal; a journal has one writer at a time.
+    ``holder`` is what its lock file says: ``pid``, ``host``, ``since``."""
 
     def __init__(self, message: str, holder: dict | None = None) -> None:
         super().__init__(message)

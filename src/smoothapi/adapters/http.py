@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -100,6 +101,14 @@ class HTTPAdapter(RemoteAdapter):
 
     def __repr__(self) -> str:
         return f"HTTPAdapter({self.url!r}, send={self.send!r}, headers={sorted(self._headers)})"
+
+    def identity(self) -> dict:
+        """The base identity, with the URL's path and query but not its scheme, host or
+        port: the same model served elsewhere gives the same answers, so the same run."""
+        identity = super().identity()
+        where = urllib.parse.urlsplit(self.url)
+        what = urllib.parse.urlunsplit(("", "", where.path, where.query, ""))
+        return {**identity, "params": {**identity["params"], "url": what}}
 
     def request_params(self) -> dict[str, Any]:
         return {"url": self.url, "send": self.send, "field": self.field, "extra": self.json_extra}
