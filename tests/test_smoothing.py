@@ -401,3 +401,12 @@ def test_async_with_closes_the_adapter_on_the_running_loop_and_then_refuses_use(
     assert loop in gate.closed_on
     with pytest.raises(UsageError, match="closed"):
         smoothed.certify(torch.zeros(1, 2, 2), n0=2, n=2)
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_it_is_drawn():
+    recorder = Recorder()
+    smoothed = SmoothedClassifier(recorder, 0.25, batch_size=10**9, device="cpu", seed=0)
+    with pytest.raises(InvalidInputError, match="batch_size=1000000000 on a 64x64 image"):
+        smoothed.certify(torch.zeros(3, 64, 64), n0=10**9, n=10**9)
+    assert recorder.batches == []
+    assert smoothed.certify(torch.zeros(3, 64, 64), n0=2, n=2).n == 2  # batches of 2 fit

@@ -150,7 +150,13 @@ class LocalModelAdapter(Adapter):
     ) -> LocalModelAdapter:
         """Rebuild a classifier saved by :meth:`save` from the file's metadata alone."""
         tensors, meta = load_checkpoint(path, kind="classifier")
-        model = create_classifier(meta["arch"], **meta.get("kwargs", {}))
+        arch, kwargs = meta.get("arch"), meta.get("kwargs", {})
+        if not isinstance(arch, str) or not isinstance(kwargs, dict):
+            raise CheckpointError(f"{path}: no architecture name, or malformed kwargs {kwargs!r}")
+        try:
+            model = create_classifier(arch, **kwargs)
+        except (InvalidInputError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot rebuild classifier {arch!r}: {exc}") from exc
         try:
             model.load_state_dict(tensors)
         except RuntimeError as exc:
