@@ -103,17 +103,16 @@ def _readable_images(root: str, strict: bool) -> tuple[list[ImageFile], list[int
     ``strict`` the run is refused instead); warnings from reading are reported beside their
     image. Returns the readable images, their indices among all files, and how many failed."""
     scan = scan_images(root)
-    if strict and scan.unreadable:
-        listed = "; ".join(f"{bad.name} ({bad.reason})" for bad in scan.unreadable)
-        raise InvalidInputError(f"--strict: {len(scan.unreadable)} unreadable image(s): {listed}")
-    for bad in scan.unreadable:
-        print(f"{PROG}: cannot read {bad.path}: {bad.reason}", file=sys.stderr, flush=True)
+    reasons = [bad.reason if str(bad.path) in bad.reason else f"cannot read {bad.path}: "
+               f"{bad.reason}" for bad in scan.unreadable]  # fmt: skip
+    if reasons and (strict or not scan.readable):
+        why = "--strict: " if scan.readable else "no image could be read: "
+        raise InvalidInputError(f"{why}{len(reasons)} unreadable image(s): {'; '.join(reasons)}")
+    for reason in reasons:
+        print(f"{PROG}: {reason}", file=sys.stderr, flush=True)
     for image in scan.readable:
         for note in image.warnings:
             print(f"{PROG}: {image.name}: {note}", file=sys.stderr, flush=True)
-    if not scan.readable:
-        raise InvalidInputError(f"none of the {len(scan.unreadable)} image(s) in {root} "
-                                "could be read (listed above)")  # fmt: skip
     names = sorted([i.name for i in scan.readable] + [b.name for b in scan.unreadable],
                    key=natural_key)  # fmt: skip
     order = {name: index for index, name in enumerate(names)}
