@@ -6,9 +6,11 @@ import io
 import json
 import math
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -330,16 +332,120 @@ def test_empty_folder(capsys, model_path, tmp_path):
     _assert_error(code, out, err, "smoothapi: error:", "no images found")
 
 
-def test_unreadable_image_is_reported_before_any_row(capsys, model_path, image_folder, tmp_path):
+def _folder_with_unreadable_images(image_folder, tmp_path) -> tuple[Path, list[Path]]:
     root = tmp_path / "images"
     for path in image_folder.rglob("*.png"):
         _write_image(root / path.relative_to(image_folder), 0)
     broken = root / "mid" / "broken.png"
     broken.write_bytes(b"\x89PNG but truncated")
+    dangling = root / "dark" / "link.png"
+    dangling.symlink_to(tmp_path / "gone.png")
+    return root, [dangling, broken]
+
+
+def test_readable_images_are_certified_and_every_unreadable_one_is_listed(
+    capsys, model_path, image_folder, tmp_path
+):
+    root, bad = _folder_with_unreadable_images(image_folder, tmp_path)
     for command in ("certify", "predict"):
         code, out, err = _run(capsys, command, "--model", model_path, root, "--sigma", SIGMA,
-                              "--n", 10)
-        _assert_error(code, out, err, "smoothapi: error:", "cannot read image", str(broken))
+                              "--n", 10, "--seed", 0)  # fmt: skip
+        assert code == 1 and "Traceback" not in err
+        _, rows = _tsv(out)
+        assert [r["file"] for r in rows] == EXPECTED_FILES
+        assert [int(r["idx"]) for r in rows] == [0, 1, 2, 3, 5, 6]  # 4 is dark/link.png
+        lines = err.splitlines()
+        listed = [line for line in lines if "cannot read" in line]
+        assert len(listed) == 2
+        assert listed[0] == (f"smoothapi: cannot read {bad[0]}: broken symbolic link to "
+                             f"{tmp_path / 'gone.png'}")  # fmt: skip
+        assert listed[1].startswith(f"smoothapi: cannot read image {bad[1]}: ")
+        assert lines[-1].startswith("smoothapi: 2 image(s) could not be read")
+
+
+def test_strict_refuses_a_folder_with_unreadable_images_up_front(
+    capsys, model_path, image_folder, tmp_path
+):
+    root, bad = _folder_with_unreadable_images(image_folder, tmp_path)
+    code, out, err = _certify(capsys, model_path, root, "--strict")
+    _assert_error(code, out, err, "--strict: 2 unreadable image(s)", "dark/link.png",
+                  "mid/broken.png")  # fmt: skip
+
+
+def _checkpoint_with(path: Path, metadata: str) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"smoothapi": metadata})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("metadata", "fragment"),
+    [
+        ("{not json", "metadata is not JSON"),
+        ("[1, 2]", "metadata is not a JSON object"),
+        ('{"kind": "classifier"}', "no architecture name"),
+        ('{"kind": "classifier", "arch": "small_cnn", "kwargs": {"nope": 1}}',
+         "cannot rebuild classifier 'small_cnn'"),
+        ('{"kind": "classifier", "arch": "small_cnn", "kwargs": [1]}', "malformed kwargs"),
+    ],
+)  # fmt: skip
+def test_checkpoint_metadata_that_cannot_rebuild_a_model(capsys, image_folder, tmp_path,
+                                                         metadata, fragment):  # fmt: skip
+    model = _checkpoint_with(tmp_path / "odd.safetensors", metadata)
+    code, out, err = _certify(capsys, model, image_folder)
+    _assert_error(code, out, err, str(model), fragment)
+
+
+def test_denoiser_that_cannot_take_the_images(capsys, model_path, image_folder, tmp_path):
+    from smoothapi.denoisers import create_denoiser, save_denoiser
+
+    path = tmp_path / "rgb.safetensors"
+    save_denoiser(path, create_denoiser("dncnn", in_channels=3, depth=3, width=4),
+                  sigma=SIGMA, objective="mse")  # fmt: skip
+    code, out, err = _certify(capsys, model_path, image_folder, "--denoiser", path)
+    _assert_error(code, out, err, "the denoiser cannot take", "1-channel 8x8 image")
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_it_is_built(
+    capsys, model_path, image_folder
+):
+    huge = 10**9  # 10^9 noisy 8x8 images: about 30 TiB
+    code, out, err = _certify(capsys, model_path, image_folder, "--batch-size", huge, "--n", huge)
+    _assert_error(code, out, err, f"batch_size={huge} on a 8x8 image needs about")
+
+
+def _not_sqlite(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.sqlite"
+    path.write_text("these are my notes, not a database\n" * 100)
+    return path
+
+
+def _damaged_journal(tmp_path: Path, model_path: Path, image_folder: Path) -> Path:
+    path = tmp_path / "damaged.sqlite"
+    assert main(["certify", "--model", str(model_path), str(image_folder), "--sigma", "0.25",
+                 "--n0", "5", "--n", "20", "--seed", "0", "--journal", str(path),
+                 "--output", str(tmp_path / "out.tsv")]) == 0  # fmt: skip
+    data = bytearray(path.read_bytes())
+    data[1024:] = b"\xff" * (len(data) - 1024)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda tmp, model, images: tmp, "is a folder"),
+        (lambda tmp, model, images: _not_sqlite(tmp) / "j.sqlite", "cannot use"),
+        (lambda tmp, model, images: _not_sqlite(tmp), "not a database"),
+        (_damaged_journal, "journal"),
+    ],
+)
+def test_a_journal_that_cannot_be_used(capsys, model_path, image_folder, tmp_path, make, fragment):
+    journal = make(tmp_path, model_path, image_folder)
+    capsys.readouterr()
+    code, out, err = _certify(capsys, model_path, image_folder, "--journal", journal)
+    _assert_error(code, out.replace(CERTIFY_HEADER + "\n", ""), err, str(journal), fragment)
 
 
 def test_image_the_model_cannot_take(capsys, model_path, tmp_path):
@@ -457,6 +563,23 @@ def test_closed_pipe_stops_quietly(tmp_path, constant_model_path, image_folder):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_ctrl_c_prints_one_line_with_what_was_spent(tmp_path, constant_model_path, image_folder):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smoothapi.cli", "certify", "--model", str(constant_model_path),
+         str(image_folder), "--sigma", "0.25", "--n0", "10", "--n", "2000000", "--seed", "0",
+         "--journal", str(tmp_path / "j.sqlite"), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stderr.readline().startswith("smoothapi: certify")
+    time.sleep(1.0)  # well into the first image's two million samples
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert out.startswith("idx\tlabel") and out.count("\n") == 1  # the header, no row
+    assert err.startswith("smoothapi: interrupted: nothing was sent after Ctrl-C"), err
+    assert err.count("\n") == 1 and "images) sent in all" in err, err
 
 
 def test_denoiser_option_runs_the_denoiser_first(capsys, model_path, image_folder, tmp_path):

@@ -291,3 +291,57 @@ def test_abandoned_requests_count_as_possibly_billed(error, billed):
     stats = dispatcher.stats
     assert stats.images == BATCH + 4 and stats.answered == BATCH  # the failed request resent
     assert stats.possibly_billed == billed and stats.billable == BATCH + billed
+
+
+class Slow(FakeAdapter):
+    """Answers after ``latency`` seconds, four requests at a time; logs each request as sent."""
+
+    max_in_flight = 4
+
+    def __init__(self, latency=0.03):
+        super().__init__()
+        self.latency, self.sent = latency, []
+
+    async def _send(self, images):
+        self.sent.append(len(images))
+        await asyncio.sleep(self.latency)
+        return await super()._send(images)
+
+
+def test_a_cancelled_task_sends_nothing_more_and_commits_what_was_in_flight():
+    adapter, store = Slow(), MemoryStore()
+    dispatcher = Dispatcher(adapter, BATCH)
+
+    async def main():
+        task = asyncio.ensure_future(dispatcher.counts(produce, 4_000, store))
+        while len(adapter.sent) < 10:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        sent = len(adapter.sent)
+        await asyncio.sleep(0.2)
+        assert len(adapter.sent) == sent  # nothing was sent after the cancellation
+        return sent
+
+    sent = asyncio.run(main())
+    assert sent <= 10 + adapter.max_in_flight
+    assert sum(map(len, store.commits)) == sum(adapter.sent)  # every answer paid for is kept
+
+
+def test_a_second_cancellation_does_not_drop_the_answers_in_flight():
+    adapter, store = Slow(latency=0.1), MemoryStore()
+    dispatcher = Dispatcher(adapter, BATCH)
+
+    async def main():
+        task = asyncio.ensure_future(all_or_nothing(dispatcher.counts(produce, 4_000, store)))
+        while len(adapter.sent) < 4:
+            await asyncio.sleep(0.001)
+        for _ in range(3):  # as when a failure elsewhere cancels everything again
+            task.cancel()
+            await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert sum(map(len, store.commits)) == sum(adapter.sent) > 0

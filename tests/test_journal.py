@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 import torch
 
-from smoothapi import SmoothedClassifier
+from smoothapi import RateLimits, SmoothedClassifier
+from smoothapi.adapters.http import HTTPAdapter
+from smoothapi.errors import Interrupted, JournalError, JournalLockedError, UsageError
 from smoothapi.journal import Journal
+from smoothapi.testing import LoopbackProvider
 
 from .adapters.fake import Crash, CrashingAdapter
 
@@ -129,3 +136,208 @@ def test_a_run_hands_out_one_store_per_stream(tmp_path):
         assert journal.run("run-b", {}).stream(key, Phase.ESTIMATION).answers() == {}  # run
         assert journal.answers("run-a", key.digest, 0, Phase.ESTIMATION) == {0: "cat", 3: None}
         assert list(journal.runs()) == ["run-a", "run-b"]
+
+
+# --- Ctrl-C: stop sending at once, keep what was in flight, leave nothing to resume ----------
+
+
+def _brightness(images):
+    means = images.flatten(1).mean(1).tolist()
+    return [[("bright", m), ("dark", 1 - m)] for m in means]
+
+
+def _ctrl_c_once(api, requests: int) -> dict:
+    """From a timer thread: SIGINT this process once the server has seen ``requests``."""
+    fired: dict = {}
+
+    def fire():
+        deadline = time.monotonic() + 30
+        while api.stats.requests < requests and time.monotonic() < deadline:
+            time.sleep(0.005)
+        fired["requests"] = api.stats.requests
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=fire, daemon=True).start()
+    return fired
+
+
+def _journaled(path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+
+
+IN_FLIGHT = 4
+N = 4_000  # 4,000 requests of one image at 4 in flight and 20 ms each: 20 s if nothing stops it
+
+
+def _loopback_classifier(api, path):
+    adapter = HTTPAdapter(api.url("generic"))
+    limits = RateLimits(max_in_flight=IN_FLIGHT)
+    return SmoothedClassifier(adapter, 0.25, batch_size=16, device="cpu", seed=5,
+                              journal=path, limits=limits)  # fmt: skip
+
+
+def _stopped_at_once(api, fired, started) -> int:
+    """The server saw at most the requests in flight after the interrupt, and sees no more."""
+    assert time.monotonic() - started < 10
+    seen = api.stats.requests
+    assert seen <= fired["requests"] + 2 * IN_FLIGHT
+    time.sleep(0.5)
+    assert api.stats.requests == seen, "requests were sent after the interrupt"
+    return seen
+
+
+def test_ctrl_c_in_a_script_stops_sending_and_nothing_resumes_on_the_next_call(tmp_path):
+    with LoopbackProvider(_brightness, latency=0.02) as api:
+        smoothed = _loopback_classifier(api, tmp_path / "j.sqlite")
+        fired = _ctrl_c_once(api, requests=20)
+        started = time.monotonic()
+        with pytest.raises(Interrupted, match="sent in all") as caught:
+            smoothed.certify(IMAGE, n0=16, n=N)
+        seen = _stopped_at_once(api, fired, started)
+        assert caught.value.stats.requests == seen
+        assert _journaled(tmp_path / "j.sqlite") == api.stats.images  # every answer kept
+        smoothed.predict(torch.full((1, 12, 12), 0.2), n=16)
+        assert api.stats.requests == seen + 16  # what was asked, nothing left over
+        smoothed.close()
+
+
+@pytest.mark.parametrize("runner", ["asyncio.run", "notebook"])
+def test_ctrl_c_of_a_sync_call_inside_a_running_loop_stops_the_worker_thread(tmp_path, runner):
+    async def cell(smoothed):  # a notebook cell: sync code while a loop runs
+        return smoothed.certify(IMAGE, n0=16, n=N)
+
+    with LoopbackProvider(_brightness, latency=0.02) as api:
+        smoothed = _loopback_classifier(api, tmp_path / "j.sqlite")
+        fired = _ctrl_c_once(api, requests=20)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            if runner == "asyncio.run":  # asyncio's own SIGINT handler is in place
+                asyncio.run(cell(smoothed))
+            else:  # Python's default handler, as in a Jupyter kernel
+                loop = asyncio.new_event_loop()
+                try:
+                    loop.run_until_complete(cell(smoothed))
+                finally:
+                    loop.close()
+        _stopped_at_once(api, fired, started)
+        assert _journaled(tmp_path / "j.sqlite") == api.stats.images
+        smoothed.close()
+
+
+def test_ctrl_c_under_asyncio_run_cancels_at_once_and_keeps_the_answers_in_flight(tmp_path):
+    with LoopbackProvider(_brightness, latency=0.02) as api:
+        smoothed = _loopback_classifier(api, tmp_path / "j.sqlite")
+
+        async def main():
+            async with smoothed:
+                return await smoothed.acertify(IMAGE, n0=16, n=N)
+
+        fired = _ctrl_c_once(api, requests=20)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(main())
+        _stopped_at_once(api, fired, started)
+        assert _journaled(tmp_path / "j.sqlite") == api.stats.images
+
+
+# --- one writer per journal; runs keyed by what decides the answers ------------------------
+
+
+def test_a_second_process_writing_to_the_journal_is_refused_naming_the_holder(tmp_path):
+    path = tmp_path / "j.sqlite"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from smoothapi.journal import Journal
+            journal = Journal({str(path)!r})
+            journal.run("run-a", {{"sigma": 0.25}})
+            print("holding", flush=True)
+            sys.stdin.readline()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(JournalLockedError, match=f"pid {holder.pid}, host ") as caught:
+            SmoothedClassifier(Flaky(), 0.3, device="cpu", seed=3, journal=path)
+        assert caught.value.holder["pid"] == holder.pid and "since" in caught.value.holder
+        assert "run-a" in Journal(path).runs()  # reading needs no lock
+    finally:
+        holder.communicate("\n", timeout=60)
+    reference = _certify(Flaky(), None)
+    assert _certify(Flaky(), path) == reference  # the holder is gone: the lock went with it
+
+
+def test_one_process_may_open_its_journal_twice_and_writes_after_a_failed_run(tmp_path):
+    with pytest.raises(Crash):
+        _certify(Flaky(budget=2), tmp_path / "j.sqlite")  # its classifier is still alive
+    resumed = Flaky()
+    assert _certify(resumed, tmp_path / "j.sqlite") == _certify(Flaky(), None)
+    assert 0 < sum(map(len, resumed.requests)) < 96
+
+
+def test_another_host_or_port_of_the_same_model_resumes_the_same_run(tmp_path):
+    def certify(api):
+        adapter = HTTPAdapter(api.url("generic"))
+        with SmoothedClassifier(adapter, 0.25, batch_size=16, device="cpu", seed=5,
+                                journal=tmp_path / "j.sqlite") as smoothed:  # fmt: skip
+            return smoothed.certify(IMAGE, n0=16, n=64)
+
+    with LoopbackProvider(_brightness) as first, LoopbackProvider(_brightness) as second:
+        assert first.port != second.port
+        reference = certify(first)
+        assert certify(second) == reference
+        assert (first.stats.images, second.stats.images) == (80, 0)
+    one = HTTPAdapter("http://10.0.0.1:8080/v1/classify").identity()
+    assert one == HTTPAdapter("https://models.internal/v1/classify").identity()
+    assert one != HTTPAdapter("https://models.internal/v2/classify").identity()
+
+
+# --- a journal that cannot be used: one typed error -----------------------------------------
+
+
+def _damaged(path):
+    with SmoothedClassifier(Flaky(), 0.3, batch_size=16, device="cpu", seed=3,
+                            journal=path) as smoothed:  # fmt: skip
+        smoothed.certify(IMAGE, n0=16, n=80, alpha=0.01)  # closed: all in the file, no WAL
+    data = bytearray(path.read_bytes())
+    data[1024:] = b"\xff" * (len(data) - 1024)  # every page after the first overwritten
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: tmp, "is a folder"),
+        (lambda tmp: (tmp / "file").write_text("x") and tmp / "file" / "j.sqlite", "cannot use"),
+        (lambda tmp: (tmp / "n.sqlite").write_text("not a database" * 100) and tmp / "n.sqlite",
+         "not a database"),
+    ],
+)  # fmt: skip
+def test_a_path_that_cannot_hold_a_journal_is_a_journal_error(tmp_path, make, message):
+    with pytest.raises(JournalError, match=message):
+        Journal(make(tmp_path))
+    with pytest.raises(JournalError, match=message):
+        SmoothedClassifier(Flaky(), 0.3, device="cpu", seed=3, journal=make(tmp_path))
+
+
+def test_a_damaged_journal_is_a_journal_error_with_the_cause(tmp_path):
+    path = _damaged(tmp_path / "j.sqlite")
+    with pytest.raises(JournalError, match="malformed|not a database") as caught:
+        _certify(Flaky(), path)
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+
+
+def test_use_after_close_and_unknown_runs_are_typed_errors(tmp_path):
+    smoothed = SmoothedClassifier(Flaky(), 0.3, device="cpu", seed=3, journal=tmp_path / "j")
+    smoothed.close()
+    with pytest.raises(UsageError, match="closed"):
+        smoothed.certify(IMAGE, n0=4, n=4)
+    journal = Journal(tmp_path / "j")
+    journal.close()
+    with pytest.raises(UsageError, match="closed"):
+        journal.runs()
+    with pytest.raises(JournalError, match="no run 'nope'"):
+        Journal(tmp_path / "j").recertify("nope", alpha=0.01)

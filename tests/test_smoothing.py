@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from smoothapi import (
     LocalModelAdapter,
     SmoothedClassifier,
 )
+from smoothapi.errors import UsageError
 
 from .conftest import linear_adapter
 
@@ -248,3 +251,162 @@ def test_local_model_adapter_labels_follow_class_names_and_batch_size_does_not_m
     b = SmoothedClassifier(named, 0.25, batch_size=7, device="cpu", seed=4).certify(x, 10, 300)
     assert b.candidate == {0: "no", 1: "yes"}[a.candidate]
     assert b.counts == {{0: "no", 1: "yes"}[k]: v for k, v in a.counts.items()}
+
+
+# --- inputs refused or accepted the same way everywhere ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: SmoothedClassifier(Recorder(), 1e39), "float32"),
+        (lambda: SmoothedClassifier(Recorder(), 1e-40), "float32"),
+        (lambda: SmoothedClassifier(Recorder(), True), "sigma"),
+        (lambda: SmoothedClassifier(Recorder(), 0.25, seed=True), "seed"),
+        (lambda: SmoothedClassifier(Recorder(), 0.25, seed=1.0), "seed"),
+        (lambda: SmoothedClassifier(Recorder(), 0.25, batch_size=True), "batch_size"),
+    ],
+)
+def test_sigma_bools_and_floats_are_refused_where_an_int_is_wanted(make, message):
+    with pytest.raises(InvalidInputError, match=message):
+        make()
+
+
+def test_numpy_numbers_are_accepted_wherever_a_python_one_is():
+    smoothed = SmoothedClassifier(
+        Recorder(), np.float32(0.25), device="cpu", seed=np.uint32(7), batch_size=np.int64(4)
+    )
+    assert (smoothed.seed, smoothed.batch_size, smoothed.sigma) == (7, 4, 0.25)
+    assert type(smoothed.seed) is int and type(smoothed.batch_size) is int
+    result = smoothed.certify(torch.zeros(1, 2, 2), n0=np.int64(3), n=np.int32(5))
+    assert (result.n0, result.n) == (3, 5)
+    assert smoothed.predict(torch.zeros(1, 2, 2), n=np.int16(5)).n == 5
+
+
+class _NaNDenoiser(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.full((1,), math.nan))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def test_non_finite_denoised_batches_are_refused_before_anything_is_sent():
+    recorder = Recorder()
+    smoothed = SmoothedClassifier(recorder, 0.25, _NaNDenoiser(), device="cpu", seed=0)
+    with pytest.raises(InvalidInputError, match="denoiser's output has NaN"):
+        smoothed.certify(torch.zeros(1, 4, 4), n0=2, n=2)
+    assert recorder.batches == []
+
+
+def test_the_largest_sigma_allowed_still_draws_finite_noise():
+    from smoothapi.certification import SIGMA_MAX
+
+    recorder = Recorder()
+    smoothed = SmoothedClassifier(recorder, SIGMA_MAX, device="cpu", seed=0)
+    smoothed.certify(torch.zeros(1, 8, 8), n0=2, n=64)
+    assert all(bool(torch.isfinite(batch).all()) for batch in recorder.batches)
+
+
+def test_a_model_or_denoiser_that_cannot_take_the_image_is_an_invalid_input_error():
+    model = LocalModelAdapter(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)))
+    smoothed = SmoothedClassifier(model, 0.25, device="cpu", seed=0)
+    with pytest.raises(InvalidInputError, match="model cannot take 1x3x3") as caught:
+        smoothed.certify(torch.zeros(1, 3, 3), n0=2, n=2)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    rgb_denoiser = torch.nn.Conv2d(3, 3, 3, padding=1)
+    smoothed = SmoothedClassifier(Recorder(), 0.25, rgb_denoiser, device="cpu", seed=0)
+    with pytest.raises(InvalidInputError, match="denoiser cannot take 1x4x4") as caught:
+        smoothed.certify(torch.zeros(1, 4, 4), n0=2, n=2)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+# --- one classifier, several threads; closing -----------------------------------------------
+
+
+def test_sync_calls_from_several_threads_take_turns_and_agree_with_a_serial_run(tmp_path):
+    images = [torch.full((1, 6, 6), v) for v in (0.1, 0.3, 0.5, 0.7, 0.9, 0.2)]
+
+    def make(journal):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+        adapter = LocalModelAdapter(model)
+        return SmoothedClassifier(adapter, 0.5, batch_size=8, device="cpu", seed=2,
+                                  journal=journal)  # fmt: skip
+
+    with make(None) as serial:
+        expected = [serial.certify(x, n0=8, n=40) for x in images]
+    with make(tmp_path / "j.sqlite") as shared:
+        results: dict[int, object] = {}
+        errors: list[BaseException] = []
+
+        def work(i):
+            try:
+                results[i] = shared.certify(images[i], n0=8, n=40)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert [results[i] for i in range(len(images))] == expected
+        assert shared.stats.images == 48 * len(images)
+
+
+class _Gate(Recorder):
+    """Holds its first request until released; notes the loops it was closed on."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release, self.closed_on = threading.Event(), threading.Event(), []
+
+    async def atop_labels(self, images):
+        self.entered.set()
+        while not self.release.is_set():
+            await asyncio.sleep(0.005)
+        return self.top_labels(images)
+
+    async def aclose(self):
+        self.closed_on.append(asyncio.get_running_loop())
+
+
+def test_async_calls_from_a_second_event_loop_at_once_are_refused():
+    gate = _Gate()
+    smoothed = SmoothedClassifier(gate, 0.25, device="cpu", seed=0)
+    image = torch.zeros(1, 2, 2)
+    first = threading.Thread(target=lambda: asyncio.run(smoothed.acertify(image, n0=2, n=2)))
+    first.start()
+    assert gate.entered.wait(30)
+    with pytest.raises(UsageError, match="another event loop"):  # at once, not after a wait
+        asyncio.run(asyncio.wait_for(smoothed.acertify(image, n0=2, n=2), 10))
+    gate.release.set()
+    first.join()
+    assert smoothed.certify(torch.zeros(1, 2, 2), n0=2, n=2).n == 2  # free again
+
+
+def test_async_with_closes_the_adapter_on_the_running_loop_and_then_refuses_use():
+    gate = _Gate()
+    gate.release.set()
+
+    async def main():
+        async with SmoothedClassifier(gate, 0.25, device="cpu", seed=0) as smoothed:
+            await smoothed.acertify(torch.zeros(1, 2, 2), n0=2, n=2)
+        return smoothed, asyncio.get_running_loop()
+
+    smoothed, loop = asyncio.run(main())
+    assert loop in gate.closed_on
+    with pytest.raises(UsageError, match="closed"):
+        smoothed.certify(torch.zeros(1, 2, 2), n0=2, n=2)
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_it_is_drawn():
+    recorder = Recorder()
+    smoothed = SmoothedClassifier(recorder, 0.25, batch_size=10**9, device="cpu", seed=0)
+    with pytest.raises(InvalidInputError, match="batch_size=1000000000 on a 64x64 image"):
+        smoothed.certify(torch.zeros(3, 64, 64), n0=10**9, n=10**9)
+    assert recorder.batches == []
+    assert smoothed.certify(torch.zeros(3, 64, 64), n0=2, n=2).n == 2  # batches of 2 fit

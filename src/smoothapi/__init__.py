@@ -5,6 +5,7 @@ smoothed = SmoothedClassifier(LocalModelAdapter(model), sigma=0.25, denoiser=den
 result = smoothed.certify(image, n0=100, n=10_000, alpha=0.001)
 """
 
+from ._images import ImageWarning
 from .adapters import Adapter, LocalModelAdapter
 from .certification import (
     ABSTAIN,
@@ -18,7 +19,16 @@ from .certification import (
 )
 from .denoisers import create_denoiser, list_denoisers, load_denoiser
 from .dispatch import ClientStats, RateLimits, RetryPolicy
-from .errors import CheckpointError, InvalidInputError, MissingDependencyError, SmoothAPIError
+from .errors import (
+    CheckpointError,
+    Interrupted,
+    InvalidInputError,
+    JournalError,
+    JournalLockedError,
+    MissingDependencyError,
+    SmoothAPIError,
+    UsageError,
+)
 from .runs import ImageOutcome
 from .sequential import (
     Outcome,
@@ -38,7 +48,11 @@ __all__ = [
     "CheckpointError",
     "ClientStats",
     "ImageOutcome",
+    "ImageWarning",
+    "Interrupted",
     "InvalidInputError",
+    "JournalError",
+    "JournalLockedError",
     "LocalModelAdapter",
     "MissingDependencyError",
     "Outcome",
@@ -49,6 +63,7 @@ __all__ = [
     "SmoothAPIError",
     "SequentialTest",
     "SmoothedClassifier",
+    "UsageError",
     "__version__",
     "certify_counts",
     "clopper_pearson_lower",

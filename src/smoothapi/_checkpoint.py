@@ -43,7 +43,12 @@ def load_checkpoint(
         raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
     if raw is None:
         raise CheckpointError(f"{path} has no smoothapi metadata, so its model cannot be rebuilt")
-    metadata = json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its smoothapi metadata is not JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: its smoothapi metadata is not a JSON object")
     if metadata.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {metadata.get('kind')!r}, not a {kind!r}")
     return tensors, metadata

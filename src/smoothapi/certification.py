@@ -136,9 +136,21 @@ def _is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+# Noise is drawn in float32: sigma must be a normal float32 number, and small enough that
+# sigma times any normal draw (|z| < 2**10, far beyond what a generator yields) plus a pixel
+# stays finite.
+SIGMA_MIN = float(np.finfo(np.float32).tiny)
+SIGMA_MAX = float(np.finfo(np.float32).max) / 2**10
+
+
 def check_sigma(sigma: float) -> float:
     if not _is_real(sigma) or not math.isfinite(sigma) or sigma <= 0:
         raise InvalidInputError(f"sigma must be a finite number > 0, got {sigma!r}")
+    if not SIGMA_MIN <= sigma <= SIGMA_MAX:
+        raise InvalidInputError(
+            f"sigma must lie in [{SIGMA_MIN:.3g}, {SIGMA_MAX:.3g}] (noise is drawn in "
+            f"float32), got {sigma!r}"
+        )
     return float(sigma)
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,7 +27,9 @@ from typing import Any, TextIO
 import torch
 
 from . import __version__
-from ._images import load_image
+from ._image_files import ImageFile, natural_key, scan_images
+from ._image_files import _candidates as image_candidates
+from ._images import IMAGE_EXTENSIONS, ImageWarning, check_batch_memory, load_image
 from .adapters.local import LocalModelAdapter
 from .analysis import (
     DEFAULT_RADII,
@@ -42,7 +44,7 @@ from .api_cli import add_api_options, check_local_options, resolve_counts, run_a
 from .certification import check_alpha, check_count, check_sigma
 from .demo import run_demo, run_denoised_demo
 from .denoisers import load_denoiser
-from .errors import InvalidInputError, SmoothAPIError
+from .errors import Interrupted, InvalidInputError, SmoothAPIError
 from .runs import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
@@ -59,8 +61,7 @@ from .training.commands import add_training_commands
 __all__ = ["IMAGE_EXTENSIONS", "ImageEntry", "find_images", "main"]
 
 PROG = "smoothapi"
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-EXIT_OK, EXIT_ERROR = 0, 2
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2  # 1: some images could not be read
 
 
 # --- finding the images ------------------------------------------------------------------
@@ -78,19 +79,9 @@ class ImageEntry:
         return f"ImageEntry({self.name!r}, label={self.label!r})"
 
 
-def _natural_key(text: str) -> tuple:
-    """Sort ``2.png`` before ``10.png``; deterministic for any names."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
-                 for part in re.split(r"(\d+)", text))
-
-
-def _is_image(path: Path) -> bool:
-    return (path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-            and not path.name.startswith("."))
-
-
 def find_images(root: str | Path) -> list[ImageEntry]:
-    """The images under ``root`` (a file or a folder), sorted, with their true labels.
+    """The files named like images under ``root`` (a file or a folder), sorted, with their
+    true labels, without reading them (:func:`~smoothapi._image_files.scan_images` reads).
 
     A single file is taken as one image with no label. In a folder, images directly
     in it have no label, and images anywhere under a subfolder take that subfolder's
@@ -103,17 +94,33 @@ def find_images(root: str | Path) -> list[ImageEntry]:
         return [ImageEntry(root, root.name, None)]
     if not root.is_dir():
         raise InvalidInputError(f"images path is neither a file nor a folder: {root}")
-    entries = [ImageEntry(p, p.name, None) for p in root.iterdir() if _is_image(p)]
-    for folder in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in folder.rglob("*"):
-            relative = path.relative_to(root)
-            if _is_image(path) and not any(part.startswith(".") for part in relative.parts):
-                entries.append(ImageEntry(path, relative.as_posix(), folder.name))
-    if not entries:
+    found = image_candidates(root, IMAGE_EXTENSIONS)
+    if not found:
         raise InvalidInputError(
             f"no images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    return sorted(entries, key=lambda e: _natural_key(e.name))
+    return [ImageEntry(*c) for c in sorted(found, key=lambda c: natural_key(c[1]))]
+
+
+def _readable_images(root: str, strict: bool) -> tuple[list[ImageFile], list[int], int]:
+    """Read every image under ``root`` once. Each unreadable one is reported on stderr (with
+    ``strict`` the run is refused instead); warnings from reading are reported beside their
+    image. Returns the readable images, their indices among all files, and how many failed."""
+    scan = scan_images(root)
+    reasons = [bad.reason if str(bad.path) in bad.reason else f"cannot read {bad.path}: "
+               f"{bad.reason}" for bad in scan.unreadable]  # fmt: skip
+    if reasons and (strict or not scan.readable):
+        why = "--strict: " if scan.readable else "no image could be read: "
+        raise InvalidInputError(f"{why}{len(reasons)} unreadable image(s): {'; '.join(reasons)}")
+    for reason in reasons:
+        print(f"{PROG}: {reason}", file=sys.stderr, flush=True)
+    for image in scan.readable:
+        for note in image.warnings:
+            print(f"{PROG}: {image.name}: {note}", file=sys.stderr, flush=True)
+    names = sorted([i.name for i in scan.readable] + [b.name for b in scan.unreadable],
+                   key=natural_key)  # fmt: skip
+    order = {name: index for index, name in enumerate(names)}
+    return scan.readable, [order[image.name] for image in scan.readable], len(scan.unreadable)
 
 
 # --- the subcommands ----------------------------------------------------------------------------
@@ -142,23 +149,50 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
-def _check_images(entries: list[ImageEntry], adapter: LocalModelAdapter) -> None:
-    """Fail before any output: every image must load, and the model must accept each shape."""
+def _check_images(
+    images: list[ImageFile],
+    adapter: LocalModelAdapter,
+    denoiser: torch.nn.Module | None,
+    batch_size: int,
+    device: torch.device,
+) -> None:
+    """Fail before any output: for each image shape, a batch must fit in memory, and the
+    denoiser (if any) and the model must take an image of that shape."""
     tried: set[tuple[int, ...]] = set()
-    for entry in entries:
-        image = load_image(entry.path)  # raises InvalidInputError naming the file
-        if tuple(image.shape) in tried:
+    for entry in images:
+        if entry.shape in tried:
             continue
-        tried.add(tuple(image.shape))
+        tried.add(entry.shape)
+        channels, height, width = entry.shape
+        what = f"{entry.path} (a {channels}-channel {height}x{width} image)"
+        check_batch_memory(entry.shape, batch_size, device)
+        batch = _load(entry.path).unsqueeze(0).to(device)
+        if denoiser is not None:
+            try:
+                with torch.inference_mode():
+                    batch = denoiser(batch)
+            except RuntimeError as exc:
+                reason = _first_line(exc)
+                raise InvalidInputError(f"the denoiser cannot take {what}: {reason}") from exc
         try:
-            adapter.top_labels(image.unsqueeze(0))
+            adapter.top_labels(batch)
         except (RuntimeError, IndexError, ValueError) as exc:
-            message = str(exc).strip()
-            first_line = message.splitlines()[0] if message else type(exc).__name__
-            raise InvalidInputError(
-                f"the model cannot classify {entry.path} (a {image.shape[0]}-channel "
-                f"{image.shape[1]}x{image.shape[2]} image): {first_line}"
-            ) from None
+            reason = _first_line(exc)
+            raise InvalidInputError(f"the model cannot classify {what}: {reason}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of torch's reason (the cause, when the package wrapped it already)."""
+    exc = exc.__cause__ or exc
+    message = str(exc).strip()
+    return message.splitlines()[0] if message else type(exc).__name__
+
+
+def _load(path: Path) -> torch.Tensor:
+    """An image the scan read already: its warnings were reported then."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ImageWarning)
+        return load_image(path)
 
 
 @contextlib.contextmanager
@@ -178,14 +212,14 @@ def _output(path: str | None) -> Iterator[TextIO]:
 class _LazyImages(Sequence):
     """The images of ``entries``, each loaded when the runner reaches it."""
 
-    def __init__(self, entries: list[ImageEntry]) -> None:
+    def __init__(self, entries: list[ImageFile]) -> None:
         self.entries = entries
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
-        return load_image(self.entries[index].path)
+        return _load(self.entries[index].path)
 
 
 def _run_images(args: argparse.Namespace, certify: bool) -> int:
@@ -202,10 +236,11 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
     check_local_options(args)
     device = _device(args.device)
     adapter = LocalModelAdapter.from_checkpoint(args.model, device=device)
-    entries = find_images(args.images)
-    _check_images(entries, adapter)
     use = args.denoiser is not None and args.denoiser.lower() != "none"
-    denoiser = load_denoiser(args.denoiser) if use else None
+    denoiser = load_denoiser(args.denoiser, device=device) if use else None
+    entries, indices, unreadable = _readable_images(args.images, args.strict)
+    samples = max(args.n, getattr(args, "n0", None) or 1)
+    _check_images(entries, adapter, denoiser, min(args.batch_size, samples), device)
     shard = Shard.from_env()
     if shard.world > 1 and (args.output is None or args.output == "-"):
         raise InvalidInputError("under torchrun, give --output: each process writes its "
@@ -233,8 +268,13 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
         else:
             outcomes = predict_many(smoothed, images, args.n, args.alpha, **options)
         write_log(outcomes, LogWriter(out, args.format, columns), sigma=smoothed.sigma,
-                  labels=[e.label for e in entries], files=[e.name for e in entries])
+                  labels=[e.label for e in entries], files=[e.name for e in entries],
+                  indices=indices)
     shard.merge(args.output, args.format, columns)
+    if unreadable:
+        print(f"{PROG}: {unreadable} image(s) could not be read (listed above); the other "
+              f"{len(entries)} were processed", file=sys.stderr)
+        return EXIT_PARTIAL
     return EXIT_OK
 
 
@@ -343,6 +383,9 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
                              "with the same --seed resumes without repeating work")
     parser.add_argument("--format", choices=("tsv", "json"), default="tsv",
                         help="tsv (default) or json (JSON Lines, with counts and bounds)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse the run if any image cannot be read (default: process "
+                             "the readable ones, list the others, exit 1)")
     add_api_options(parser, certify)
 
 
@@ -440,8 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SmoothAPIError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Interrupted says what was spent
+        print(f"{PROG}: {exc if isinstance(exc, Interrupted) else 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`smoothapi certify ... | head`): stop quietly, and point

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
 import threading
 import weakref
 from collections import Counter
@@ -33,7 +34,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from .certification import Label, check_count
-from .errors import ProviderError, RateLimitError
+from .errors import Interrupted, ProviderError, RateLimitError, UsageError
 
 if TYPE_CHECKING:
     from .adapters.base import Adapter
@@ -193,6 +194,28 @@ class Dispatcher:
         self.request_size = adapter.max_batch or batch_size
         self.stats = ClientStats()
         self._throttles: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._guard = threading.Lock()
+        self._busy_loop: asyncio.AbstractEventLoop | None = None
+        self._busy = 0
+
+    @contextlib.contextmanager
+    def one_loop(self) -> Iterator[None]:
+        """Admit a call: any number at once on one event loop, none from a second loop while
+        the first is busy (the rate limits hold per loop), else :class:`UsageError`."""
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            if self._busy and self._busy_loop is not loop:
+                raise UsageError(
+                    "this classifier is already sending from another event loop (another "
+                    "thread); await its async methods on one loop, or call the sync ones, "
+                    "which take turns"
+                )
+            self._busy_loop, self._busy = loop, self._busy + 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._busy -= 1
 
     async def counts(
         self, produce: BatchProducer, num: int, store: AnswerStore = UNRECORDED
@@ -239,10 +262,10 @@ class Dispatcher:
             while pending:
                 for task in await _first_done(pending):
                     yield pending.pop(task), task.result()
-        finally:  # an error (or the caller leaving): nothing may keep sending
+        finally:  # an error, Ctrl-C or the caller leaving: send nothing more, keep what was sent
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await _settle(pending)
 
     async def ask(
         self, images: torch.Tensor, indices: list[int], store: AnswerStore = UNRECORDED
@@ -264,19 +287,10 @@ class Dispatcher:
                 async with throttle.request(len(todo)):
                     self.stats.requests += 1
                     self.stats.images += len(todo)
-                    try:
-                        outcomes = await self.adapter.ascored_or_errors(images[todo])
-                    except ProviderError as error:
-                        self.stats.possibly_billed += len(todo) * error.possibly_billed
-                        raise
+                    sent = [indices[i] for i in todo]
+                    outcomes = await _paid(self._send(images[todo], sent, store))
                 done = [(i, o) for i, o in zip(todo, outcomes, strict=True)
                         if not isinstance(o, ProviderError)]  # fmt: skip
-                self.stats.answered += len(done)
-                self.stats.possibly_billed += sum(
-                    isinstance(o, ProviderError) and o.possibly_billed for o in outcomes
-                )
-                if done:
-                    store.record([(indices[i], label, score) for i, (label, score) in done])
                 answers.update((i, label) for i, (label, _) in done)
                 failed = [(i, o) for i, o in zip(todo, outcomes, strict=True)
                           if isinstance(o, ProviderError)]  # fmt: skip
@@ -285,6 +299,24 @@ class Dispatcher:
                     errors = [error for _, error in failed]
                     raise next((e for e in errors if not e.retryable), errors[0])
         return [answers[i] for i in range(len(indices))]
+
+    async def _send(self, images: torch.Tensor, indices: list[int], store: AnswerStore) -> list:
+        """One request; the answers that came back are committed to ``store`` at once, and
+        counted as answered; images of a request abandoned unanswered as possibly billed."""
+        try:
+            outcomes = await self.adapter.ascored_or_errors(images)
+        except ProviderError as error:
+            self.stats.possibly_billed += len(indices) * error.possibly_billed
+            raise
+        done = [(i, *o) for i, o in zip(indices, outcomes, strict=True)
+                if not isinstance(o, ProviderError)]  # fmt: skip
+        if done:
+            store.record(done)
+        self.stats.answered += len(done)
+        self.stats.possibly_billed += sum(
+            isinstance(o, ProviderError) and o.possibly_billed for o in outcomes
+        )
+        return outcomes
 
     async def _produce(self, produce: BatchProducer, index: int, size: int) -> torch.Tensor:
         """Batch ``index``; in a worker thread when requests may be in flight meanwhile."""
@@ -318,6 +350,31 @@ class Dispatcher:
         return self._throttles[loop]
 
 
+async def _paid(request: Coroutine[Any, Any, T]) -> T:
+    """Await a request that is being sent. Cancelling the caller (Ctrl-C, a failure
+    elsewhere) does not cancel the request: it is paid for, so its answers are awaited
+    and committed first, then the cancellation goes on."""
+    task = asyncio.ensure_future(request)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await _settle([task])
+        raise
+
+
+async def _settle(tasks: Iterable[asyncio.Future]) -> None:
+    """Wait until every task is done, however often the caller is cancelled meanwhile (they
+    are being cancelled already; what they still do is commit answers that were paid for)."""
+    waiting = set(tasks)
+    while waiting:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait(waiting)
+        waiting = {task for task in waiting if not task.done()}
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller is raising its own error
+
+
 async def _first_done(pending: dict[asyncio.Future, list[int]]) -> set[asyncio.Future]:
     """Wait until at least one pending request has finished; the finished ones."""
     done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -325,58 +382,161 @@ async def _first_done(pending: dict[asyncio.Future, list[int]]) -> set[asyncio.F
 
 
 # --- sync callers ----------------------------------------------------------------------
+#
+# A sync call runs its coroutine as one task on an event loop: the bridge's own (kept
+# between calls), or, inside a running loop (a notebook, asyncio.run), a fresh one in a
+# worker thread. While it runs in the main thread, the first Ctrl-C cancels that task
+# instead of raising wherever the interpreter happens to be: the dispatcher then sends
+# nothing more, awaits the requests in flight and commits their answers, and the caller
+# gets :class:`~smoothapi.errors.Interrupted` with what was spent. A second Ctrl-C raises
+# KeyboardInterrupt at once. Nothing is left on the loop to resume at the next call.
 
 
-def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+def _overridable(handler: Any) -> bool:
+    """A SIGINT handler we may stand in for: Python's default, or asyncio's (which would only
+    cancel the outer task, after the sync call inside it had paid for everything)."""
+    runner = getattr(asyncio, "Runner", None)  # Python 3.11+
+    owner = getattr(getattr(handler, "func", handler), "__self__", None)  # a partial of a method
+    return handler is signal.default_int_handler or (
+        runner is not None and isinstance(owner, runner)
+    )
+
+
+@contextlib.contextmanager
+def _cancel_on_interrupt(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> Iterator[list]:
+    """While it lasts, the first Ctrl-C cancels ``task`` and is noted in the list yielded;
+    a second raises KeyboardInterrupt. Only in the main thread, over Python's or asyncio's
+    own handler (a handler of the caller's is left alone)."""
+    interrupted: list[bool] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+    if not _overridable(previous):
+        yield interrupted
+        return
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if interrupted or task.done():
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        loop.call_soon_threadsafe(task.cancel)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(stats: ClientStats | None) -> Interrupted:
+    spent = ""
+    if stats is not None:
+        spent = f"; {stats.requests} requests ({stats.images} images) sent in all"
+    return Interrupted(
+        "interrupted: nothing was sent after Ctrl-C, and the answers of the requests in "
+        "flight were kept" + spent,
+        stats,
+    )
+
+
+def _run_here(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T],
+              stats: ClientStats | None) -> T:  # fmt: skip
+    """Run ``coroutine`` on ``loop`` in this thread, Ctrl-C cancelling it cleanly."""
+    task = asyncio.ensure_future(coroutine, loop=loop)
+    with _cancel_on_interrupt(loop, task) as interrupted:
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if interrupted:
+                raise _interrupted(stats) from None
+            raise
+
+
+def _run_in_thread(coroutine: Coroutine[Any, Any, T], stats: ClientStats | None) -> T:
+    """Run ``coroutine`` on a fresh loop in a worker thread; this thread waits, and its
+    Ctrl-C cancels the worker's task cleanly."""
+    loop = asyncio.new_event_loop()
+    task = asyncio.ensure_future(coroutine, loop=loop)
+    worker = threading.Thread(target=_run_to_end, args=(loop, task), name="smoothapi-sync")
+    with _cancel_on_interrupt(loop, task) as interrupted:
+        worker.start()
+        try:
+            worker.join()
+        except KeyboardInterrupt:  # not ours to turn into a cancellation: stop sending anyway
+            with contextlib.suppress(RuntimeError):  # the loop may just have closed
+                loop.call_soon_threadsafe(task.cancel)
+            raise
+    if interrupted and task.cancelled():
+        raise _interrupted(stats) from None
+    return task.result()
+
+
+def _run_to_end(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+    with contextlib.suppress(BaseException):  # the caller reads the task's outcome
+        loop.run_until_complete(task)
+    _close_loop(loop)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close ``loop`` as ``asyncio.run`` does: cancel and await what is left, finish async
+    generators and worker threads, so that nothing complains when it is collected."""
+    try:
+        leftover = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T], stats: ClientStats | None = None) -> T:
     """Run a coroutine to completion from sync code, even inside a running event loop
-    (a notebook): then it runs on a fresh loop in a worker thread."""
+    (a notebook): then it runs on a fresh loop in a worker thread. Ctrl-C cancels it
+    cleanly and raises :class:`~smoothapi.errors.Interrupted` (with ``stats``)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
-    result: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
+        loop = asyncio.new_event_loop()
         try:
-            result.append(asyncio.run(coroutine))
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
+            return _run_here(loop, coroutine, stats)
+        finally:
+            _close_loop(loop)
+    return _run_in_thread(coroutine, stats)
 
 
 class SyncBridge:
     """Runs an adapter's coroutines from sync code on an event loop of its own, kept
-    between calls (so its connections are reused) and closed by :meth:`close`."""
+    between calls (so its connections are reused) and closed by :meth:`close`.
 
-    def __init__(self, adapter: Adapter) -> None:
-        self.adapter = adapter
+    Calls from several threads take turns (one lock); Ctrl-C as in :func:`run_sync`.
+    """
+
+    def __init__(self, adapter: Adapter, stats: ClientStats | None = None) -> None:
+        self.adapter, self.stats = adapter, stats
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` to completion; inside a running loop (a notebook) it runs on a
         fresh loop in a worker thread, and the adapter's clients for it are closed after."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            if self.loop is None or self.loop.is_closed():
-                self.loop = asyncio.new_event_loop()
-                weakref.finalize(self, self.loop.close)  # if close() is never called
-            return self.loop.run_until_complete(coroutine)
-
-        async def scoped() -> T:
+        with self._lock:
             try:
-                return await coroutine
-            finally:
-                await self.adapter.aclose()
+                asyncio.get_running_loop()
+            except RuntimeError:
+                if self.loop is None or self.loop.is_closed():
+                    self.loop = asyncio.new_event_loop()
+                    weakref.finalize(self, self.loop.close)  # if close() is never called
+                return _run_here(self.loop, coroutine, self.stats)
+            return _run_in_thread(self._scoped(coroutine), self.stats)
 
-        return run_sync(scoped())
+    async def _scoped(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await coroutine
+        finally:
+            await self.adapter.aclose()
 
     def iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
         """An async iterator's items, one :meth:`run` each."""
@@ -387,7 +547,22 @@ class SyncBridge:
                 return
 
     def close(self) -> None:
-        """Close the adapter's connections made on this bridge's loop, then the loop."""
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.run_until_complete(self.adapter.aclose())
-            self.loop.close()
+        """Close the adapter's connections made on this bridge's loop, then the loop (from a
+        worker thread when called inside a running loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._close()
+            return
+        worker = threading.Thread(target=self._close, name="smoothapi-close")
+        worker.start()
+        worker.join()
+
+    def _close(self) -> None:
+        with self._lock:
+            if self.loop is None or self.loop.is_closed():
+                return
+            try:
+                self.loop.run_until_complete(self.adapter.aclose())
+            finally:
+                _close_loop(self.loop)

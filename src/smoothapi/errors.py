@@ -9,6 +9,11 @@ so ``except smoothapi.SmoothAPIError`` catches all of them::
     ├── MissingDependencyError     (also an ImportError): an optional extra is not installed
     ├── ReplayMissError            a replayed recording has no response for this request
     ├── BudgetExceededError        a run stopped at its query or cost cap
+    ├── UsageError                 (also a RuntimeError): used after close(), or from two
+    │                              event loops at once
+    ├── JournalError               a journal file that cannot be used: a folder, unwritable,
+    │   │                          not SQLite, damaged, or an unknown run
+    │   └── JournalLockedError     another process is writing to it (``.holder`` says who)
     └── ProviderError              a vision API refused or failed a request
         ├── AuthenticationError    401: missing or wrong credentials
         ├── PermissionDeniedError  403: no access, or the quota is spent
@@ -18,6 +23,9 @@ so ``except smoothapi.SmoothAPIError`` catches all of them::
         ├── ServerError            5xx (retryable)
         └── APIConnectionError     no answer: refused, reset, DNS (retryable)
             └── APITimeoutError    no answer in time (retryable)
+
+:class:`Interrupted` is not in the tree on purpose: it is a ``KeyboardInterrupt`` (Ctrl-C
+stopped a run), so ``except Exception`` never swallows it.
 
 ``ProviderError.retryable`` says whether sending the same request again may succeed,
 ``retry_after`` how long the server asked to wait first (any status that sends it), and
@@ -44,6 +52,9 @@ __all__ = [
     "CheckpointError",
     "InvalidImageError",
     "InvalidInputError",
+    "Interrupted",
+    "JournalError",
+    "JournalLockedError",
     "MissingDependencyError",
     "PermissionDeniedError",
     "ProviderError",
@@ -51,6 +62,7 @@ __all__ = [
     "ReplayMissError",
     "ServerError",
     "SmoothAPIError",
+    "UsageError",
     "error_for_status",
     "parse_retry_after",
 ]
@@ -87,6 +99,35 @@ class ReplayMissError(SmoothAPIError, LookupError):
 
 class BudgetExceededError(SmoothAPIError):
     """A run reached its query (or cost) cap; the results so far were kept."""
+
+
+class UsageError(SmoothAPIError, RuntimeError):
+    """An object used in a way it cannot serve: after ``close()``, or from a second event
+    loop while another is sending through it."""
+
+
+class JournalError(SmoothAPIError):
+    """A journal that cannot be used: the path is a folder or unwritable, the file is not
+    SQLite or is damaged, or a run asked for is not in it."""
+
+
+class JournalLockedError(JournalError):
+    """Another process is writing to this journal; a journal has one writer at a time.
+    ``holder`` is what its lock file says: ``pid``, ``host``, ``since``."""
+
+    def __init__(self, message: str, holder: dict | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run: no request was sent after it, the requests in flight were
+    awaited and their answers kept (journaled, with a journal). ``stats`` is the
+    classifier's :class:`~smoothapi.ClientStats`: what was spent in all."""
+
+    def __init__(self, message: str, stats: object = None) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 class ProviderError(SmoothAPIError):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import InvalidInputError
+
 __all__ = ["NOISE_SCHEME", "ImageKey", "Phase", "Sampler", "image_digest"]
 
 NOISE_SCHEME = 1
@@ -99,14 +101,38 @@ class Sampler:
         state = seed_seq.generate_state(2, np.uint32)
         generator = torch.Generator(self.device).manual_seed((int(state[0]) << 31) ^ int(state[1]))
         noise = torch.randn((size, *x.shape), generator=generator, device=self.device)
-        return self._denoise(noise.mul_(self.sigma).add_(x))
+        noisy = _finite(noise.mul_(self.sigma).add_(x), f"the noisy batch at sigma={self.sigma}")
+        return self._denoise(noisy)
 
     def clean_batch(self, x: torch.Tensor) -> torch.Tensor:
         """``D(x)`` for the clean image, as a batch of one."""
         return self._denoise(x.to(self.device).unsqueeze(0))
 
     def _denoise(self, batch: torch.Tensor) -> torch.Tensor:
+        """``D(batch)``; a denoiser that cannot take the batch, or returns NaN or infinite
+        values (damaged weights), is an :class:`~smoothapi.errors.InvalidInputError`."""
         if self.denoiser is None:
             return batch
-        with torch.inference_mode():
-            return self.denoiser(batch)
+        try:
+            with torch.inference_mode():
+                denoised = self.denoiser(batch)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:  # a shape or dtype the denoiser cannot take
+            shape = "x".join(map(str, batch.shape[1:]))
+            raise InvalidInputError(
+                f"the denoiser cannot take {shape} images: {_first_line(exc)}"
+            ) from exc
+        return _finite(denoised, "the denoiser's output")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _finite(batch: torch.Tensor, what: str) -> torch.Tensor:
+    """``batch``, if every value is finite: NaN or infinity would certify garbage."""
+    if not bool(torch.isfinite(batch).all()):
+        raise InvalidInputError(f"{what} has NaN or infinite values; it was not sent")
+    return batch

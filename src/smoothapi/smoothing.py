@@ -10,20 +10,22 @@ loop. Datasets are :mod:`smoothapi.runs`' job.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from ._checkpoint import module_digest
-from ._images import ImageLike, as_image_tensor
+from ._images import PEAK_FLOATS_PER_PIXEL, ImageLike, as_image_tensor, check_batch_memory
 from .adapters.base import Adapter
+from .adapters.local import LocalModelAdapter
 from .certification import (
     ABSTAIN,
     Certification,
@@ -33,6 +35,7 @@ from .certification import (
     check_alpha,
     check_count,
     check_radius,
+    check_seed,
     check_sigma,
     predict_counts,
     top_label,
@@ -47,7 +50,7 @@ from .dispatch import (
     SyncBridge,
     all_or_nothing,
 )
-from .errors import InvalidInputError
+from .errors import InvalidInputError, UsageError
 from .journal import Journal, JournalRun
 from .sampling import NOISE_SCHEME, ImageKey, Phase, Sampler
 from .sequential import Outcome, RadiusCertification, SequentialTest
@@ -59,8 +62,65 @@ __all__ = ["ClientStats", "RateLimits", "RetryPolicy", "SmoothedClassifier"]
 
 DEFAULT_BATCH_SIZE = 256
 
+_T = TypeVar("_T")
+_Self = TypeVar("_Self", bound="_Closing")
 
-class SmoothedClassifier:
+
+class _Closing:
+    """Closing a classifier: the adapter's connections and an owned journal; ``with`` and
+    ``async with``. Any use after :meth:`close` raises :class:`~smoothapi.errors.UsageError`."""
+
+    adapter: Adapter
+    journal: Journal | None
+    _bridge: SyncBridge
+    _owns_journal: bool = False
+    _closed: bool = False
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self: _Self) -> _Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def close(self) -> None:
+        """Close the adapter's connections made by the sync methods, and an owned journal."""
+        self._closed = True
+        self._bridge.close()
+        if self._owns_journal and self.journal is not None:
+            self.journal.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, and the adapter's connections made on the running event loop by
+        the async methods (``close()`` from sync code cannot reach those)."""
+        self._closed = True
+        await self.adapter.aclose()
+        await asyncio.to_thread(self.close)
+
+
+_Method = Callable[..., Coroutine[Any, Any, _T]]
+
+
+def _entry(method: _Method[_T]) -> _Method[_T]:
+    """An async entry point: refused after ``close()``, and from a second event loop while
+    another is sending through this classifier (:meth:`Dispatcher.one_loop`)."""
+
+    @functools.wraps(method)
+    async def guarded(self: SmoothedClassifier, *args: Any, **kwargs: Any) -> _T:
+        if self._closed:
+            raise UsageError("this SmoothedClassifier is closed; make a new one")
+        with self.dispatcher.one_loop():
+            return await method(self, *args, **kwargs)
+
+    return guarded
+
+
+class SmoothedClassifier(_Closing):
     """The smoothed classifier ``g(x) = argmax_c P[f(D(x + delta)) = c]``, delta ~ N(0, sigma^2 I).
 
     ``f`` is the base classifier behind ``adapter`` and ``D`` the optional ``denoiser``
@@ -82,8 +142,10 @@ class SmoothedClassifier:
         retry: how failed requests are retried (:class:`RetryPolicy`).
         limits: request rate, image rate and requests in flight (:class:`RateLimits`).
 
-    Use it as a context manager, or call :meth:`close`, to release the adapter's
-    connections and the journal.
+    Use it as a context manager (``with``, or ``async with`` after the async methods), or
+    call :meth:`close` / :meth:`aclose`, to release the adapter's connections and the
+    journal. One classifier may serve several threads: sync calls take turns, and the
+    async methods may run concurrently on one event loop, not on two at once.
     """
 
     def __init__(
@@ -109,8 +171,7 @@ class SmoothedClassifier:
         self.batch_size = check_count("batch_size", batch_size)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.denoiser = None if denoiser is None else denoiser.to(self.device).eval()
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
+        seed = check_seed(seed)
         self.seed = secrets.randbits(63) if seed is None else seed
         self._owns_journal = journal is not None and not isinstance(journal, Journal)
         self.journal = Journal(journal) if self._owns_journal else journal
@@ -118,22 +179,10 @@ class SmoothedClassifier:
         self.dispatcher = Dispatcher(adapter, self.batch_size, retry, limits)
         self.retry = retry
         self.stats = self.dispatcher.stats
-        self._bridge = SyncBridge(adapter)
+        self._bridge = SyncBridge(adapter, self.stats)
         self._journal_run: JournalRun | None = None
         if self.journal is not None:  # registers the run, so the journal shows what it was
             self._journal_run = self.journal.run(self.run_key, self.run_config())
-
-    def __enter__(self) -> SmoothedClassifier:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the adapter's connections made by this classifier, and an owned journal."""
-        self._bridge.close()
-        if self._owns_journal and self.journal is not None:
-            self.journal.close()
 
     @functools.cached_property
     def run_key(self) -> str:
@@ -151,6 +200,14 @@ class SmoothedClassifier:
             "noise_scheme": NOISE_SCHEME,
         }
 
+    def _image(self, image: ImageLike, samples: int) -> torch.Tensor:
+        """``image`` as a tensor, once its largest noisy batch is known to fit in memory."""
+        x = as_image_tensor(image)
+        local = self.denoiser is not None or isinstance(self.adapter, LocalModelAdapter)
+        check_batch_memory(tuple(x.shape), min(self.batch_size, samples), self.device,
+                           floats_per_pixel=PEAK_FLOATS_PER_PIXEL if local else 0)  # fmt: skip
+        return x
+
     def _store(self, key: ImageKey, phase: Phase) -> AnswerStore:
         """Where the answers of one stream are kept: this run's journal, if there is one."""
         return UNRECORDED if self._journal_run is None else self._journal_run.stream(key, phase)
@@ -167,12 +224,13 @@ class SmoothedClassifier:
         class of ``n`` noisy samples, when a binomial test of the top two counts rejects a tie."""
         return self._bridge.run(self.apredict(image, n, alpha))
 
+    @_entry
     async def apredict(
         self, image: ImageLike, n: int = 1_000, alpha: float = 0.001, *, image_id: str | None = None
     ) -> Prediction:
         """Async :meth:`predict`; ``image_id`` as in :meth:`acertify`."""
-        x = as_image_tensor(image)
         n, alpha = check_count("n", n), check_alpha(alpha)
+        x = self._image(image, n)
         key = self.sampler.key(x, image_id)
         return predict_counts(await self._counts(x, key, Phase.PREDICTION, n), alpha)
 
@@ -202,6 +260,7 @@ class SmoothedClassifier:
         options = dict(radius=radius, selection=selection, futility=futility, budget=budget)
         return self._bridge.run(self.acertify(image, n0, n, alpha, **options))
 
+    @_entry
     async def acertify(
         self,
         image: ImageLike,
@@ -221,9 +280,9 @@ class SmoothedClassifier:
         dataset index); by default it is the SHA-256 of the pixels. ``radius=r`` is
         :meth:`acertify_radius`.
         """
-        x = as_image_tensor(image)
         n = n if budget is None else budget  # ``budget`` names ``n``: the samples to spend
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
+        x = self._image(image, max(n0, n))
         if radius is not None:
             options = dict(selection=selection, futility=futility, image_id=image_id)
             return await self.acertify_radius(x, radius, n0, n, alpha, **options)
@@ -260,6 +319,7 @@ class SmoothedClassifier:
         options = dict(selection=selection, futility=futility)
         return self._bridge.run(self.acertify_radius(image, radius, n0, n, alpha, **options))
 
+    @_entry
     async def acertify_radius(
         self,
         image: ImageLike,
@@ -289,8 +349,8 @@ class SmoothedClassifier:
         ``p``). No new batch is sent once the test stops; requests already in flight are
         awaited and journaled (paid for, so counted in ``estimation_queries``).
         """
-        x = as_image_tensor(image)
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
+        x = self._image(image, max(n0, n))
         test = SequentialTest(check_radius(radius), self.sigma, alpha, n, futility)
         if not isinstance(selection, Adapter) and selection not in ("samples", "clean"):
             raise InvalidInputError(

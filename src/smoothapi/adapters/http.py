@@ -180,6 +180,14 @@ class HTTPAdapter(RemoteAdapter):
         return (f"HTTPAdapter({self.url!r}, send={self.send!r}, headers={sorted(self._headers)}, "
                 f"query={sorted(self._query)})")
 
+    def identity(self) -> dict:
+        """The base identity, with the URL's path and query but not its scheme, host or
+        port: the same model served elsewhere gives the same answers, so the same run."""
+        identity = super().identity()
+        where = urllib.parse.urlsplit(self.url)
+        what = urllib.parse.urlunsplit(("", "", where.path, where.query, ""))
+        return {**identity, "params": {**identity["params"], "url": what}}
+
     def request_params(self) -> dict[str, Any]:
         return {"url": self.url, "send": self.send, "field": self.field, "extra": self.json_extra}
 

@@ -67,9 +67,16 @@ class LocalModelAdapter(Adapter):
         x = images.to(self.device, non_blocking=True)
         if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return self.module(x)
+        try:
+            if self.mean is not None:
+                x = (x - self.mean) / self.std
+            return self.module(x)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:  # a shape or dtype the model cannot take
+            shape = "x".join(map(str, x.shape[1:]))
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidInputError(f"the model cannot take {shape} images: {message}") from exc
 
     def _label(self, index: int) -> Label:
         return index if self.class_names is None else self.class_names[index]
@@ -143,7 +150,13 @@ class LocalModelAdapter(Adapter):
     ) -> LocalModelAdapter:
         """Rebuild a classifier saved by :meth:`save` from the file's metadata alone."""
         tensors, meta = load_checkpoint(path, kind="classifier")
-        model = create_classifier(meta["arch"], **meta.get("kwargs", {}))
+        arch, kwargs = meta.get("arch"), meta.get("kwargs", {})
+        if not isinstance(arch, str) or not isinstance(kwargs, dict):
+            raise CheckpointError(f"{path}: no architecture name, or malformed kwargs {kwargs!r}")
+        try:
+            model = create_classifier(arch, **kwargs)
+        except (InvalidInputError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot rebuild classifier {arch!r}: {exc}") from exc
         try:
             model.load_state_dict(tensors)
         except RuntimeError as exc:
