@@ -254,7 +254,9 @@ class SmoothedClassifier:
         Instead of spending ``n`` samples to find the largest radius, this runs the
         anytime-valid :class:`~smoothapi.SequentialTest` (``futility`` as there), stopping
         as soon as it decides; ``n`` is its budget. The outcome is "certified" (false with
-        probability at most ``alpha``), "not_certifiable" or "budget_exhausted".
+        probability at most ``alpha``), "not_certifiable", "candidate_rejected" (another
+        class came back more often than the candidate), "no_candidate" (the selection
+        returned no class; nothing was tested) or "budget_exhausted".
         ``selection`` as in :meth:`acertify_radius`.
         """
         options = dict(selection=selection, futility=futility)
@@ -301,14 +303,15 @@ class SmoothedClassifier:
         counts: Counter = Counter()
         evaluated = 0
         if candidate is None:  # nothing to test: no class was ever returned
-            test.outcome = Outcome.NOT_CERTIFIABLE
+            outcome = Outcome.NO_CANDIDATE
         else:
             counts, evaluated = await self._sequential_counts(x, key, candidate, test)
-        certified = test.outcome is Outcome.CERTIFIED
+            outcome = _radius_outcome(test, candidate, counts)
+        certified = outcome is Outcome.CERTIFIED
         return RadiusCertification(
             label=candidate if certified else ABSTAIN,
             radius=test.radius if certified else 0.0,
-            outcome=test.outcome or Outcome.BUDGET_EXHAUSTED,
+            outcome=outcome,
             n=test.t, alpha=alpha, sigma=self.sigma, tested_radius=test.radius,
             candidate=candidate, counts=dict(counts), selection_queries=selection_queries,
             estimation_queries=evaluated, max_n=n,
@@ -357,6 +360,17 @@ class SmoothedClassifier:
         from . import runs  # the dataset layer sits above this one
 
         return runs.acertify_many(self, images, *args, **options)
+
+
+def _radius_outcome(test: SequentialTest, candidate: Label, counts: Counter) -> Outcome:
+    """The test's outcome, saying when the futility stop rejected the candidate itself:
+    another class came back more often than it in the samples the test used."""
+    if test.outcome is None:
+        return Outcome.BUDGET_EXHAUSTED
+    rivals = [c for label, c in counts.items() if label is not None and label != candidate]
+    if test.outcome is Outcome.NOT_CERTIFIABLE and max(rivals, default=0) > counts[candidate]:
+        return Outcome.CANDIDATE_REJECTED
+    return test.outcome
 
 
 async def _feed(
