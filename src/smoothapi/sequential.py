@@ -46,8 +46,9 @@ class Outcome(str, enum.Enum):
     """The futility martingale reached ``1/beta``: the data favour ``p_A < Phi(r / sigma)``."""
     CANDIDATE_REJECTED = "candidate_rejected"
     """As :attr:`NOT_CERTIFIABLE`, and another class came back more often than the
-    candidate: the noisy samples reject the candidate itself (e.g. the clean image's label
-    is not the smoothed classifier's), not just the radius."""
+    candidate in the samples the test used: they speak against the candidate itself (e.g.
+    a clean-image label that the noise does not keep), not just against the radius;
+    ``selection="samples"`` would test the noisy majority instead."""
     NO_CANDIDATE = "no_candidate"
     """The selection returned no class (``None``): there was nothing to test, and no
     estimation sample was drawn."""
@@ -218,6 +219,7 @@ class SequentialTest:
         self.k = 0
         self.t = 0
         self.outcome: Outcome | None = None
+        self._ahead = (-1, -1, -1, 0)  # (k, t, cap) -> samples_to_decide, for the last state
 
     def decide_many(self, k: np.ndarray, t: np.ndarray) -> np.ndarray:
         """The decision at each ``(k, t)`` as integer codes (0 go on, 1 certified,
@@ -282,6 +284,21 @@ class SequentialTest:
             return codes
 
         return rule
+
+    def samples_to_decide(self, cap: int) -> int:
+        """The fewest further samples after which the test could stop, at most ``cap``
+        (0 once stopped): a sampler may ask for that many at once knowing the test will use
+        every one, whatever they say. The earliest stop is that of all hits (certifying is
+        monotone in ``k``) or of all misses (futility is), so two short scans find it."""
+        if self.outcome is not None:
+            return 0
+        if self._ahead[:3] != (self.k, self.t, cap):
+            m = np.arange(1, min(cap, self.max_n - self.t) + 1)
+            hits = self.decide_many(self.k + m, self.t + m)
+            misses = self.decide_many(np.full_like(m, self.k), self.t + m)
+            stops = np.flatnonzero((hits != _GO) | (misses != _GO))
+            self._ahead = (self.k, self.t, cap, int(m[stops[0]]) if stops.size else len(m))
+        return self._ahead[3]
 
     def decide(self, k: int, t: int) -> Outcome | None:
         """The outcome if the test looks at ``k`` hits of ``t`` samples, or ``None`` to go on."""

@@ -339,10 +339,13 @@ class SmoothedClassifier:
         it used and how many estimation answers were paid for (now or in an earlier run)."""
         produce = functools.partial(self.sampler.noisy_batch, x, key, Phase.SEQUENTIAL)
         stop = lambda: test.outcome is not None  # noqa: E731
+        # Only ask for samples the test will surely use: it cannot stop sooner than
+        # samples_to_decide() more, so those may be in flight at once, and none past them.
+        window = self.dispatcher.in_flight * self.dispatcher.request_size
+        wanted = lambda: test.t + test.samples_to_decide(window)  # noqa: E731
         store = self._store(key, Phase.SEQUENTIAL)
-        return await _feed(
-            test, candidate, self.dispatcher.answers(produce, test.max_n, store, stop)
-        )
+        answers = self.dispatcher.answers(produce, test.max_n, store, stop, wanted)
+        return await _feed(test, candidate, answers)
 
     # --- datasets: smoothapi.runs -------------------------------------------------------
     def certify_many(
