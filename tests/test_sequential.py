@@ -24,6 +24,7 @@ from smoothapi import (
     SequentialTest,
     SmoothedClassifier,
 )
+from smoothapi.journal import Journal
 from smoothapi.sequential import (
     _CERT,
     _GO,
@@ -207,13 +208,22 @@ def test_expected_queries_approach_the_information_floor():
 # --- end to end through SmoothedClassifier ----------------------------------------------
 
 
-def test_sdk_false_certificates_beyond_the_true_radius_occur_at_most_at_rate_alpha(digit_images):
+@pytest.mark.filterwarnings("ignore::smoothapi.journal.RepeatedAttemptWarning")
+@pytest.mark.parametrize("journaled", [False, True])
+def test_sdk_false_certificates_beyond_the_true_radius_occur_at_most_at_rate_alpha(
+    digit_images, tmp_path, journaled
+):
     # The linear classifier's smoothed radius is exactly d; testing r just above d puts
     # p_A = Phi(d/sigma) at (just below) p*, the hardest null. A larger alpha keeps it fast.
     # False-alarm rate: each binomial test below fires wrongly with probability <= 0.001.
-    sigma, d, r, alpha, max_n, trials = 0.25, 0.25, 0.2501, 0.05, 100, 4000
+    # Through a journal too: every trial is a new occurrence of the same attempt, fresh noise.
+    sigma, d, r, alpha, max_n = 0.25, 0.25, 0.2501, 0.05, 100
+    trials = 2000 if journaled else 4000
     x = digit_images[0]
-    smoothed = SmoothedClassifier(linear_adapter(x, d), sigma, batch_size=25, device="cpu", seed=7)
+    journal = Journal(tmp_path / "j.sqlite", durability="normal") if journaled else None
+    smoothed = SmoothedClassifier(
+        linear_adapter(x, d), sigma, batch_size=25, device="cpu", seed=7, journal=journal
+    )
     false = 0
     for _ in range(trials):
         result = smoothed.certify(x, n=max_n, alpha=alpha, radius=r, selection="clean")
