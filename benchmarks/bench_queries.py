@@ -22,7 +22,7 @@ the noise on its one pixel: i.i.d. Bernoulli(p_A) answers that are a function of
 as a real classifier's are. Measured means are over ``--trials`` images (their standard
 error is printed); the run is seeded.
 
-    python benchmarks/bench_queries.py [--trials 200]
+    python benchmarks/bench_queries.py [--trials 600]   # about 15 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def fixed_n_certifies(p_a: float, p_star: float, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=200, help="images per measured cell")
+    parser.add_argument("--trials", type=int, default=600, help="images per measured cell")
     trials = parser.parse_args().trials
     header = (
         f"{'r':>5} {'p_A':>6} | {'exact':>7} {'1/req':>13} {'16/req':>13} | {'floor':>6} "
