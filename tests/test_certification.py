@@ -150,9 +150,20 @@ def test_samples_needed_refuses_impossible_requests():
         lambda: predict_counts({}, 0.1),
         lambda: max_certifiable_radius(0, 0.001, 0.25),
         lambda: clopper_pearson_lower(11, 10, 0.001),
+        lambda: clopper_pearson_lower(5.5, 10, 0.001),
+        lambda: clopper_pearson_lower(True, 10, 0.001),
+        lambda: clopper_pearson_lower(np.bool_(True), 10, 0.001),
+        lambda: clopper_pearson_lower(-1, 10, 0.001),
+        lambda: clopper_pearson_lower(5.0, 10, 0.001),
         lambda: samples_needed(-0.1, 0.25, 0.001),
     ],
 )
 def test_bad_arguments_raise_value_errors(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_lower_bound_takes_python_and_numpy_integer_counts_alike():
+    expected = clopper_pearson_lower(7, 10, 0.01)
+    assert clopper_pearson_lower(np.int64(7), np.int32(10), 0.01) == expected
+    assert clopper_pearson_lower(np.uint8(0), 10, 0.01) == 0.0

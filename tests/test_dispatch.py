@@ -213,11 +213,50 @@ def test_known_answers_are_not_asked_again_and_new_ones_are_committed_first():
 
 
 def test_no_request_is_made_once_stop_holds_but_sent_ones_are_still_yielded():
+    adapter = FakeAdapter()  # 4 images a request, one request at a time
+    checks = []
+    answered = _collect(
+        Dispatcher(adapter, 8), 400, stop=lambda: len(checks.append(0) or checks) > 2
+    )
+    # stop() is asked before the first batch and before each request: the second request of
+    # the first batch of 8 is never made (it was checked per batch of 8 before issue 15).
+    assert len(answered) == 4 and sum(len(r) for r in adapter.requests) == 4
+
+
+class OneAtATime(FakeAdapter):
+    """One image a request, up to 8 in flight, answers after a short random delay."""
+
+    max_batch, max_in_flight = 1, 8
+
+    async def _send(self, images):
+        await asyncio.sleep(0.0005 * (hash(images[0]) % 4))
+        return await super()._send(images)
+
+
+def test_stop_is_checked_before_every_request_so_only_requests_in_flight_overshoot():
+    adapter = OneAtATime()
+    answered: dict[int, str] = {}
+
+    async def run():
+        dispatcher = Dispatcher(adapter, 256)  # noise batches of 256, requests of one image
+        stop = lambda: len(answered) >= 5  # noqa: E731
+        async for indices, labels in dispatcher.answers(
+            lambda index, size: produce(index, size, 256), 10_000, stop=stop
+        ):
+            answered.update(zip(indices, labels, strict=True))
+
+    asyncio.run(run())
+    sent = sum(len(r) for r in adapter.requests)
+    # Every request sent was answered and yielded (paid for, so counted), and past the 5th
+    # answer at most the 7 others in flight came back: not the rest of the 256-sample batch.
+    assert sent == len(answered) and 5 <= sent <= 5 + 7
+
+
+def test_stored_answers_beyond_the_samples_asked_for_are_not_used():
     adapter = FakeAdapter()
-    seen = []
-    answered = _collect(Dispatcher(adapter, 8), 400, stop=lambda: len(seen.append(0) or seen) > 2)
-    assert len(answered) == 16  # two batches of 8 went out before stop() held
-    assert sum(len(r) for r in adapter.requests) == 16
+    store = MemoryStore({i: "stored" for i in range(100)})
+    answered = _collect(Dispatcher(adapter, BATCH), 40, store)
+    assert sorted(answered) == list(range(40)) and adapter.requests == []
 
 
 def test_ask_sends_one_request_and_counts_tally_the_labels():

@@ -11,17 +11,26 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import pytest
 import torch
+from scipy.stats import binomtest
 
-from smoothapi import RateLimits, SmoothedClassifier
+from smoothapi import ABSTAIN, RateLimits, SmoothedClassifier
 from smoothapi.adapters.http import HTTPAdapter
-from smoothapi.errors import Interrupted, JournalError, JournalLockedError, UsageError
-from smoothapi.journal import Journal
+from smoothapi.errors import (
+    ImageMismatchError,
+    Interrupted,
+    JournalError,
+    JournalLockedError,
+    UsageError,
+)
+from smoothapi.journal import Journal, RepeatedAttemptWarning
 from smoothapi.testing import LoopbackProvider
 
 from .adapters.fake import Crash, CrashingAdapter
+from .conftest import linear_adapter
 
 IMAGE = torch.full((1, 12, 12), 0.7)
 
@@ -92,8 +101,8 @@ def test_journal_holds_labels_not_images_or_secrets(tmp_path):
     (run,) = journal.runs()
     config = journal.runs()[run]
     assert config["sigma"] == 0.3 and config["adapter"]["adapter"] == "fake"
-    ((image, occurrence),) = journal.images(run)
-    answers = journal.answers(run, image, occurrence, 1)
+    (key,) = journal.images(run)
+    answers = journal.answers(run, key, 1)
     assert sorted(answers) == list(range(80)) and set(answers.values()) <= {"bright", "dark"}
     assert (tmp_path / "j.sqlite").stat().st_size < 200_000
 
@@ -102,19 +111,20 @@ def test_offline_recertification_needs_no_query(tmp_path):
     reference = _certify(Flaky(), tmp_path / "j.sqlite")
     journal = Journal(tmp_path / "j.sqlite")
     (run,) = journal.runs()
-    (same,) = journal.recertify(run, alpha=0.01).values()
-    assert same == reference
-    (looser,) = journal.recertify(run, alpha=0.1, n=40).values()
-    assert looser.n == 40 and looser.n0 == 16 and looser.alpha == 0.1
+    (same,) = journal.recertify(run, alpha=0.01)
+    assert same.complete and same.certification == reference and same.attempts == 1
+    (looser,) = journal.recertify(run, alpha=0.1, n=40)
+    assert looser.complete and (looser.n0, looser.n) == (16, 40)
+    assert looser.certification.n == 40 and looser.certification.alpha == 0.1
 
 
 def test_journal_keeps_the_providers_scores(tmp_path):
     _certify(Flaky(), tmp_path / "j.sqlite")
     journal = Journal(tmp_path / "j.sqlite")
     (run,) = journal.runs()
-    ((image, occurrence),) = journal.images(run)
-    scores = journal.scores(run, image, occurrence, 1)
-    labels = journal.answers(run, image, occurrence, 1)
+    (key,) = journal.images(run)
+    scores = journal.scores(run, key, 1)
+    labels = journal.answers(run, key, 1)
     assert sorted(scores) == list(range(80))
     # FakeAdapter's top label scores max(mean, 1 - mean) of the noisy image's pixels.
     assert all(0.5 <= scores[i] <= 1 for i in scores)
@@ -134,7 +144,7 @@ def test_a_run_hands_out_one_store_per_stream(tmp_path):
         assert run.stream(key, Phase.SELECTION).answers() == {}  # another phase
         assert run.stream(ImageKey("ab" * 32, 1), Phase.ESTIMATION).answers() == {}  # occurrence
         assert journal.run("run-b", {}).stream(key, Phase.ESTIMATION).answers() == {}  # run
-        assert journal.answers("run-a", key.digest, 0, Phase.ESTIMATION) == {0: "cat", 3: None}
+        assert journal.answers("run-a", key, Phase.ESTIMATION) == {0: "cat", 3: None}
         assert list(journal.runs()) == ["run-a", "run-b"]
 
 
@@ -341,3 +351,125 @@ def test_use_after_close_and_unknown_runs_are_typed_errors(tmp_path):
         journal.runs()
     with pytest.raises(JournalError, match="no run 'nope'"):
         Journal(tmp_path / "j").recertify("nope", alpha=0.01)
+
+
+# --- sound reuse of stored answers (issue 15) ---------------------------------------------
+
+DARK = torch.full((1, 12, 12), 0.1)
+
+
+def _classifier(adapter, journal, seed=3):
+    return SmoothedClassifier(adapter, 0.3, batch_size=16, device="cpu", seed=seed,
+                              journal=journal)  # fmt: skip
+
+
+@pytest.mark.parametrize("journaled", [False, True])
+def test_an_image_id_names_one_image_and_other_pixels_are_refused(tmp_path, journaled):
+    path = tmp_path / "j.sqlite" if journaled else None
+    bright = _classifier(Flaky(), path).certify(IMAGE, n0=16, n=80, alpha=0.01, image_id="x")
+    assert bright.label == "bright"
+    other = Flaky()
+    smoothed = _classifier(other, path)
+    if journaled:  # the stored answers are the bright image's: refused before any query
+        with pytest.raises(ImageMismatchError, match="same image_id"):
+            smoothed.certify(DARK, n0=16, n=80, alpha=0.01, image_id="x")
+        assert other.requests == []
+        # The same pixels under that id still resume, sending nothing.
+        assert (
+            _classifier(Flaky(budget=0), path).certify(IMAGE, n0=16, n=80, alpha=0.01, image_id="x")
+            == bright
+        )
+    else:  # without a journal the dark image is answered by its own pixels
+        assert smoothed.certify(DARK, n0=16, n=80, alpha=0.01, image_id="x").label == "dark"
+
+
+@pytest.mark.filterwarnings("ignore::smoothapi.journal.RepeatedAttemptWarning")
+@pytest.mark.parametrize("journaled", [False, True])
+def test_a_call_uses_exactly_the_samples_it_asked_for(tmp_path, journaled):
+    path = tmp_path / "j.sqlite" if journaled else None
+    smoothed = _classifier(Flaky(), path)
+    smoothed.certify(IMAGE, n0=100, n=2000, alpha=0.01)
+    smoothed.predict(IMAGE, n=2000, alpha=0.01)
+    small = _classifier(Flaky(), path).certify(IMAGE, n0=16, n=64, alpha=0.01)
+    assert (small.n0, small.n) == (16, 64) and sum(small.counts.values()) == 64
+    assert sum(small.selection_counts.values()) == 16
+    assert small == _classifier(Flaky(), None).certify(IMAGE, n0=16, n=64, alpha=0.01)
+    prediction = _classifier(Flaky(), path).predict(IMAGE, n=50, alpha=0.01)
+    assert prediction.n == 50 and sum(prediction.counts.values()) == 50
+
+
+def test_more_samples_for_the_same_image_are_a_fresh_attempt_and_say_so(tmp_path):
+    path = tmp_path / "j.sqlite"
+    first = Flaky()
+    _classifier(first, path).certify(IMAGE, n0=16, n=64, alpha=0.01)
+    more = Flaky()
+    with pytest.warns(RepeatedAttemptWarning, match="tried before"):
+        _classifier(more, path).certify(IMAGE, n0=16, n=128, alpha=0.01)
+    # Fresh noise: all 16 + 128 sent, none of the first attempt's answers extended.
+    assert sum(map(len, more.requests)) == 16 + 128
+    assert not set(map(bytes, sum(first.requests, []))) & set(map(bytes, sum(more.requests, [])))
+    journal = Journal(path)
+    (run,) = journal.runs()
+    attempts = journal.attempts(run)
+    assert [(a.method, a.settings["n"]) for a in attempts] == [("certify", 64), ("certify", 128)]
+    assert all(a.result is not None and a.result["n"] == a.settings["n"] for a in attempts)
+    assert [r.attempts for r in journal.recertify(run, alpha=0.01)] == [2, 2]
+    # The same call again replays its attempt: nothing sent, no warning, no new attempt.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RepeatedAttemptWarning)
+        replay = _classifier(Flaky(budget=0), path).certify(IMAGE, n0=16, n=128, alpha=0.01)
+    assert replay.n == 128 and len(journal.attempts(run)) == 2
+
+
+def test_a_radius_test_may_be_extended_on_its_own_stream(tmp_path):
+    path = tmp_path / "j.sqlite"
+    options = dict(alpha=0.001, radius=0.3, selection="clean")
+    short = _classifier(Flaky(), path).certify(IMAGE, n=20, **options)
+    assert short.outcome == "budget_exhausted" and short.n == 20
+    longer = Flaky()
+    result = _classifier(longer, path).certify(IMAGE, n=2000, **options)
+    # Anytime-valid: the larger budget continues the same test, paying only the new samples.
+    assert result.certified and sum(map(len, longer.requests)) == result.n - 20
+    assert result.counts["bright"] >= short.counts["bright"]
+
+
+def test_recertify_reports_incomplete_attempts_and_certifies_only_complete_ones(tmp_path):
+    path = tmp_path / "j.sqlite"
+    with pytest.raises(Crash):
+        _certify(Flaky(budget=5), path)
+    journal = Journal(path)
+    (run,) = journal.runs()
+    (crashed,) = journal.recertify(run, alpha=0.01)
+    assert not crashed.complete and crashed.certification is None
+    assert (crashed.n0, crashed.n) == (16, 80) and sum(crashed.answered) == 5 * 4
+    (unfinished,) = journal.attempts(run)
+    assert unfinished.result is None
+    reference = _certify(Flaky(), path)
+    (resumed,) = journal.recertify(run, alpha=0.01)
+    assert resumed.complete and resumed.certification == reference
+
+
+def test_a_repeated_try_after_a_near_miss_is_a_fresh_level_alpha_test(tmp_path, digit_images):
+    # p_A = 1/2 exactly (a linear classifier through the image), so any certificate is false.
+    # "It almost certified: ask for twice the samples" used to extend the first answers (with
+    # a journal, or re-running the seed): 13% false certificates after a near miss at
+    # alpha = 0.05 (30 of 230 here). Each retry must be a fresh test: rate <= alpha given
+    # any history (14 of 231 here). Through the journal and without it alike.
+    # False-alarm rate: the one-sided binomial test fires wrongly with probability <= 0.001.
+    x, alpha, trials = digit_images[5], 0.05, 1500
+    for journal in (None, Journal(tmp_path / "j.sqlite", durability="normal")):
+        adapter = linear_adapter(x, 0.0)
+        first = SmoothedClassifier(adapter, 0.25, device="cpu", seed=11, journal=journal)
+        again = SmoothedClassifier(adapter, 0.25, device="cpu", seed=11, journal=journal)
+        near = false = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RepeatedAttemptWarning)
+            for i in range(trials):
+                r1 = first.certify(x, n0=8, n=64, alpha=alpha, image_id=str(i))
+                if r1.label is not ABSTAIN or r1.counts.get(r1.candidate, 0) < 36:
+                    continue
+                near += 1
+                r2 = again.certify(x, n0=8, n=128, alpha=alpha, image_id=str(i))
+                false += r2.radius > 0
+        assert near > 150
+        assert binomtest(false, near, alpha, alternative="greater").pvalue > 0.001, (false, near)

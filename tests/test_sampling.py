@@ -12,17 +12,33 @@ CPU = torch.device("cpu")
 
 def test_the_noise_scheme_is_pinned():
     # Journals and published results replay only if this derivation never changes; these
-    # numbers come from the scheme as first released (NOISE_SCHEME = 1).
+    # numbers come from NOISE_SCHEME = 2, which added the attempt (the call's settings).
     sampler = Sampler(0.5, 7, CPU, batch_size=4)
     x = torch.zeros(1, 2, 2)
-    key = sampler.key(x)
-    assert NOISE_SCHEME == 1
-    assert key == ImageKey("56f46952d721098cd33503f79fdeb4fcd72e78f4a9ddc2b7400523d1dfddca99", 0)
-    batch = sampler.noisy_batch(x, key, Phase.ESTIMATION, 3, 2)
+    key = sampler.key(x, settings={"method": "certify", "n0": 100, "n": 10_000, "alpha": 0.001})
+    assert NOISE_SCHEME == 2
+    digest = "56f46952d721098cd33503f79fdeb4fcd72e78f4a9ddc2b7400523d1dfddca99"
+    assert key == ImageKey(digest, 0, "f87f392fbfc64c91", digest)
+    batch = sampler.noisy_batch(x, sampler.key(x), Phase.ESTIMATION, 3, 2)
     assert batch.flatten().tolist() == pytest.approx(
-        [-0.325727075, -0.455650449, -0.483059645, 0.296124935,
-         0.140283972, 0.755845666, 0.126068771, -0.306828648], abs=1e-8
+        [-0.512453556, -0.781154752, -0.06938421, -0.094867244,
+         0.245693043, -0.208417639, 0.048820913, -0.490262419], abs=1e-8
     )  # fmt: skip
+
+
+def test_other_settings_draw_another_stream_and_the_same_settings_replay_it():
+    x = torch.zeros(1, 4, 4)
+    small, large = {"method": "certify", "n": 64}, {"method": "certify", "n": 128}
+    first, second = Sampler(1.0, 3, CPU), Sampler(1.0, 3, CPU)
+    a, b = first.key(x, settings=small), second.key(x, settings=large)
+    assert (a.occurrence, b.occurrence) == (0, 0) and a.attempt != b.attempt
+    assert not torch.equal(first.noisy_batch(x, a, Phase.ESTIMATION, 0, 8),
+                           second.noisy_batch(x, b, Phase.ESTIMATION, 0, 8))  # fmt: skip
+    replay = Sampler(1.0, 3, CPU).key(x, settings=small)
+    assert replay == a  # a new sampler (process) with the same seed and settings
+    assert first.key(x, settings=small).occurrence == 1  # a repeat in one process: fresh
+    assert first.key(x, settings=large).occurrence == 0  # occurrences count per attempt
+    assert first.key(x, "cat-17").content == a.content != first.key(x, "cat-17").digest
 
 
 def test_every_stream_draws_its_own_noise_and_the_seed_replays_it():

@@ -187,12 +187,15 @@ def check_radius(radius: float) -> float:
 def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     """One-sided ``1 - alpha`` Clopper-Pearson lower bound on a binomial rate from ``k`` of ``n``.
 
+    ``k`` and ``n`` are counts: Python or numpy integers (not bools), ``0 <= k <= n``.
+
     Equals ``scipy.stats.beta.ppf(alpha, k, n - k + 1)`` and ``0.0`` when ``k == 0``.
     """
     n = check_count("n", n)
     alpha = check_alpha(alpha)
-    if not 0 <= k <= n:
-        raise InvalidInputError(f"k must lie in [0, n={n}], got {k!r}")
+    if not _is_integer(k) or not 0 <= k <= n:
+        raise InvalidInputError(f"k must be an integer count in [0, n={n}], got {k!r}")
+    k = int(k)
     return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
 
 

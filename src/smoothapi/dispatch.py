@@ -232,33 +232,43 @@ class Dispatcher:
         num: int,
         store: AnswerStore = UNRECORDED,
         stop: Callable[[], bool] = _never,
+        wanted: Callable[[], int] | None = None,
     ) -> AsyncIterator[tuple[list[int], list[Label | None]]]:
         """Answers for samples ``0 .. num - 1`` as ``(indices, labels)`` chunks in completion
-        order: first those in ``store``, then fresh ones, in requests of the adapter's size
-        with at most ``2 * in_flight`` queued (the throttle bounds what is really
-        outstanding). Once ``stop()`` holds no new request is made; requests already sent
-        are still awaited and yielded, since they are paid for."""
-        known = store.answers()
+        order: first those in ``store`` (only indices below ``num``: a call uses exactly the
+        samples it asked for), then fresh ones, in requests of the adapter's size.
+
+        ``stop()`` is checked before every request: once it holds no new request is made,
+        and requests already sent are still awaited and yielded, since they are paid for.
+        ``wanted()``, if given, is how far the caller surely reads (a sequential test: the
+        samples it will use whatever they say); no sample at or past it is asked for until
+        it moves, so nothing is paid for that the caller may not use. With a ``stop`` at
+        most ``in_flight`` requests are outstanding; without, up to ``2 * in_flight`` are
+        queued (the throttle bounds what is really outstanding)."""
+        known = {i: label for i, label in store.answers().items() if i < num}
         if known:
             yield list(known), list(known.values())
-        queue = self.in_flight if self.in_flight == 1 else 2 * self.in_flight
+        limit = (lambda: num) if wanted is None else wanted
+        queue = self.in_flight if self.in_flight == 1 or stop is not _never else 2 * self.in_flight
         pending: dict[asyncio.Future, list[int]] = {}
         try:
             for index, start in enumerate(range(0, num, self.batch_size)):
-                if stop():
-                    break
-                indices = range(start, min(start + self.batch_size, num))
-                todo = [i for i in indices if i not in known]
-                if not todo:
+                todo = [
+                    i for i in range(start, min(start + self.batch_size, num)) if i not in known
+                ]
+                if stop() or not todo:
                     continue
-                batch = await self._produce(produce, index, len(indices))
-                for first in range(0, len(todo), self.request_size):
-                    chunk = todo[first : first + self.request_size]
-                    images = batch[[i - start for i in chunk]]
-                    pending[asyncio.ensure_future(self.ask(images, chunk, store))] = chunk
-                    while len(pending) >= queue:
+                batch = await self._produce(produce, index, min(self.batch_size, num - start))
+                while todo:
+                    while pending and (len(pending) >= queue or stop() or todo[0] >= limit()):
                         for task in await _first_done(pending):
                             yield pending.pop(task), task.result()
+                    if stop():
+                        break
+                    chunk = [i for i in todo[: self.request_size] if i < limit()] or todo[:1]
+                    todo = todo[len(chunk) :]
+                    images = batch[[i - start for i in chunk]]
+                    pending[asyncio.ensure_future(self.ask(images, chunk, store))] = chunk
             while pending:
                 for task in await _first_done(pending):
                     yield pending.pop(task), task.result()

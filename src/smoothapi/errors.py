@@ -5,6 +5,7 @@ so ``except smoothapi.SmoothAPIError`` catches all of them::
 
     SmoothAPIError
     ├── InvalidInputError          (also a ValueError): bad image, sigma, alpha, n0, n ...
+    │   └── ImageMismatchError     a journal holds other pixels under this image_id
     ├── CheckpointError            a weights file that is missing, malformed or of the wrong kind
     ├── MissingDependencyError     (also an ImportError): an optional extra is not installed
     ├── ReplayMissError            a replayed recording has no response for this request
@@ -50,6 +51,7 @@ __all__ = [
     "BadRequestError",
     "BudgetExceededError",
     "CheckpointError",
+    "ImageMismatchError",
     "InvalidImageError",
     "InvalidInputError",
     "Interrupted",
@@ -76,6 +78,11 @@ class SmoothAPIError(Exception):
 
 class InvalidInputError(SmoothAPIError, ValueError):
     """An argument or image that cannot be used (wrong type, shape, range or value)."""
+
+
+class ImageMismatchError(InvalidInputError):
+    """An ``image_id`` that a journal run already holds answers for, made from other pixels:
+    its answers are not this image's, so none are used."""
 
 
 class CheckpointError(SmoothAPIError):

@@ -9,16 +9,23 @@ Every answer is written (and committed) before it is counted, keyed by
 * the **run**: a hash of what decides the noise and the answers — adapter identity
   (provider, model, options; not the host or port it is reached at, so a run resumes
   against another replica of the same model), denoiser identity, sigma, seed and batch size;
-* the **image**: the SHA-256 of its pixels, and which occurrence of that image in the
-  run it is (the same image certified twice draws fresh noise the second time);
+* the **image**: the SHA-256 of its pixels (or of the caller's ``image_id``, which the
+  journal binds to the pixels' digest: the same id with other pixels is refused with
+  :class:`~smoothapi.errors.ImageMismatchError`), the **attempt** (a hash of the call's
+  settings) and which occurrence of that image and attempt in the run it is;
 * the **phase** (selection, estimation, prediction, sequential, clean selection) and the
   **sample index**.
 
 Running the same job again with the same seed regenerates the same noise, finds the
 answers already paid for, and sends only what is missing, so a run killed at any
 point (SIGKILL included) resumes with nothing re-sent, nothing lost, and the same
-certificates. The journal holds labels and the provider's score for each (when the
-adapter gives one), never credentials, and never image bytes.
+certificates. A call with other settings for the same image (more samples, another
+``alpha``) is another attempt: it draws fresh noise rather than extending the earlier
+answers, and warns (:class:`RepeatedAttemptWarning`). Every attempt is recorded with its
+settings and result (:meth:`Journal.attempts`), so repeated tries can be accounted for:
+reporting the best of ``k`` attempts at level ``alpha`` holds at ``k * alpha``. The journal
+holds labels and the provider's score for each (when the adapter gives one), digests of
+images, never credentials, and never image bytes.
 
 One process writes to a journal at a time (a lock file beside it names the holder), so
 two runs never buy the same answer twice.
@@ -38,16 +45,31 @@ import socket
 import sqlite3
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .certification import Certification, Label, certify_counts
-from .errors import InvalidInputError, JournalError, JournalLockedError, UsageError
+from .errors import (
+    ImageMismatchError,
+    InvalidInputError,
+    JournalError,
+    JournalLockedError,
+    UsageError,
+)
 from .sampling import ImageKey, Phase
 
-__all__ = ["Journal", "JournalRun", "JournalStream"]
+__all__ = [
+    "Attempt",
+    "Journal",
+    "JournalRun",
+    "JournalStream",
+    "Recertified",
+    "RepeatedAttemptWarning",
+]
 
 # The sampling phases by their old names (the journal stores them as integers).
 SELECTION, ESTIMATION, PREDICTION = Phase.SELECTION, Phase.ESTIMATION, Phase.PREDICTION
@@ -58,11 +80,62 @@ CREATE TABLE IF NOT EXISTS runs (
     run TEXT PRIMARY KEY, config TEXT NOT NULL, created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS samples (
-    run TEXT NOT NULL, image TEXT NOT NULL, occurrence INTEGER NOT NULL,
+    run TEXT NOT NULL, image TEXT NOT NULL, attempt TEXT NOT NULL, occurrence INTEGER NOT NULL,
     phase INTEGER NOT NULL, idx INTEGER NOT NULL, label TEXT NOT NULL, score REAL,
-    PRIMARY KEY (run, image, occurrence, phase, idx)
+    PRIMARY KEY (run, image, attempt, occurrence, phase, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS images (
+    run TEXT NOT NULL, image TEXT NOT NULL, content TEXT NOT NULL, PRIMARY KEY (run, image)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    run TEXT NOT NULL, image TEXT NOT NULL, attempt TEXT NOT NULL, occurrence INTEGER NOT NULL,
+    method TEXT NOT NULL, settings TEXT NOT NULL, started REAL NOT NULL, result TEXT,
+    PRIMARY KEY (run, image, attempt, occurrence)
 ) WITHOUT ROWID;
 """
+
+
+class RepeatedAttemptWarning(UserWarning):
+    """An image is certified again in a journal run with other settings (or again with the
+    same): the new attempt draws fresh noise, and each attempt may be wrong with
+    probability ``alpha``."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One call recorded in a journal run: the image key, the method ("certify",
+    "predict", "radius") and its settings, when it started, and its result (``None`` if it
+    did not finish: a crash, or still running)."""
+
+    run: str
+    key: ImageKey
+    method: str
+    settings: dict[str, Any]
+    started: float
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Recertified:
+    """One CERTIFY attempt of a journal run, certified again from its stored answers.
+
+    ``n0``, ``n`` are the samples used (the attempt's own unless a re-analysis asked for
+    fewer); ``answered`` how many of them the journal holds. An incomplete attempt (a
+    crash before all its answers came) has ``certification=None``: a bound from fewer
+    samples than were asked for would be another test. ``attempts`` counts this image's
+    CERTIFY attempts in the run: when it is above 1, keeping the best of them holds only at
+    ``attempts * alpha``."""
+
+    key: ImageKey
+    n0: int
+    n: int
+    answered: tuple[int, int]
+    certification: Certification | None
+    attempts: int
+
+    @property
+    def complete(self) -> bool:
+        return self.answered == (self.n0, self.n)
 
 
 def _encode_label(label: Label | None) -> str:
@@ -80,7 +153,7 @@ def _decode_label(text: str) -> Label | None:
 
 
 class Journal:
-    """An SQLite file of answers; see the module docstring.
+    """An SQLite file of answers and attempts; see the module docstring.
 
     A journal has one writing process at a time: the first write (registering a run)
     takes an exclusive lock on ``<path>.lock``, held until :meth:`close` or the process
@@ -107,6 +180,13 @@ class Journal:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={durability.upper()}")
+            columns = [row[1] for row in self._db.execute("PRAGMA table_info(samples)")]
+            if columns and "attempt" not in columns:
+                self._db.close()
+                raise JournalError(
+                    f"{self.path} was written by an earlier smoothapi (noise scheme 1), whose "
+                    "answers cannot be replayed; keep it for its records and start a new journal"
+                )
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
@@ -159,80 +239,150 @@ class Journal:
             rows = db.execute("SELECT run, config FROM runs ORDER BY created").fetchall()
         return {run: json.loads(config) for run, config in rows}
 
-    def answers(self, run: str, image: str, occurrence: int, phase: int) -> dict[int, Label | None]:
-        """Sample index -> recorded answer, for one phase of one image."""
+    def answers(self, run: str, key: ImageKey, phase: int) -> dict[int, Label | None]:
+        """Sample index -> recorded answer, for one phase of one image key."""
         with self._sql() as db:
             rows = db.execute(
-                "SELECT idx, label FROM samples WHERE run=? AND image=? AND occurrence=? "
-                "AND phase=?",
-                (run, image, occurrence, int(phase)),
+                "SELECT idx, label FROM samples WHERE run=? AND image=? AND attempt=? "
+                "AND occurrence=? AND phase=?",
+                (run, key.digest, key.attempt, key.occurrence, int(phase)),
             ).fetchall()
         return {idx: _decode_label(label) for idx, label in rows}
 
     def record(
         self,
         run: str,
-        image: str,
-        occurrence: int,
+        key: ImageKey,
         phase: int,
         answers: Iterable[tuple[int, Label | None, float | None]],
     ) -> None:
         """Commit answers ``(sample index, label, score or None)`` in one transaction."""
         rows = [
-            (run, image, occurrence, int(phase), idx, _encode_label(label), score)
+            (run, key.digest, key.attempt, key.occurrence, int(phase), idx,
+             _encode_label(label), score)
             for idx, label, score in answers
-        ]
+        ]  # fmt: skip
         with self._sql(write=True) as db, db:
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def scores(self, run: str, image: str, occurrence: int, phase: int) -> dict[int, float | None]:
+    def scores(self, run: str, key: ImageKey, phase: int) -> dict[int, float | None]:
         """Sample index -> the score of the recorded label (``None`` where none was given)."""
         with self._sql() as db:
-            return dict(
-                db.execute(
-                    "SELECT idx, score FROM samples WHERE run=? AND image=? AND occurrence=? "
-                    "AND phase=?",
-                    (run, image, occurrence, int(phase)),
-                )
-            )
+            return dict(db.execute(
+                "SELECT idx, score FROM samples WHERE run=? AND image=? AND attempt=? "
+                "AND occurrence=? AND phase=?",
+                (run, key.digest, key.attempt, key.occurrence, int(phase)),
+            ).fetchall())
 
-    def images(self, run: str) -> list[tuple[str, int]]:
-        """The (image, occurrence) pairs with answers in ``run``."""
+    def images(self, run: str) -> list[ImageKey]:
+        """The image keys (image, attempt, occurrence) with answers in ``run``."""
         with self._sql() as db:
-            return db.execute(
-                "SELECT DISTINCT image, occurrence FROM samples WHERE run=? "
-                "ORDER BY image, occurrence",
+            rows = db.execute(
+                "SELECT DISTINCT s.image, s.occurrence, s.attempt, i.content FROM samples s "
+                "LEFT JOIN images i ON i.run = s.run AND i.image = s.image WHERE s.run=? "
+                "ORDER BY s.image, s.attempt, s.occurrence",
                 (run,),
             ).fetchall()
+        return [
+            ImageKey(image, occ, attempt, content or "") for image, occ, attempt, content in rows
+        ]
+
+    def attempts(self, run: str | None = None) -> list[Attempt]:
+        """Every call recorded (in ``run``, or in all runs), oldest first."""
+        with self._sql() as db:
+            rows = db.execute(
+                "SELECT a.run, a.image, a.occurrence, a.attempt, i.content, a.method, "
+                "a.settings, a.started, a.result FROM attempts a LEFT JOIN images i "
+                "ON i.run = a.run AND i.image = a.image WHERE ? IS NULL OR a.run = ? "
+                "ORDER BY a.started",
+                (run, run),
+            ).fetchall()
+        return [
+            Attempt(run_, ImageKey(image, occ, attempt, content or ""), method,
+                    json.loads(settings), started, None if result is None else json.loads(result))
+            for run_, image, occ, attempt, content, method, settings, started, result in rows
+        ]  # fmt: skip
 
     def recertify(
         self, run: str, alpha: float, n0: int | None = None, n: int | None = None
-    ) -> dict[tuple[str, int], Certification]:
+    ) -> list[Recertified]:
         """CERTIFY again from the journal alone, with another ``alpha`` or fewer samples.
 
-        Uses the first ``n0`` selection and ``n`` estimation answers of every image of
-        ``run`` (all of them by default); no query is sent. As with any re-analysis,
-        choosing ``alpha`` or ``n`` after looking at the results voids the guarantee.
+        One :class:`Recertified` per CERTIFY attempt of ``run``, each from the first ``n0``
+        selection and ``n`` estimation answers of that attempt (its own ``n0`` and ``n`` by
+        default, never more); no query is sent. Attempts whose answers stop short (a crash)
+        are reported incomplete, without a certificate. As with any re-analysis, choosing
+        ``alpha`` or ``n`` after looking at the results voids the guarantee, and so does
+        keeping the best of an image's repeated attempts (see :attr:`Recertified.attempts`).
         """
         runs = self.runs()
         if run not in runs:
             known = ", ".join(key[:12] for key in runs) or "none"
             raise JournalError(f"no run {run!r} in the journal {self.path} (runs: {known})")
         sigma = runs[run]["sigma"]
-        results = {}
-        for image, occurrence in self.images(run):
-            selection = self.answers(run, image, occurrence, SELECTION)
-            estimation = self.answers(run, image, occurrence, ESTIMATION)
-            if not selection or not estimation:
-                continue
-            results[image, occurrence] = certify_counts(
-                Counter(label for i, label in selection.items() if n0 is None or i < n0),
-                Counter(label for i, label in estimation.items() if n is None or i < n),
-                sigma,
-                alpha,
-            )
+        tried = [a for a in self.attempts(run) if a.method == "certify"]
+        per_image = Counter(a.key.digest for a in tried)
+        results = []
+        for attempt in tried:
+            want = (min(n0 or attempt.settings["n0"], attempt.settings["n0"]),
+                    min(n or attempt.settings["n"], attempt.settings["n"]))  # fmt: skip
+            phases = [self.answers(run, attempt.key, p) for p in (SELECTION, ESTIMATION)]
+            used = [[v for i, v in a.items() if i < w] for a, w in zip(phases, want, strict=True)]
+            answered = (len(used[0]), len(used[1]))
+            certification = None
+            if answered == want:
+                certification = certify_counts(Counter(used[0]), Counter(used[1]), sigma, alpha)
+            results.append(Recertified(attempt.key, *want, answered, certification,
+                                       per_image[attempt.key.digest]))  # fmt: skip
         return results
+
+    def _begin(self, run: str, key: ImageKey, method: str, settings: Mapping[str, Any]) -> int:
+        """Bind the image's id to its pixels and record the attempt; how many other attempts
+        of ``method`` this image has in ``run`` if the attempt is new (0 for a rerun of it).
+        Raises :class:`ImageMismatchError`."""
+        with self._sql(write=True) as db:
+            return self._begin_locked(db, run, key, method, settings)
+
+    @staticmethod
+    def _begin_locked(
+        db: sqlite3.Connection, run: str, key: ImageKey, method: str, settings: Mapping[str, Any]
+    ) -> int:
+        if key.content:
+            db.execute(
+                "INSERT OR IGNORE INTO images VALUES (?, ?, ?)", (run, key.digest, key.content)
+            )
+            (stored,) = db.execute(
+                "SELECT content FROM images WHERE run=? AND image=?", (run, key.digest)
+            ).fetchone()
+            if stored != key.content:
+                raise ImageMismatchError(
+                    "this journal run holds answers for other pixels under the same image_id "
+                    f"(stored image digest {stored[:12]}..., given {key.content[:12]}...); "
+                    "give every image its own id, or use another journal"
+                )
+        inserted = db.execute(
+            "INSERT OR IGNORE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+            (run, key.digest, key.attempt, key.occurrence, method,
+             json.dumps(dict(settings), sort_keys=True, default=str), time.time()),
+        ).rowcount  # fmt: skip
+        if not inserted:  # a rerun of this very attempt: it replays its own answers
+            return 0
+        (others,) = db.execute(
+            "SELECT COUNT(*) FROM attempts WHERE run=? AND image=? AND method=? "
+            "AND NOT (attempt=? AND occurrence=?)",
+            (run, key.digest, method, key.attempt, key.occurrence),
+        ).fetchone()
+        return others
+
+    def _finish(self, run: str, key: ImageKey, result: Mapping[str, Any]) -> None:
+        with self._sql(write=True) as db:
+            db.execute(
+                "UPDATE attempts SET result=? WHERE run=? AND image=? AND attempt=? "
+                "AND occurrence=?",
+                (json.dumps(dict(result), default=str), run, key.digest, key.attempt,
+                 key.occurrence),
+            )  # fmt: skip
 
 
 class _WriterLock:
@@ -307,7 +457,7 @@ def _lock(file: Any) -> None:
 
 
 class JournalRun:
-    """One run of a journal: hands out the answer store of each stream of samples."""
+    """One run of a journal: records attempts and hands out the store of each stream."""
 
     def __init__(self, journal: Journal, key: str) -> None:
         self.journal, self.key = journal, key
@@ -315,6 +465,26 @@ class JournalRun:
     def stream(self, image: ImageKey, phase: Phase) -> JournalStream:
         """The answers of ``phase`` for one certification of one image."""
         return JournalStream(self.journal, self.key, image, phase)
+
+    def begin(self, image: ImageKey, method: str, settings: Mapping[str, Any]) -> None:
+        """Record an attempt before any of its answers: checks that an ``image_id`` names
+        the same pixels as before (else :class:`~smoothapi.errors.ImageMismatchError`), and
+        warns (:class:`RepeatedAttemptWarning`) when the image was tried before in this run
+        with other settings, or with the same ones (another occurrence)."""
+        others = self.journal._begin(self.key, image, method, settings)
+        if others:
+            warnings.warn(
+                f"image {image.digest[:12]}... was tried before in this journal run ({method}; "
+                "Journal.attempts() lists the attempts); this attempt draws fresh noise. Each "
+                "attempt may be wrong with probability alpha: keeping the best of k attempts "
+                "holds at k * alpha",
+                RepeatedAttemptWarning,
+                stacklevel=4,
+            )
+
+    def finish(self, image: ImageKey, result: Mapping[str, Any]) -> None:
+        """Record an attempt's result (a summary: outcome, label, radius, samples)."""
+        self.journal._finish(self.key, image, result)
 
 
 class JournalStream:
@@ -325,8 +495,8 @@ class JournalStream:
 
     def answers(self) -> dict[int, Label | None]:
         """Sample index -> the answer already recorded."""
-        return self.journal.answers(self.run, self.image.digest, self.image.occurrence, self.phase)
+        return self.journal.answers(self.run, self.image, self.phase)
 
     def record(self, answers: Iterable[tuple[int, Label | None, float | None]]) -> None:
         """Commit ``(sample index, label, score or None)`` answers in one transaction."""
-        self.journal.record(self.run, self.image.digest, self.image.occurrence, self.phase, answers)
+        self.journal.record(self.run, self.image, self.phase, answers)

@@ -1,27 +1,37 @@
 """Which noise, reproducibly: image keys, noisy and clean batches, the noise scheme (torch only).
 
-Noise is keyed by ``(seed, image key, phase, batch index)``: the image key is the
-SHA-256 of the pixels (or of a caller's id) and which occurrence of that image this
-is, so every batch of every phase of every certification draws fresh noise, and a
-rerun with the same seed draws the same noise again. Bump :data:`NOISE_SCHEME` if that
-derivation ever changes: journals keyed by the old scheme then start a new run.
+Noise is keyed by ``(seed, image key, phase, batch index)``. The image key names one
+certification of one image: the SHA-256 of its pixels (or of a caller's id), the
+**attempt** (a hash of the call's settings: the method, ``n0``, ``n``, ``alpha``, the
+radius...), and which occurrence of that image and attempt this is. So every batch of every
+phase of every certification draws fresh noise; a call with other settings (a larger ``n``,
+say) draws a stream of its own instead of extending an earlier one, with or without a
+journal; and a rerun of the same call with the same seed draws the same noise again.
+Sample ``i`` is sample ``i % batch_size`` of batch ``i // batch_size`` whatever size the
+requests carrying it have. Bump :data:`NOISE_SCHEME` if that derivation ever changes:
+journals keyed by the old scheme then start a new run.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import InvalidInputError
 
-__all__ = ["NOISE_SCHEME", "ImageKey", "Phase", "Sampler", "image_digest"]
+__all__ = ["NOISE_SCHEME", "ImageKey", "Phase", "Sampler", "attempt_digest", "image_digest"]
 
-NOISE_SCHEME = 1
+NOISE_SCHEME = 2
+"""2: the attempt (the call's settings) is part of the noise key (1: it was not, so a rerun
+with a larger ``n`` extended the same stream)."""
 
 
 class Phase(enum.IntEnum):
@@ -41,11 +51,18 @@ class Phase(enum.IntEnum):
 
 @dataclass(frozen=True)
 class ImageKey:
-    """Names one certification of one image: ``digest`` is the SHA-256 of its pixels (or of
-    the caller's id for it), ``occurrence`` counts earlier certifications of that image."""
+    """Names one certification of one image.
+
+    ``digest`` is the SHA-256 of its pixels (or of the caller's id for it) and names the
+    noise; ``attempt`` is :func:`attempt_digest` of the call's settings; ``occurrence``
+    counts earlier calls with that image and attempt; ``content`` is the SHA-256 of the
+    pixels themselves, which a journal checks an id against.
+    """
 
     digest: str
     occurrence: int
+    attempt: str = "0" * 16
+    content: str = ""
 
 
 def image_digest(x: torch.Tensor, image_id: str | None = None) -> str:
@@ -56,6 +73,12 @@ def image_digest(x: torch.Tensor, image_id: str | None = None) -> str:
     else:
         digest = hashlib.sha256(f"id:{image_id}".encode())
     return digest.hexdigest()
+
+
+def attempt_digest(settings: Mapping[str, Any]) -> str:
+    """64 bits of SHA-256 of a call's settings (JSON, sorted keys), as 16 hex digits."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Sampler:
@@ -75,26 +98,34 @@ class Sampler:
     ) -> None:
         self.sigma, self.seed, self.device = sigma, seed, device
         self.denoiser, self.batch_size = denoiser, batch_size
-        self._occurrences: Counter[str] = Counter()
+        self._occurrences: Counter[tuple[str, str]] = Counter()
 
-    def key(self, x: torch.Tensor, image_id: str | None = None) -> ImageKey:
-        """The key of the next certification of ``x``: a new occurrence each call."""
-        digest = image_digest(x, image_id)
-        occurrence = self._occurrences[digest]
-        self._occurrences[digest] += 1
-        return ImageKey(digest, occurrence)
+    def key(
+        self,
+        x: torch.Tensor,
+        image_id: str | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> ImageKey:
+        """The key of the next call with ``x`` and ``settings``: a new occurrence each call."""
+        content = image_digest(x.cpu())
+        digest = content if image_id is None else image_digest(x, image_id)
+        attempt = attempt_digest(settings or {})
+        occurrence = self._occurrences[digest, attempt]
+        self._occurrences[digest, attempt] += 1
+        return ImageKey(digest, occurrence, attempt, content)
 
     def noisy_batch(
         self, x: torch.Tensor, key: ImageKey, phase: Phase, index: int, size: int
     ) -> torch.Tensor:
         """``D(x + delta)`` for ``size`` fresh noise draws: batch ``index`` of ``phase``.
 
-        The noise comes from a generator seeded by ``(seed, image digest, occurrence,
-        phase, index)`` through numpy's ``SeedSequence``, so no noise is shared between
-        samples, batches, phases or certifications, and the same seed replays it.
+        The noise comes from a generator seeded by ``(seed, image digest, attempt,
+        occurrence, phase, index)`` through numpy's ``SeedSequence``, so no noise is shared
+        between samples, batches, phases or certifications, and the same seed replays it.
         """
         x = x.to(self.device)
         words = [int(key.digest[i : i + 8], 16) for i in (0, 8)]
+        words += [int(key.attempt[i : i + 8], 16) for i in (0, 8)]
         seed_seq = np.random.SeedSequence(
             self.seed, spawn_key=(*words, key.occurrence, int(phase), index)
         )

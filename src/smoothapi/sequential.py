@@ -44,6 +44,14 @@ class Outcome(str, enum.Enum):
     """The mixture martingale reached ``1/alpha``: ``p_A > Phi(r / sigma)``, so ``R >= r``."""
     NOT_CERTIFIABLE = "not_certifiable"
     """The futility martingale reached ``1/beta``: the data favour ``p_A < Phi(r / sigma)``."""
+    CANDIDATE_REJECTED = "candidate_rejected"
+    """As :attr:`NOT_CERTIFIABLE`, and another class came back more often than the
+    candidate in the samples the test used: they speak against the candidate itself (e.g.
+    a clean-image label that the noise does not keep), not just against the radius;
+    ``selection="samples"`` would test the noisy majority instead."""
+    NO_CANDIDATE = "no_candidate"
+    """The selection returned no class (``None``): there was nothing to test, and no
+    estimation sample was drawn."""
     BUDGET_EXHAUSTED = "budget_exhausted"
     """``max_n`` samples were used and neither martingale crossed its threshold."""
 
@@ -65,23 +73,52 @@ def _log(values: np.ndarray) -> np.ndarray:
         return np.log(values)
 
 
-def log_mixture_upper(k: np.ndarray, t: np.ndarray, p_star: float) -> np.ndarray:
-    """``log M_t``: uniform prior on ``[p*, 1]`` against ``p*``, after ``k`` hits in ``t``.
+#: The certifying statistic's prior on ``[p*, 1]``: weight :data:`POINT_MASS` on ``p = 1``
+#: and the rest a ``Beta(*BETA_PRIOR)`` density truncated to ``[p*, 1]`` (which leans
+#: towards 1). Any prior on ``[p*, 1]`` keeps the level-``alpha`` guarantee (see
+#: :class:`SequentialTest`); this one was tuned for few queries at ``p_A`` near 1.
+POINT_MASS = 0.2
+BETA_PRIOR = (1.0, 0.7)
 
-    ``M_t = (1/(1-p*)) * int_{p*}^1 (p/p*)^k ((1-p)/(1-p*))^(t-k) dp``
-    ``    = B(k+1, t-k+1) * I^c_{p*}(k+1, t-k+1) / (p*^k (1-p*)^(t-k+1))``, with ``I^c`` the
-    upper regularised incomplete beta function.
+
+def log_mixture_upper(
+    k: np.ndarray,
+    t: np.ndarray,
+    p_star: float,
+    point_mass: float = POINT_MASS,
+    prior: tuple[float, float] = BETA_PRIOR,
+) -> np.ndarray:
+    """``log M_t``, the certifying mixture likelihood ratio, after ``k`` hits in ``t``.
+
+    ``M_t = w L_t(1) + (1 - w) int_{p*}^1 L_t(p) pi(p) dp`` with ``w = point_mass``,
+    ``L_t(p) = (p/p*)^k ((1-p)/(1-p*))^(t-k)`` and ``pi`` the ``Beta(a, b)`` density
+    truncated to ``[p*, 1]`` (``prior = (a, b)``). ``L_t(1) = p*^-t`` when ``k = t``, else 0;
+    the integral is ``B(k+a, t-k+b) I^c_{p*}(k+a, t-k+b) / (B(a, b) I^c_{p*}(a, b)
+    p*^k (1-p*)^(t-k))``, with ``I^c`` the upper regularised incomplete beta function.
+    ``point_mass=0, prior=(1, 1)`` is the uniform prior on ``[p*, 1]``.
 
     ``I^c`` can underflow to 0 only when ``k / t < p*``. There the log-integrand
-    ``h(p) = k log(p/p*) + (t-k) log((1-p)/(1-p*))`` is concave with ``h(p*) = 0`` and
-    ``h'(p*) < 0``, so ``M_t <= min(1, 1 / (|h'(p*)| (1-p*)))``; that bound is returned
-    instead. Since ``M_t <= 1 < 1/alpha`` in that region, no decision can depend on it.
+    ``h(p) = log L_t(p)`` is concave with ``h(p*) = 0`` and ``h'(p*) < 0``, so ``h <= 0`` on
+    ``[p*, 1]`` and ``M_t <= 1 < 1/alpha``: the bound ``log 1 = 0`` is returned (for the
+    uniform prior the sharper ``min(1, 1 / (|h'(p*)| (1-p*)))``); no decision depends on it.
     """
     k, t = np.asarray(k, dtype=float), np.asarray(t, dtype=float)
-    a, b = k + 1.0, t - k + 1.0
-    tail = _log(special.betaincc(a, b, p_star))
-    value = special.betaln(a, b) + tail - k * math.log(p_star) - (b * math.log1p(-p_star))
-    return np.where(tail > -np.inf, value, _tangent_bound(k, t, p_star, upper=True))
+    a, b = prior
+    big_a, big_b = k + a, t - k + b
+    tail = _log(special.betaincc(big_a, big_b, p_star))
+    norm_log = special.betaln(a, b) + math.log(special.betaincc(a, b, p_star))
+    value = (
+        special.betaln(big_a, big_b) + tail - norm_log
+        - k * math.log(p_star) - (t - k) * math.log1p(-p_star)
+    )  # fmt: skip
+    bound = _tangent_bound(k, t, p_star, upper=True) if prior == (1.0, 1.0) else 0.0
+    spread = np.where(tail > -np.inf, value, bound)
+    if point_mass <= 0.0:
+        return spread
+    at_one = np.where(k == t, -t * math.log(p_star), -np.inf)
+    if point_mass >= 1.0:
+        return at_one
+    return np.logaddexp(math.log(point_mass) + at_one, math.log1p(-point_mass) + spread)
 
 
 def _tangent_bound(k: np.ndarray, t: np.ndarray, p_star: float, upper: bool) -> np.ndarray:
@@ -113,19 +150,27 @@ class SequentialTest:
     ``H1: p_A > p*`` against ``H0: p_A <= p*`` from Bernoulli samples ("did the base
     classifier return the candidate class on this noisy copy?").
 
-    **Certifying.** After ``t`` samples with ``k`` hits the statistic is the mixture
-    likelihood ratio (uniform prior on ``[p*, 1]``)::
+    **Certifying.** After ``t`` samples with ``k`` hits the statistic is a mixture of
+    likelihood ratios over alternatives ``p >= p*`` (:func:`log_mixture_upper`)::
 
-        M_t = int_{p*}^1 (p/p*)^k ((1-p)/(1-p*))^(t-k) dp / (1 - p*)
+        L_t(p) = (p/p*)^k ((1-p)/(1-p*))^(t-k)
+        M_t    = w L_t(1) + (1 - w) int_{p*}^1 L_t(p) pi(p) dp
 
-    For a fixed ``p >= p*`` the ratio ``L_t(p) = prod_i (p/p*)^{x_i} ((1-p)/(1-p*))^{1-x_i}``
-    multiplies one factor per sample, and when the true rate is ``q <= p*`` each factor
-    has expectation ``q p/p* + (1-q)(1-p)/(1-p*) = 1 + (q - p*)(p - p*)/(p*(1-p*)) <= 1``
-    (``q - p* <= 0 <= p - p*``). So ``L_t(p)`` is a nonnegative supermartingale for every
-    such ``p``, and so is the average ``M_t`` over the prior. Ville's inequality gives
+    with weight ``w = 0.2`` on ``p = 1`` and ``pi`` a ``Beta(1, 0.7)`` density truncated to
+    ``[p*, 1]``. **Why it is valid, for any prior on** ``[p*, 1]``: ``L_t(p)`` multiplies one
+    factor per sample, and when the true rate is ``q <= p*`` each factor has expectation
+    ``q p/p* + (1-q)(1-p)/(1-p*) = 1 + (q - p*)(p - p*)/(p*(1-p*)) <= 1``
+    (``q - p* <= 0 <= p - p*``; at ``p = 1`` the factor is ``x_i / p*``, of mean ``q / p* <= 1``).
+    So each ``L_t(p)`` is a nonnegative supermartingale with ``L_0 = 1``, and so is any
+    average of them with weights summing to 1, such as ``M_t``. Ville's inequality gives
     ``P[sup_t M_t >= 1/alpha] <= alpha`` under ``H0``: stopping the *first* time
     ``M_t >= 1/alpha`` certifies falsely with probability at most ``alpha`` at *any*
-    stopping time, however often (every sample) and for whatever reason one looks.
+    stopping time, however often (every sample) and for whatever reason one looks, and
+    however the budget is later extended on the same stream. The prior only decides how
+    fast the test is where: the point mass makes ``p_A = 1`` certify after 344 samples
+    (a level-``alpha`` test needs at least 301 at ``r = 2 sigma``, ``alpha = 0.001``), the
+    Beta part covers ``p_A < 1``. ``M_t`` increases with ``k`` (each ``L_t(p)`` does, as
+    ``p/p* >= 1 >= (1-p)/(1-p*)``), so the test certifies iff ``k`` reaches a boundary.
 
     **Futility.** The mirror statistic ``M'_t`` (uniform prior on ``[0, p*]`` against
     ``p*``) is a supermartingale when ``q >= p*``; stopping when ``M'_t >= 1/beta``
@@ -134,8 +179,9 @@ class SequentialTest:
     a false certificate and does not touch the ``alpha`` guarantee. ``futility=True``
     (default) uses ``beta = alpha``: giving up on a certifiable image is then as unlikely as
     a false certificate, and an image with ``p_A`` well below ``p*`` still stops early (about
-    25 samples at ``p_A = 0.8``, ``r = 0.5``, ``sigma = 0.25``, ``alpha = 0.001``). A float sets
-    ``beta`` itself (larger stops sooner); ``False`` never stops for futility.
+    32 samples on average at ``p_A = 0.8``, ``r = 0.5``, ``sigma = 0.25``,
+    ``alpha = 0.001``). A float sets ``beta`` itself (larger stops sooner); ``False`` never
+    stops for futility.
 
     **Budget.** After ``max_n`` samples without a decision the outcome is
     "budget_exhausted".
@@ -173,6 +219,7 @@ class SequentialTest:
         self.k = 0
         self.t = 0
         self.outcome: Outcome | None = None
+        self._ahead = (-1, -1, -1, 0)  # (k, t, cap) -> samples_to_decide, for the last state
 
     def decide_many(self, k: np.ndarray, t: np.ndarray) -> np.ndarray:
         """The decision at each ``(k, t)`` as integer codes (0 go on, 1 certified,
@@ -237,6 +284,21 @@ class SequentialTest:
             return codes
 
         return rule
+
+    def samples_to_decide(self, cap: int) -> int:
+        """The fewest further samples after which the test could stop, at most ``cap``
+        (0 once stopped): a sampler may ask for that many at once knowing the test will use
+        every one, whatever they say. The earliest stop is that of all hits (certifying is
+        monotone in ``k``) or of all misses (futility is), so two short scans find it."""
+        if self.outcome is not None:
+            return 0
+        if self._ahead[:3] != (self.k, self.t, cap):
+            m = np.arange(1, min(cap, self.max_n - self.t) + 1)
+            hits = self.decide_many(self.k + m, self.t + m)
+            misses = self.decide_many(np.full_like(m, self.k), self.t + m)
+            stops = np.flatnonzero((hits != _GO) | (misses != _GO))
+            self._ahead = (self.k, self.t, cap, int(m[stops[0]]) if stops.size else len(m))
+        return self._ahead[3]
 
     def decide(self, k: int, t: int) -> Outcome | None:
         """The outcome if the test looks at ``k`` hits of ``t`` samples, or ``None`` to go on."""
@@ -446,8 +508,11 @@ def bernoulli_kl(p: float, q: float) -> float:
 
 def information_floor(p_a: float, p_star: float, alpha: float) -> float:
     """``log(1/alpha) / KL(p_a || p*)``: roughly the fewest samples any level-``alpha`` test
-    needs on average to certify when the rate is ``p_a`` (Wald). ``inf`` when ``p_a <= p*``;
-    at ``p_a = 1`` the KL is ``log(1/p*)`` (e.g. 300 for ``p* = Phi(2)``, ``alpha = 0.001``)."""
+    needs on average to certify when the rate is ``p_a`` (Wald). ``inf`` when ``p_a <= p*``.
+    At ``p_a = 1`` it is exact and a whole number: a test that certifies after ``t``
+    samples all of which hit certifies falsely with probability ``p*^t`` at ``p_A = p*``, so
+    it needs ``p*^t <= alpha``, ``t >= log(1/alpha) / log(1/p*)`` (301 for ``p* = Phi(2)``,
+    ``alpha = 0.001``)."""
     alpha = check_alpha(alpha)
     if not 0.0 < p_star < 1.0:
         raise InvalidInputError(f"p_star must lie in (0, 1), got {p_star!r}")
@@ -455,4 +520,5 @@ def information_floor(p_a: float, p_star: float, alpha: float) -> float:
         raise InvalidInputError(f"p_a must lie in [0, 1], got {p_a!r}")
     if p_a <= p_star:
         return math.inf
-    return math.log(1.0 / alpha) / bernoulli_kl(p_a, p_star)
+    floor = math.log(1.0 / alpha) / bernoulli_kl(p_a, p_star)
+    return float(math.ceil(floor - 1e-9)) if p_a == 1.0 else floor

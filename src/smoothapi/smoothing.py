@@ -64,6 +64,8 @@ DEFAULT_BATCH_SIZE = 256
 
 _T = TypeVar("_T")
 _Self = TypeVar("_Self", bound="_Closing")
+R = TypeVar("R", Certification, Prediction, RadiusCertification)
+
 
 
 class _Closing:
@@ -183,6 +185,7 @@ class SmoothedClassifier(_Closing):
         self._journal_run: JournalRun | None = None
         if self.journal is not None:  # registers the run, so the journal shows what it was
             self._journal_run = self.journal.run(self.run_key, self.run_config())
+        self._attempts = _Attempts(self.sampler, self._journal_run)
 
     @functools.cached_property
     def run_key(self) -> str:
@@ -208,21 +211,20 @@ class SmoothedClassifier(_Closing):
                            floats_per_pixel=PEAK_FLOATS_PER_PIXEL if local else 0)  # fmt: skip
         return x
 
-    def _store(self, key: ImageKey, phase: Phase) -> AnswerStore:
-        """Where the answers of one stream are kept: this run's journal, if there is one."""
-        return UNRECORDED if self._journal_run is None else self._journal_run.stream(key, phase)
-
     async def _counts(self, x: torch.Tensor, key: ImageKey, phase: Phase, num: int) -> Counter:
         """How often ``f(D(x + delta))`` returns each label over ``num`` noise draws."""
         produce = functools.partial(self.sampler.noisy_batch, x, key, phase)
-        return await self.dispatcher.counts(produce, num, self._store(key, phase))
+        return await self.dispatcher.counts(produce, num, self._attempts.store(key, phase))
 
     # --- Cohen et al.'s algorithms ----------------------------------------------------
 
-    def predict(self, image: ImageLike, n: int = 1_000, alpha: float = 0.001) -> Prediction:
+    def predict(
+        self, image: ImageLike, n: int = 1_000, alpha: float = 0.001, *, image_id: str | None = None
+    ) -> Prediction:
         """PREDICT: ``g(x)``, or ``ABSTAIN``; wrong with probability at most ``alpha``. The top
-        class of ``n`` noisy samples, when a binomial test of the top two counts rejects a tie."""
-        return self._bridge.run(self.apredict(image, n, alpha))
+        class of ``n`` noisy samples, when a binomial test of the top two counts rejects a tie.
+        ``image_id`` as in :meth:`acertify`."""
+        return self._bridge.run(self.apredict(image, n, alpha, image_id=image_id))
 
     @_entry
     async def apredict(
@@ -231,8 +233,9 @@ class SmoothedClassifier(_Closing):
         """Async :meth:`predict`; ``image_id`` as in :meth:`acertify`."""
         n, alpha = check_count("n", n), check_alpha(alpha)
         x = self._image(image, n)
-        key = self.sampler.key(x, image_id)
-        return predict_counts(await self._counts(x, key, Phase.PREDICTION, n), alpha)
+        key = self._attempts.begin(x, image_id, {"method": "predict", "n": n, "alpha": alpha})
+        prediction = predict_counts(await self._counts(x, key, Phase.PREDICTION, n), alpha)
+        return self._attempts.finish(key, prediction)
 
     def certify(
         self,
@@ -245,6 +248,7 @@ class SmoothedClassifier(_Closing):
         selection: str | Adapter = "samples",
         futility: bool | float = True,
         budget: int | None = None,
+        image_id: str | None = None,
     ) -> Certification | RadiusCertification:
         """CERTIFY: a class and an l2 radius around ``image`` where ``g`` cannot change.
 
@@ -255,9 +259,11 @@ class SmoothedClassifier(_Closing):
 
         ``radius=r`` (with ``selection``, ``futility``) is :meth:`certify_radius`: certify
         that one radius with as few queries as possible, ``n`` being the budget of
-        estimation samples. ``budget=`` is another name for ``n``.
+        estimation samples. ``budget=`` is another name for ``n``. ``image_id`` as in
+        :meth:`acertify`.
         """
-        options = dict(radius=radius, selection=selection, futility=futility, budget=budget)
+        options = dict(radius=radius, selection=selection, futility=futility, budget=budget,
+                       image_id=image_id)  # fmt: skip
         return self._bridge.run(self.acertify(image, n0, n, alpha, **options))
 
     @_entry
@@ -277,8 +283,11 @@ class SmoothedClassifier(_Closing):
         """Async :meth:`certify`.
 
         ``image_id`` names the image for the noise streams and the journal (e.g. its
-        dataset index); by default it is the SHA-256 of the pixels. ``radius=r`` is
+        dataset index); by default it is the SHA-256 of the pixels. A journal binds an id
+        to the pixels it was first given with and refuses others under it. ``radius=r`` is
         :meth:`acertify_radius`.
+
+        A call with another ``n`` for the same image draws fresh noise (:mod:`.journal`).
         """
         n = n if budget is None else budget  # ``budget`` names ``n``: the samples to spend
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
@@ -288,12 +297,15 @@ class SmoothedClassifier(_Closing):
             return await self.acertify_radius(x, radius, n0, n, alpha, **options)
         if not (isinstance(selection, str) and selection == "samples"):
             raise InvalidInputError("selection is only used with radius=...; leave it 'samples'")
-        key = self.sampler.key(x, image_id)
+        settings = {"method": "certify", "n0": n0, "n": n, "alpha": alpha}
+        key = self._attempts.begin(x, image_id, settings)
         # Independent sample sets, drawn at once; the candidate still comes from selection alone.
         selection_counts, estimation_counts = await all_or_nothing(
             self._counts(x, key, Phase.SELECTION, n0), self._counts(x, key, Phase.ESTIMATION, n)
         )
-        return certify_counts(selection_counts, estimation_counts, self.sigma, alpha)
+        return self._attempts.finish(
+            key, certify_counts(selection_counts, estimation_counts, self.sigma, alpha)
+        )
 
     # --- certifying one radius with the fewest queries -----------------------------------
 
@@ -313,7 +325,9 @@ class SmoothedClassifier(_Closing):
         Instead of spending ``n`` samples to find the largest radius, this runs the
         anytime-valid :class:`~smoothapi.SequentialTest` (``futility`` as there), stopping
         as soon as it decides; ``n`` is its budget. The outcome is "certified" (false with
-        probability at most ``alpha``), "not_certifiable" or "budget_exhausted".
+        probability at most ``alpha``), "not_certifiable", "candidate_rejected" (another
+        class came back more often than the candidate), "no_candidate" (the selection
+        returned no class; nothing was tested) or "budget_exhausted".
         ``selection`` as in :meth:`acertify_radius`.
         """
         options = dict(selection=selection, futility=futility)
@@ -346,8 +360,7 @@ class SmoothedClassifier(_Closing):
         estimation noise, so given it the estimation samples are still i.i.d.
         Bernoulli(``p_candidate``) and the test's level-``alpha`` guarantee holds given the
         candidate, hence overall (a candidate other than the top class only has a smaller
-        ``p``). No new batch is sent once the test stops; requests already in flight are
-        awaited and journaled (paid for, so counted in ``estimation_queries``).
+        ``p``). Only samples the test will use are asked for: none past its stop.
         """
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
         x = self._image(image, max(n0, n))
@@ -356,38 +369,24 @@ class SmoothedClassifier(_Closing):
             raise InvalidInputError(
                 f"selection must be 'samples', 'clean' or an Adapter, got {selection!r}"
             )
-        key = self.sampler.key(x, image_id)
-        candidate, selection_queries = await self._select(x, key, selection, n0)
+        key = self._attempts.begin(x, image_id, _radius_settings(test, selection, n0))
+        candidate, selection_queries = await _select(self, x, key, selection, n0)
         counts: Counter = Counter()
         evaluated = 0
         if candidate is None:  # nothing to test: no class was ever returned
-            test.outcome = Outcome.NOT_CERTIFIABLE
+            outcome = Outcome.NO_CANDIDATE
         else:
             counts, evaluated = await self._sequential_counts(x, key, candidate, test)
-        certified = test.outcome is Outcome.CERTIFIED
-        return RadiusCertification(
+            outcome = _radius_outcome(test, candidate, counts)
+        certified = outcome is Outcome.CERTIFIED
+        return self._attempts.finish(key, RadiusCertification(
             label=candidate if certified else ABSTAIN,
             radius=test.radius if certified else 0.0,
-            outcome=test.outcome or Outcome.BUDGET_EXHAUSTED,
+            outcome=outcome,
             n=test.t, alpha=alpha, sigma=self.sigma, tested_radius=test.radius,
             candidate=candidate, counts=dict(counts), selection_queries=selection_queries,
             estimation_queries=evaluated, max_n=n,
-        )  # fmt: skip
-
-    async def _select(
-        self, x: torch.Tensor, key: ImageKey, selection: str | Adapter, n0: int
-    ) -> tuple[Label | None, int]:
-        """The candidate class and the queries of ``self.adapter`` it takes."""
-        if isinstance(selection, str) and selection == "samples":
-            return top_label(await self._counts(x, key, Phase.SELECTION, n0)), n0
-        clean = self.sampler.clean_batch(x)
-        if isinstance(selection, Adapter):
-            return (await selection.atop_labels(clean))[0], 0
-        store = self._store(key, Phase.CLEAN_SELECTION)
-        known = store.answers()
-        if 0 in known:
-            return known[0], 1
-        return (await self.dispatcher.ask(clean, [0], store))[0], 1
+        ))  # fmt: skip
 
     async def _sequential_counts(
         self, x: torch.Tensor, key: ImageKey, candidate: Label, test: SequentialTest
@@ -396,10 +395,13 @@ class SmoothedClassifier(_Closing):
         it used and how many estimation answers were paid for (now or in an earlier run)."""
         produce = functools.partial(self.sampler.noisy_batch, x, key, Phase.SEQUENTIAL)
         stop = lambda: test.outcome is not None  # noqa: E731
-        store = self._store(key, Phase.SEQUENTIAL)
-        return await _feed(
-            test, candidate, self.dispatcher.answers(produce, test.max_n, store, stop)
-        )
+        # Only ask for samples the test will surely use: it cannot stop sooner than
+        # samples_to_decide() more, so those may be in flight at once, and none past them.
+        window = self.dispatcher.in_flight * self.dispatcher.request_size
+        wanted = lambda: test.t + test.samples_to_decide(window)  # noqa: E731
+        store = self._attempts.store(key, Phase.SEQUENTIAL)
+        answers = self.dispatcher.answers(produce, test.max_n, store, stop, wanted)
+        return await _feed(test, candidate, answers)
 
     # --- datasets: smoothapi.runs -------------------------------------------------------
     def certify_many(
@@ -417,6 +419,72 @@ class SmoothedClassifier(_Closing):
         from . import runs  # the dataset layer sits above this one
 
         return runs.acertify_many(self, images, *args, **options)
+
+
+class _Attempts:
+    """Keys each call of one classifier and records it in its journal run, if it has one."""
+
+    def __init__(self, sampler: Sampler, run: JournalRun | None) -> None:
+        self.sampler, self.run = sampler, run
+
+    def begin(self, x: torch.Tensor, image_id: str | None, settings: dict[str, Any]) -> ImageKey:
+        """The key of this call (its settings make it an attempt of its own); with a journal,
+        the attempt is recorded first (and an id for other pixels refused)."""
+        key = self.sampler.key(x, image_id, settings)
+        if self.run is not None:
+            self.run.begin(key, settings["method"], settings)
+        return key
+
+    def store(self, key: ImageKey, phase: Phase) -> AnswerStore:
+        """Where the answers of one stream are kept: the journal run, if there is one."""
+        return UNRECORDED if self.run is None else self.run.stream(key, phase)
+
+    def finish(self, key: ImageKey, result: R) -> R:
+        """Record ``result`` as the attempt's outcome (with a journal); return it."""
+        if self.run is not None:
+            summary = {"label": None if result.abstained else result.label, "n": result.n}
+            for name in ("outcome", "radius", "n0", "p_a_lower", "queries"):
+                if hasattr(result, name):
+                    summary[name] = getattr(result, name)
+            self.run.finish(key, summary)
+        return result
+
+
+async def _select(
+    smoothed: SmoothedClassifier, x: torch.Tensor, key: ImageKey, selection: str | Adapter, n0: int
+) -> tuple[Label | None, int]:
+    """The candidate class and the queries of ``smoothed.adapter`` it takes."""
+    if isinstance(selection, str) and selection == "samples":
+        return top_label(await smoothed._counts(x, key, Phase.SELECTION, n0)), n0
+    clean = smoothed.sampler.clean_batch(x)
+    if isinstance(selection, Adapter):
+        return (await selection.atop_labels(clean))[0], 0
+    store = smoothed._attempts.store(key, Phase.CLEAN_SELECTION)
+    known = store.answers()
+    if 0 in known:
+        return known[0], 1
+    return (await smoothed.dispatcher.ask(clean, [0], store))[0], 1
+
+
+def _radius_settings(test: SequentialTest, selection: str | Adapter, n0: int) -> dict[str, Any]:
+    """What makes a radius attempt: not the budget (nor futility), since the test's guarantee
+    survives extending its stream; the radius, alpha and how the candidate is chosen do."""
+    chosen: Any = selection.identity() if isinstance(selection, Adapter) else selection
+    settings = {"method": "radius", "radius": test.radius, "alpha": test.alpha, "selection": chosen}
+    if chosen == "samples":
+        settings["n0"] = n0
+    return settings
+
+
+def _radius_outcome(test: SequentialTest, candidate: Label, counts: Counter) -> Outcome:
+    """The test's outcome, saying when the futility stop rejected the candidate itself:
+    another class came back more often than it in the samples the test used."""
+    if test.outcome is None:
+        return Outcome.BUDGET_EXHAUSTED
+    rivals = [c for label, c in counts.items() if label is not None and label != candidate]
+    if test.outcome is Outcome.NOT_CERTIFIABLE and max(rivals, default=0) > counts[candidate]:
+        return Outcome.CANDIDATE_REJECTED
+    return test.outcome
 
 
 async def _feed(
