@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import datetime
+import functools
 import json
 import os
 import sys
@@ -445,3 +446,18 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _facade_method(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def method(self: SmoothedClassifier, images: Iterable[ImageLike], *args: Any, **options: Any):
+        return function(self, images, *args, **options)
+
+    return method
+
+
+# ``smoothed.certify_many(images, ...)`` and ``smoothed.acertify_many(...)``: the facade's
+# names for the loop above. They are attached here, by the dataset layer, so that
+# smoothing.py (a lower layer) never imports this module.
+SmoothedClassifier.certify_many = _facade_method(certify_many)  # type: ignore[attr-defined]
+SmoothedClassifier.acertify_many = _facade_method(acertify_many)  # type: ignore[attr-defined]

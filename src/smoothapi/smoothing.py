@@ -5,7 +5,8 @@ It wires a :class:`~smoothapi.sampling.Sampler` (which noise) to a
 (where answers are kept), and runs PREDICT and CERTIFY with fixed ``n``, and the
 sequential certification of one radius (:meth:`SmoothedClassifier.certify_radius`).
 The async methods do the work; the sync ones run them on the classifier's own event
-loop. Datasets are :mod:`smoothapi.runs`' job.
+loop. Datasets are :mod:`smoothapi.runs`' job (which also gives the facade its
+``certify_many`` / ``acertify_many`` methods: this module imports nothing above it).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import json
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 import torch
 
@@ -54,9 +55,6 @@ from .errors import InvalidInputError, UsageError
 from .journal import Journal, JournalRun
 from .sampling import NOISE_SCHEME, ImageKey, Phase, Sampler
 from .sequential import Outcome, RadiusCertification, SequentialTest
-
-if TYPE_CHECKING:
-    from .runs import ImageOutcome
 
 __all__ = ["ClientStats", "RateLimits", "RetryPolicy", "SmoothedClassifier"]
 
@@ -404,21 +402,6 @@ class SmoothedClassifier(_Closing):
         return await _feed(test, candidate, answers)
 
     # --- datasets: smoothapi.runs -------------------------------------------------------
-    def certify_many(
-        self, images: Iterable[ImageLike], *args: Any, **options: Any
-    ) -> Iterator[ImageOutcome]:
-        """:func:`smoothapi.runs.certify_many` with this classifier (kept for compatibility)."""
-        from . import runs  # the dataset layer sits above this one
-
-        return runs.certify_many(self, images, *args, **options)
-
-    def acertify_many(
-        self, images: Iterable[ImageLike], *args: Any, **options: Any
-    ) -> AsyncIterator[ImageOutcome]:
-        """:func:`smoothapi.runs.acertify_many` with this classifier (kept for compatibility)."""
-        from . import runs  # the dataset layer sits above this one
-
-        return runs.acertify_many(self, images, *args, **options)
 
 
 class _Attempts:
