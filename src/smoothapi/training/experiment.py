@@ -314,8 +314,6 @@ class Study:
 
     def examples(self, sigma: float, count: int = 6) -> None:
         """The paper's Figure 5: rows of clean, noisy, MSE and STAB+MSE denoised images."""
-        from PIL import Image
-
         clean = torch.stack([self.test[i][0] for i in self.example_indices(count)])
         noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
         rows = [clean, noisy]
@@ -324,17 +322,7 @@ class Study:
             if path.exists():
                 with torch.inference_mode():
                     rows.append(load_denoiser(path)(noisy))
-        tiles = [[to_pil(image) for image in row] for row in rows]
-        width, height = tiles[0][0].size
-        zoom = max(1, 96 // max(width, height))
-        sheet = Image.new(tiles[0][0].mode, (count * width * zoom, len(rows) * height * zoom))
-        for r, row in enumerate(tiles):
-            for c, tile in enumerate(row):
-                sheet.paste(
-                    tile.resize((width * zoom, height * zoom), Image.Resampling.NEAREST),
-                    (c * width * zoom, r * height * zoom),
-                )
-        sheet.save(self.out / f"denoising_examples_sigma{sigma:g}.png")
+        _image_sheet(rows).save(self.out / f"denoising_examples_sigma{sigma:g}.png")
 
     #: Radii of the report's tables.
     radii: tuple[float, ...] = DEFAULT_RADII
@@ -390,7 +378,7 @@ class Study:
         lines += _gap_lines(gaps)
         lines += ["The intervals resample the test images (paired across methods).", ""]
         lines += self.report_notes()
-        lines += ["", *self.sizing(done)]
+        lines += ["", *_sizing(self, done, images)]
         lines += ["", "Stage wall times (s):", ""]
         lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
         (self.out / "README.md").write_text("\n".join(lines) + "\n")
@@ -427,41 +415,6 @@ class Study:
             f"Targets, at sigma {self.scale.extras_sigma:g}: full access >= 90% and query "
             "access >= 75% at both radii."
         ]
-
-    def sizing(self, done: list[tuple[str, float]]) -> list[str]:
-        """Why n and the image count are what they are: the largest certifiable radius per
-        sigma, and what the issue's n = 10,000 on 500 images would take at measured speed."""
-        scale = self.scale
-        radii = ", ".join(
-            f"{max_certifiable_radius(scale.n, scale.alpha, s):.3f} at sigma {s:g}"
-            for s in scale.sigmas
-        )
-        lines = [f"With n = {scale.n} the largest certifiable radius is {radii}."]
-        per_image = {}
-        for with_denoiser in (False, True):
-            seconds = [
-                self.times[f"certify:{m}@{s:g}"] / scale.certify_images
-                for m, s in done
-                if f"certify:{m}@{s:g}" in self.times
-                and (m not in ("none", "whitebox")) == with_denoiser
-            ]
-            if seconds:
-                per_image[with_denoiser] = sum(seconds) / len(seconds)
-        if per_image:
-            scale_up = (scale.n0 + 10_000) / (scale.n0 + scale.n) * 500 / 3600
-            lines += [
-                "",
-                "Measured CERTIFY time per image here: "
-                + ", ".join(
-                    f"{t:.2f} s {'with' if d else 'without'} a denoiser"
-                    for d, t in per_image.items()
-                )
-                + ". n = 10,000 on 500 images would take about "
-                + " and ".join(f"{t * scale_up:.1f} h" for t in per_image.values())
-                + f" per configuration ({len(self.runs())} configurations), hence "
-                f"n = {scale.n} on {scale.certify_images} images.",
-            ]
-        return lines
 
     def gaps(self, logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
         """Method -> radius -> the share of the gap closed at ``sigma`` and its 95%
@@ -529,3 +482,54 @@ def run_experiment(
     study.report()  # always rewritten: it reflects whatever has finished
     print(f"[experiment] report written to {out} in {time.perf_counter() - started:.0f} s")
     return out
+
+
+def _image_sheet(rows: list[torch.Tensor]):
+    """One PIL image: a row per batch of images, each enlarged to about 96 px."""
+    from PIL import Image
+
+    tiles = [[to_pil(image) for image in row] for row in rows]
+    width, height = tiles[0][0].size
+    zoom = max(1, 96 // max(width, height))
+    size = (width * zoom, height * zoom)
+    sheet = Image.new(tiles[0][0].mode, (len(tiles[0]) * size[0], len(rows) * size[1]))
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            sheet.paste(tile.resize(size, Image.Resampling.NEAREST), (c * size[0], r * size[1]))
+    return sheet
+
+
+def _sizing(study: Study, done: list[tuple[str, float]], images: int) -> list[str]:
+    """Why n and the image count are what they are: the largest certifiable radius per
+    sigma, and what the issue's n = 10,000 on 500 images would take at measured speed."""
+    scale = study.scale
+    radii = ", ".join(
+        f"{max_certifiable_radius(scale.n, scale.alpha, s):.3f} at sigma {s:g}"
+        for s in scale.sigmas
+    )
+    lines = [f"With n = {scale.n} the largest certifiable radius is {radii}."]
+    per_image = {}
+    for with_denoiser in (False, True):
+        seconds = [
+            study.times[f"certify:{m}@{s:g}"] / images
+            for m, s in done
+            if f"certify:{m}@{s:g}" in study.times
+            and (m not in ("none", "whitebox")) == with_denoiser
+        ]
+        if seconds:
+            per_image[with_denoiser] = sum(seconds) / len(seconds)
+    if per_image:
+        scale_up = (scale.n0 + 10_000) / (scale.n0 + scale.n) * 500 / 3600
+        lines += [
+            "",
+            "Measured CERTIFY time per image here: "
+            + ", ".join(
+                f"{t:.2f} s {'with' if d else 'without'} a denoiser"
+                for d, t in per_image.items()
+            )
+            + ". n = 10,000 on 500 images would take about "
+            + " and ".join(f"{t * scale_up:.1f} h" for t in per_image.values())
+            + f" per configuration ({len(study.runs())} configurations), hence "
+            f"n = {scale.n} on {images} images.",
+        ]
+    return lines
