@@ -48,3 +48,16 @@ def test_photo_denoisers_lower_the_error_of_noisy_held_out_photos(name):
         denoised = model(noisy)
     noisy_mse = (noisy - clean).pow(2).mean().item()
     assert (denoised - clean).pow(2).mean().item() < 0.5 * noisy_mse
+
+
+@pytest.mark.parametrize("name", PHOTO)
+def test_shipped_photo_denoisers_are_the_studys(name):
+    """The file in the package is the natural-photo study's query-access denoiser."""
+    from pathlib import Path
+
+    from smoothapi.denoisers.pretrained import pretrained_path
+
+    study = Path(__file__).resolve().parents[2] / "results" / "natural-photos" / "denoisers"
+    trained = study / f"stab+mse-query@{SHIPPED[name].sigma:g}" / "denoiser.safetensors"
+    assert trained.is_file(), "ship only denoisers the committed study trained"
+    assert pretrained_path(name).read_bytes() == trained.read_bytes()
