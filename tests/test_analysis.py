@@ -121,3 +121,30 @@ def test_gap_closed_without_a_gap_or_with_different_images():
     assert none.share is None and none.low is None
     with pytest.raises(InvalidInputError, match="same images"):
         gap_closed(log, log, _log("b", [1], [0.3]))
+
+
+def test_analyze_accounts_for_repeated_tries_from_the_journal(tmp_path, capsys):
+    """Issue 15: the journal records every attempt, and analyze shows the repeated ones."""
+    import warnings
+
+    import torch
+
+    from smoothapi import SmoothedClassifier
+    from smoothapi.cli import main
+    from smoothapi.journal import RepeatedAttemptWarning
+
+    from .conftest import linear_adapter
+
+    journal = tmp_path / "j.sqlite"
+    image, other = torch.full((1, 12, 12), 0.7), torch.full((1, 12, 12), 0.2)
+    adapter = linear_adapter(image, 0.5)
+    with SmoothedClassifier(adapter, 0.25, seed=0, device="cpu", journal=journal) as smoothed:
+        smoothed.certify(image, n0=8, n=32, alpha=0.01)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RepeatedAttemptWarning)
+            smoothed.certify(image, n0=8, n=64, alpha=0.01)  # a second try, more samples
+        smoothed.certify(other, n0=8, n=32, alpha=0.01)
+    assert main(["analyze", "--journal", str(journal)]) == 0
+    out = capsys.readouterr().out
+    assert "certify: 2 image(s), 3 attempt(s), 1 image(s) tried more than once" in out
+    assert "best of 2 tries holds at 2 x 0.01" in out

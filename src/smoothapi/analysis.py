@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidInputError, MissingDependencyError
+from .journal import Journal
 from .runs import read_log_rows
 
 __all__ = [
     "DEFAULT_RADII",
     "CertificationLog",
+    "attempts_summary",
     "average_certified_radius",
     "best_sigma_table",
     "certified_accuracy",
@@ -215,3 +218,28 @@ def plot_curves(
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def attempts_summary(journal: str | os.PathLike) -> list[str]:
+    """Lines that account for repeated tries in a journal: per run and method, the images
+    tried, the attempts, and the images tried more than once. Keeping the best of ``k``
+    attempts of an image at level ``alpha`` holds only at ``k * alpha`` (a union bound)."""
+    with Journal(journal) as opened:
+        attempts = opened.attempts()
+    lines = []
+    groups: dict[tuple[str, str], list] = {}
+    for attempt in attempts:
+        groups.setdefault((attempt.run, attempt.method), []).append(attempt)
+    for (run, method), group in groups.items():
+        per_image = Counter(a.key.digest for a in group)
+        repeated = {digest: k for digest, k in per_image.items() if k > 1}
+        alphas = {a.settings.get("alpha") for a in group} - {None}
+        line = (f"run {run[:12]} {method}: {len(per_image)} image(s), {len(group)} attempt(s), "
+                f"{len(repeated)} image(s) tried more than once")
+        if repeated:
+            worst = max(repeated.values())
+            alpha = f"{max(alphas):g}" if alphas else "alpha"
+            line += (f" (up to {worst} times: the best of {worst} tries holds at "
+                     f"{worst} x {alpha}, not {alpha})")
+        lines.append(line)
+    return lines or ["no attempts recorded"]

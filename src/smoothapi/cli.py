@@ -33,6 +33,7 @@ from ._images import IMAGE_EXTENSIONS, ImageWarning, check_batch_memory, load_im
 from .adapters.local import LocalModelAdapter
 from .analysis import (
     DEFAULT_RADII,
+    attempts_summary,
     average_certified_radius,
     best_sigma_table,
     certified_accuracy,
@@ -313,7 +314,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-
+    if not args.logs and not args.journal:
+        raise InvalidInputError("give certification logs, --journal FILE, or both")
+    if args.journal:
+        print(f"attempts in {args.journal}:")
+        for line in attempts_summary(args.journal):
+            print(f"  {line}")
+        if not args.logs:
+            return EXIT_OK
+        print()
     logs = []
     for spec in args.logs:
         name, sep, path = spec.rpartition("=")
@@ -455,7 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "paper's table: per method and radius the best sigma's certified accuracy "
                     "with its standard accuracy in parentheses.",
     )
-    analyze.add_argument("logs", nargs="+", metavar="[NAME=]LOG")
+    analyze.add_argument("logs", nargs="*", metavar="[NAME=]LOG")
+    analyze.add_argument("--journal", default=None, metavar="FILE",
+                         help="also account for repeated tries: the attempts recorded in a "
+                              "journal, per run (the best of k tries holds at k x alpha)")
     analyze.add_argument("--radii", type=float, nargs="+",
                          default=list(DEFAULT_RADII),
                          help="radii of the table (default: 0 0.25 ... 1.5)")
