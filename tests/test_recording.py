@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smoothapi import SmoothedClassifier
-from smoothapi.errors import InvalidInputError, RateLimitError, ReplayMissError
+from smoothapi.errors import APITimeoutError, InvalidInputError, RateLimitError, ReplayMissError
 from smoothapi.recording import Recording, scrub
 
 from .adapters.fake import FakeAdapter, brightness_response
@@ -61,12 +61,18 @@ def test_secrets_and_per_image_errors(tmp_path):
     assert SECRET not in text and "<redacted>" in text and "r-1" in text
 
     recording = Recording(tmp_path / "errors.jsonl", mode="record")
+    timed_out = APITimeoutError("no answer", provider="fake")
     recording.store(
-        "k", "fake", [{"labels": []}, RateLimitError("slow down", provider="fake", status=429)]
-    )
+        "k", "fake", [{"labels": []},
+                      RateLimitError("slow down", provider="fake", status=429, retry_after=2.5),
+                      timed_out]
+    )  # fmt: skip
     replayed = Recording(tmp_path / "errors.jsonl").lookup("k", "fake")
     assert replayed[0] == {"labels": []}
     assert isinstance(replayed[1], RateLimitError) and replayed[1].status == 429
+    # what retries and cost figures read survives the replay
+    assert replayed[1].retry_after == 2.5 and not replayed[1].possibly_billed
+    assert isinstance(replayed[2], APITimeoutError) and replayed[2].possibly_billed
     assert str(replayed[1]) == "fake: slow down"
     line = json.loads((tmp_path / "errors.jsonl").read_text())
     assert line["provider"] == "fake" and set(line) == {"key", "provider", "responses"}

@@ -61,6 +61,8 @@ def _error_to_json(error: ProviderError) -> dict[str, Any]:
             "message": str(error),
             "status": error.status,
             "code": error.code,
+            "retry_after": error.retry_after,
+            "possibly_billed": error.possibly_billed,
         }
     }
 
@@ -71,12 +73,16 @@ def _error_from_json(data: Mapping[str, Any], provider: str) -> ProviderError:
         cls = ProviderError
     message = data.get("message", "")
     prefix = f"{provider}: "
-    return cls(
+    error = cls(
         message[len(prefix) :] if message.startswith(prefix) else message,
         provider=provider,
         status=data.get("status"),
         code=data.get("code"),
+        retry_after=data.get("retry_after"),
     )
+    if "possibly_billed" in data:
+        error.possibly_billed = bool(data["possibly_billed"])
+    return error
 
 
 class Recording:
