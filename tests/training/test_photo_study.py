@@ -25,6 +25,7 @@ def test_split_is_disjoint_by_photo(study):
     test = {p["name"] for p in manifest["photos"] if p["split"] == "test"}
     assert train and test and not train & test
     assert {c["photo"] for c in manifest["test_crops"]} <= test
+    assert (manifest["crop_size"], manifest["test_crop_size"]) == (48, 64)
     assert all(len(p["sha256"]) == 64 and p["licence"] for p in manifest["photos"])
 
 

@@ -68,6 +68,16 @@ def test_reduced_resolution_keeps_labels_on_clear_photos():
     assert adapter.top_labels(_photo("chelsea")[None]) == ["Egyptian cat"]
 
 
+def test_without_resize_the_model_sees_each_image_at_its_own_size():
+    adapter = load_classifier("efficientnet_lite0", resize=False)
+    assert adapter.input_size is None
+    small, large = torch.rand(1, 3, 96, 96), torch.rand(1, 3, 160, 160)
+    with torch.inference_mode():
+        direct = adapter.module((large - 0.498) / 0.502)
+        assert torch.allclose(adapter.logits(large), direct, atol=1e-5)
+        assert adapter.logits(small).shape == (1, 1000)
+
+
 def test_imagenet_class_names():
     names = imagenet_classes()
     assert len(names) == 1000 == len(set(names))

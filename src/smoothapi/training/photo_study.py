@@ -73,6 +73,7 @@ class PhotoScale:
     api_n0: int = 20
     api_n: int = 100
     certify_images: int | None = None  # None: every test crop
+    test_size: int | None = None  # test crops' side (default: ``size``, the training crops')
     batch_size: int = 32
     mse_lr: float = 1e-3
     stab_lr: float = 1e-4
@@ -90,6 +91,10 @@ class PhotoScale:
     scratch_epochs: int = 0
 
     @property
+    def test_crop_size(self) -> int:
+        return self.test_size or self.size
+
+    @property
     def classifier_epochs(self) -> int:
         return self.whitebox_epochs
 
@@ -98,6 +103,7 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
     "small": PhotoScale(
         sigmas=(0.25, 0.12, 0.5),
         size=96,
+        test_size=160,
         train_count=4_000,
         denoiser=("dncnn", {"depth": 8, "width": 32}),
         mse_epochs=4,
@@ -108,6 +114,7 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
     "tiny": PhotoScale(
         sigmas=(0.25,),
         size=48,
+        test_size=64,
         train_count=32,
         denoiser=("dncnn", {"depth": 3, "width": 8}),
         mse_epochs=1,
@@ -172,7 +179,7 @@ class PhotoStudy(Study):
         crops = photo_data.train_crops(train_images, scale.train_count, scale.size, seed=0)
         self.train = ArrayDataset(crops.transpose(0, 2, 3, 1), np.zeros(len(crops), np.int64))
         test_images = [photo_data.load_photo(p) for p in self.test_photos]
-        tiles, self.where = photo_data.test_crops(test_images, scale.size)
+        tiles, self.where = photo_data.test_crops(test_images, scale.test_crop_size)
         if scale.certify_images is not None:
             tiles, self.where = tiles[: scale.certify_images], self.where[: scale.certify_images]
         target = self.classifier("target")
@@ -183,16 +190,12 @@ class PhotoStudy(Study):
     # --- classifiers -------------------------------------------------------------------
 
     def classifier(self, name: str) -> LocalModelAdapter:
-        """``target``, a surrogate's short name, or ``whitebox@<sigma>``."""
-        if name.startswith("whitebox@"):
-            return load_classifier(
-                self.scale.target,
-                input_size=self.scale.size,
-                weights=self.classifier_path(name),
-                device=self.device,
-            )
-        zoo_name = self.scale.target if name == "target" else self.scale.surrogates[name]
-        return load_classifier(zoo_name, input_size=self.scale.size, device=self.device)
+        """``target``, a surrogate's short name, or ``whitebox@<sigma>``; each sees images at
+        their own size (96-px training crops, ``test_size`` test crops)."""
+        weights = self.classifier_path(name) if name.startswith("whitebox@") else None
+        zoo_name = (self.scale.target if name == "target" or weights is not None
+                    else self.scale.surrogates[name])  # fmt: skip
+        return load_classifier(zoo_name, weights=weights, device=self.device, resize=False)
 
     def classifier_path(self, name: str) -> Path:
         return self.out / "classifiers" / name / "weights.safetensors"
@@ -332,6 +335,7 @@ class PhotoStudy(Study):
                 {
                     "photos": entries,
                     "crop_size": self.scale.size,
+                    "test_crop_size": self.scale.test_crop_size,
                     "test_crops": crops,
                     "train_crops": self.scale.train_count,
                 },
@@ -342,8 +346,9 @@ class PhotoStudy(Study):
     def report_notes(self) -> list[str]:
         scale = self.scale
         notes = [
-            "Target: EfficientNet-Lite2 (published ImageNet weights) at "
-            f"{scale.size} px, served as a vision API on loopback (Clarifai's gRPC wire format, "
+            "Target: EfficientNet-Lite2 (published ImageNet weights) on "
+            f"{scale.test_crop_size}-px test crops (denoisers trained on {scale.size}-px crops), "
+            "served as a vision API on loopback (Clarifai's gRPC wire format, "
             "PNG images, concepts named by ImageNet class) for the no-denoiser, MSE and "
             "query-access rows. Labels are its clean top-1 on each test crop.",
             "White box: no noise-trained ImageNet model is available offline, so 'whitebox' is "

@@ -132,6 +132,7 @@ def load_classifier(
     input_size: int | tuple[int, int] | None = None,
     weights: str | Path | None = None,
     device: str | torch.device | None = None,
+    resize: bool = True,
 ) -> LocalModelAdapter:
     """ImageNet classifier ``name`` (see :func:`list_classifiers`) as a local adapter.
 
@@ -151,7 +152,7 @@ def load_classifier(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         class_names=imagenet_classes(),
-        input_size=tuple(size),
+        input_size=tuple(size) if resize else None,
         device=device or "cpu",
     )
     adapter.zoo_name = name
