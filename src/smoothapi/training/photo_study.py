@@ -22,8 +22,9 @@
 Stages resume exactly as in :mod:`~smoothapi.training.experiment` (markers under
 ``OUT/stages``); certification also journals every answer, so a killed stage resumes
 without recomputing. ``--scale small`` fits 2 CPU cores (96-px training crops, 160-px
-test crops, an 8-layer DnCNN, n = 500); ``paper`` is the GPU configuration (native 260 px, DnCNN-17 width 64,
-n = 10,000); ``tiny`` runs in a minute on the pip-shipped photos alone, for tests.
+test crops, an 8-layer DnCNN, n = 500); ``paper`` is the GPU configuration (native
+260 px, DnCNN-17 width 64, n = 10,000); ``tiny`` runs in a minute on the pip-shipped
+photos alone, for tests.
 """
 
 from __future__ import annotations
