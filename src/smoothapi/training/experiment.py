@@ -336,12 +336,12 @@ class Study:
 
     def report(self) -> None:
         scale = self.scale
+        for sigma in scale.sigmas:  # the denoising examples need no certification yet
+            if self.denoiser_path("mse", sigma).exists():
+                self.examples(sigma)
         done = [(m, s) for m, s in self.runs() if self.log_path(m, s).exists()]
         if not done:
             return
-        for sigma in scale.sigmas:
-            if self.denoiser_path("mse", sigma).exists():
-                self.examples(sigma)
         logs = {(m, s): read_log(self.log_path(m, s), f"{m}@{s:g}") for m, s in done}
         radii = self.radii
         grouped: dict[str, dict[float, Any]] = {}
