@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from smoothapi import photo_demo
 from smoothapi.cli import main
 from smoothapi.denoisers import create_denoiser, save_denoiser
 
@@ -40,7 +41,8 @@ def test_demo_photos_certifies_both_columns_and_draws_the_grid(capsys, tmp_path,
     assert any(line.startswith("no denoiser: ") and "/2 certified" in line for line in lines)
     assert lines[-1] == f"picture: {grid.resolve()}"
     with Image.open(grid) as image:
-        assert image.width == 3 * 2 * 96 and image.height > 2 * 2 * 96
+        side = photo_demo.SIZE * 2  # each tile drawn twice its size
+        assert image.width == 3 * side and image.height > 2 * side
 
 
 def test_demo_photos_without_a_shipped_denoiser_says_how_in_one_line(capsys, tmp_path,

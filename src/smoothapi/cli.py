@@ -289,8 +289,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     photo = args.photos
-    n0 = args.n0 if args.n0 is not None else 32 if photo else 100
-    n = args.n if args.n is not None else 256 if photo else 1_000
+    n0 = args.n0 if args.n0 is not None else 20 if photo else 100
+    n = args.n if args.n is not None else 100 if photo else 1_000
     check_count("n0", n0)
     check_count("n", n)
     if args.seed is not None and args.seed < 0:
@@ -411,9 +411,9 @@ def _add_demo_command(commands: Any) -> None:
     demo.add_argument("--white-box", action="store_true",
                       help="the noise-trained classifier (Cohen et al.) without denoisers")
     demo.add_argument("--n0", type=int, default=None,
-                      help="selection samples (default: 100; 32 with --photos)")
+                      help="selection samples (default: 100; 20 with --photos)")
     demo.add_argument("--n", type=int, default=None,
-                      help="estimation samples (default: 1000; 256 with --photos)")
+                      help="estimation samples (default: 1000; 100 with --photos)")
     demo.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     demo.add_argument("--photos", action="store_true",
                       help="EfficientNet-Lite2 (ImageNet) served as a vision API on loopback "
