@@ -13,6 +13,18 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
+def tiny_denoiser(tmp_path_factory):
+    """A small RGB denoiser file (random weights, sigma 0.25): stands for a photo denoiser."""
+    from smoothapi.denoisers import create_denoiser, save_denoiser
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("denoiser") / "tiny-photo.safetensors"
+    save_denoiser(path, create_denoiser("dncnn", in_channels=3, depth=2, width=4), sigma=0.25,
+                  objective="mse")  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="session")
 def digit_images() -> torch.Tensor:
     """Real 8x8 handwritten digits (scikit-learn), as (N, 1, 8, 8) float tensors in [0, 1]."""
     images = load_digits().images.astype(np.float32) / 16.0

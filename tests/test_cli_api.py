@@ -24,7 +24,6 @@ from PIL import Image
 from smoothapi import api_cli
 from smoothapi.certification import max_certifiable_radius
 from smoothapi.cli import main
-from smoothapi.denoisers import create_denoiser, save_denoiser
 from smoothapi.pricing import PRICES
 from smoothapi.testing import LoopbackProvider
 
@@ -52,15 +51,6 @@ def images(tmp_path_factory) -> Path:
         name = f"{value}.png"
         Image.fromarray(np.full(shape, value, dtype=np.uint8), mode=mode).save(folder / name)
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_denoiser(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("denoiser") / "tiny.safetensors"
-    save_denoiser(path, create_denoiser("dncnn", in_channels=3, depth=2, width=4),
-                  sigma=SIGMA, objective="mse")  # fmt: skip
-    return path
 
 
 @pytest.fixture(autouse=True)

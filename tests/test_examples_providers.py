@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from smoothapi.denoisers import create_denoiser, default_denoiser, save_denoiser
+from smoothapi.denoisers import default_denoiser
 from smoothapi.pricing import PRICES
 from smoothapi.testing import LoopbackProvider
 
@@ -32,15 +31,6 @@ FAST = ["--size", "64", "--n0", "5", "--n", "30", "--rate", "1000"]
 def api():
     with LoopbackProvider(brightness) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def tiny_denoiser(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("denoiser") / "tiny-photo.safetensors"
-    save_denoiser(path, create_denoiser("dncnn", in_channels=3, depth=2, width=4), sigma=0.25,
-                  objective="mse")  # fmt: skip
-    return path
 
 
 def _example(name: str, *argv, **env: str) -> subprocess.CompletedProcess:

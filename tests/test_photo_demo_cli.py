@@ -7,23 +7,12 @@ default; the timing in the README was taken with a DnCNN-8 of the shipped size).
 from __future__ import annotations
 
 import pytest
-import torch
 from PIL import Image
 
 from smoothapi import photo_demo
 from smoothapi.cli import main
-from smoothapi.denoisers import create_denoiser, save_denoiser
 
 pytest.importorskip("skimage.data")
-
-
-@pytest.fixture(scope="module")
-def tiny_denoiser(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("denoiser") / "tiny.safetensors"
-    save_denoiser(path, create_denoiser("dncnn", in_channels=3, depth=2, width=4), sigma=0.25,
-                  objective="mse")  # fmt: skip
-    return path
 
 
 def test_demo_photos_certifies_both_columns_and_draws_the_grid(capsys, tmp_path, tiny_denoiser):
