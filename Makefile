@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_certify.py
 	$(BIN)/python benchmarks/bench_client.py
 	$(BIN)/python benchmarks/bench_queries.py
+	$(BIN)/python benchmarks/bench_denoiser.py
 
 # The Fashion-MNIST study (hours on 2 CPU cores; resumes where it stopped).
 experiments: $(STAMP)

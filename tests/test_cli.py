@@ -599,6 +599,8 @@ def test_denoiser_option_runs_the_denoiser_first(capsys, model_path, image_folde
              for line in plain.splitlines()]
     assert [{k: v for k, v in json.loads(line).items() if k != "time"}
             for line in denoised.splitlines()] == strip
+    code, half, _ = _run(capsys, *common, "--denoiser", path, "--denoiser-dtype", "bfloat16")
+    assert code == 0 and len(half.splitlines()) == len(plain.splitlines())
     code, _, err = _run(capsys, *common, "--denoiser", tmp_path / "missing.safetensors")
     assert code == 2 and "missing.safetensors" in err
 

@@ -82,3 +82,27 @@ def test_noise_has_the_right_scale_and_the_denoiser_runs_in_inference_mode():
     assert torch.allclose(denoised.noisy_batch(x, denoised.key(x), Phase.PREDICTION, 0, 400),
                           (noise + 0.5) * 0.5)  # fmt: skip
     assert torch.equal(denoised.clean_batch(x), x.unsqueeze(0) * 0.5)
+
+
+def test_a_bfloat16_denoiser_runs_in_bfloat16_and_hands_back_float32():
+    seen = []
+
+    class Smooth(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+            torch.nn.init.constant_(self.conv.weight, 1 / 9)
+
+        def forward(self, batch):
+            seen.append(batch.dtype)
+            return self.conv(batch)
+
+    x = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0))
+    full = Sampler(0.25, 0, CPU, denoiser=Smooth())
+    half = Sampler(0.25, 0, CPU, denoiser=Smooth().to(torch.bfloat16))
+    a = full.noisy_batch(x, full.key(x), Phase.ESTIMATION, 0, 8)
+    b = half.noisy_batch(x, half.key(x), Phase.ESTIMATION, 0, 8)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert b.dtype == torch.float32
+    # The same noise went in; bfloat16 keeps 8 bits of mantissa, so values agree to ~1%.
+    assert not torch.equal(a, b) and torch.allclose(a, b, rtol=0.02, atol=0.01)

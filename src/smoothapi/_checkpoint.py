@@ -4,6 +4,7 @@ digest that identifies a module by its weights."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from typing import Any
@@ -61,5 +62,16 @@ def module_digest(module: torch.nn.Module | None) -> str | None:
     digest = hashlib.sha256(type(module).__qualname__.encode())
     for key, value in sorted(module.state_dict().items()):
         digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        # Raw bytes, so that every dtype (bfloat16 included) has a digest; for dtypes numpy
+        # knows these are the bytes ``numpy().tobytes()`` gave, so older digests still match.
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of a module's first floating-point parameter or buffer (float32 if none):
+    the dtype its inputs are cast to, so a ``module.to(torch.bfloat16)`` runs in bfloat16."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32

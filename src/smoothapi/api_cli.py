@@ -224,8 +224,8 @@ def _check_credentials(name: str, options: dict[str, Any]) -> None:
 # --- denoiser and images -------------------------------------------------------------------
 
 
-def choose_denoiser(spec: str | None, sigma: float, device: torch.device
-                    ) -> tuple[torch.nn.Module | None, str]:  # fmt: skip
+def choose_denoiser(spec: str | None, sigma: float, device: torch.device,
+                    dtype: str | None = None) -> tuple[torch.nn.Module | None, str]:  # fmt: skip
     """The denoiser ``--denoiser`` names (a shipped name, a file, or ``none``), and a line
     saying which; by default the shipped natural-photo denoiser for ``sigma``, if any."""
     if spec is None:
@@ -235,7 +235,7 @@ def choose_denoiser(spec: str | None, sigma: float, device: torch.device
                           "this install; give --denoiser NAME|PATH)")
     if spec.lower() == "none":
         return None, "denoiser: none (--denoiser none)"
-    denoiser = load_denoiser(spec, device=device)
+    denoiser = load_denoiser(spec, device=device, dtype=dtype)
     trained = (getattr(denoiser, "checkpoint_metadata", None) or {}).get("sigma")
     note = ""
     if trained is not None and abs(float(trained) - sigma) > 1e-9:
@@ -343,7 +343,7 @@ def run_api(args: argparse.Namespace, certify: bool, entries: Sequence[Any], dev
             out_file: Any) -> int:  # fmt: skip
     """Certify (or predict) ``entries`` through ``--api``; ``out_file`` opens the log."""
     adapter = build_adapter(args)
-    denoiser, which = choose_denoiser(args.denoiser, args.sigma, device)
+    denoiser, which = choose_denoiser(args.denoiser, args.sigma, device, args.denoiser_dtype)
     images = ApiImages([e.path for e in entries], _channels(denoiser))
     images.check()
     lines, cost = plan(args, len(images), certify)

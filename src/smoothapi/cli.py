@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import torch
 
 from . import __version__
+from ._checkpoint import module_dtype
 from ._image_files import ImageFile, natural_key, scan_images
 from ._image_files import _candidates as image_candidates
 from ._images import IMAGE_EXTENSIONS, ImageWarning, check_batch_memory, load_image
@@ -171,7 +172,7 @@ def _check_images(
         if denoiser is not None:
             try:
                 with torch.inference_mode():
-                    batch = denoiser(batch)
+                    batch = denoiser(batch.to(module_dtype(denoiser))).float()
             except RuntimeError as exc:
                 reason = _first_line(exc)
                 raise InvalidInputError(f"the denoiser cannot take {what}: {reason}") from exc
@@ -238,7 +239,7 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
     device = _device(args.device)
     adapter = LocalModelAdapter.from_checkpoint(args.model, device=device)
     use = args.denoiser is not None and args.denoiser.lower() != "none"
-    denoiser = load_denoiser(args.denoiser, device=device) if use else None
+    denoiser = load_denoiser(args.denoiser, device, args.denoiser_dtype) if use else None
     entries, indices, unreadable = _readable_images(args.images, args.strict)
     samples = max(args.n, getattr(args, "n0", None) or 1)
     _check_images(entries, adapter, denoiser, min(args.batch_size, samples), device)
@@ -367,6 +368,9 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
                         help="denoiser run before the classifier: a shipped name (e.g. "
                              "photo-sigma0.25), a .safetensors file, or none (default: none "
                              "with --model; with --api the shipped photo denoiser for --sigma)")
+    parser.add_argument("--denoiser-dtype", default=None, choices=("float32", "bfloat16"),
+                        help="run the denoiser in this precision (default: float32; bfloat16 "
+                             "is several times faster on CPUs with bfloat16 instructions)")
     parser.add_argument("--sigma", type=float, required=True,
                         help="noise level, an l2 distance in [0,1] pixel space")
     if certify:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checkpoint import module_dtype
 from .errors import InvalidInputError
 
 __all__ = ["NOISE_SCHEME", "ImageKey", "Phase", "Sampler", "attempt_digest", "image_digest"]
@@ -140,13 +141,15 @@ class Sampler:
         return self._denoise(x.to(self.device).unsqueeze(0))
 
     def _denoise(self, batch: torch.Tensor) -> torch.Tensor:
-        """``D(batch)``; a denoiser that cannot take the batch, or returns NaN or infinite
+        """``D(batch)``, run in the denoiser's own dtype (``denoiser.to(torch.bfloat16)`` runs
+        in bfloat16, several times faster on CPUs with bfloat16 instructions) and returned
+        in the batch's; a denoiser that cannot take the batch, or returns NaN or infinite
         values (damaged weights), is an :class:`~smoothapi.errors.InvalidInputError`."""
         if self.denoiser is None:
             return batch
         try:
-            with torch.inference_mode():
-                denoised = self.denoiser(batch)
+            with torch.inference_mode():  # in the denoiser's dtype; the result in the batch's
+                denoised = self.denoiser(batch.to(module_dtype(self.denoiser))).to(batch.dtype)
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as exc:  # a shape or dtype the denoiser cannot take

@@ -34,6 +34,14 @@ def test_normalisation_and_resizing_happen_inside_the_adapter():
     assert torch.allclose(probe.seen[:, 2], torch.full((2, 4, 6), 0.5))
 
 
+def test_a_bfloat16_model_gets_bfloat16_inputs_and_gives_float32_logits():
+    probe = Probe([0.0, 1.0, 0.5]).to(torch.bfloat16)
+    adapter = LocalModelAdapter(probe, mean=[0.5], std=[0.5])
+    logits = adapter.logits(torch.ones(2, 1, 4, 4))
+    assert probe.seen.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    assert adapter.top_labels(torch.ones(2, 1, 4, 4)) == [1, 1]
+
+
 def test_labels_ranking_and_class_names():
     adapter = LocalModelAdapter(Probe([0.1, 2.0, 0.1, -1.0]), class_names=["a", "b", "c", "d"])
     image = torch.zeros(1, 2, 2)

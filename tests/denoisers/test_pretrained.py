@@ -50,6 +50,26 @@ def test_photo_denoisers_lower_the_error_of_noisy_held_out_photos(name):
     assert (denoised - clean).pow(2).mean().item() < 0.5 * noisy_mse
 
 
+def test_a_bfloat16_photo_denoiser_denoises_as_well_as_the_float32_one():
+    from smoothapi import photos
+
+    held_out = [photos.load_photo(p) for p in photos.available_photos("test")]
+    tiles, _ = photos.test_crops(held_out, 96)
+    clean = torch.from_numpy(tiles[::9]).float() / 255
+    noisy = clean + 0.25 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    full = load_denoiser("photo-sigma0.25")
+    half = load_denoiser("photo-sigma0.25", dtype="bfloat16")
+    assert next(half.parameters()).dtype == torch.bfloat16
+    assert half.checkpoint_metadata == full.checkpoint_metadata
+    with torch.inference_mode():
+        a, b = full(noisy), half(noisy.bfloat16()).float()
+    psnr = [-10 * torch.log10((d - clean).pow(2).mean()).item() for d in (a, b)]
+    assert abs(psnr[0] - psnr[1]) < 0.05  # dB
+    assert (a - b).pow(2).mean().sqrt().item() < 1 / 255  # below 8-bit quantisation
+    with pytest.raises(InvalidInputError, match="floating-point"):
+        load_denoiser("photo-sigma0.25", dtype="int8")
+
+
 @pytest.mark.parametrize("name", PHOTO)
 def test_shipped_photo_denoisers_are_the_studys(name):
     """The file in the package is the natural-photo study's query-access denoiser."""

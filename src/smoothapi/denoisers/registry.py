@@ -114,14 +114,21 @@ def save_denoiser(
     save_checkpoint(path, model, metadata)
 
 
-def load_denoiser(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
+def load_denoiser(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> nn.Module:
     """Rebuild a denoiser saved by :func:`save_denoiser` from the file alone.
 
     ``path`` is a file, or the name of a denoiser shipped in the package (for example
     ``"photo-sigma0.25"``; see :func:`~smoothapi.denoisers.pretrained_denoisers`).
 
     The model is built from the stored architecture, its weights are loaded strictly, it
-    is moved to ``device`` (default CPU) and put in eval mode. The stored metadata dict is
+    is moved to ``device`` (default CPU), cast to ``dtype`` (default: as stored, float32;
+    ``"bfloat16"`` runs several times faster on CPUs with bfloat16 instructions, and
+    :class:`~smoothapi.SmoothedClassifier` feeds a denoiser in its own dtype) and put in
+    eval mode. The stored metadata dict is
     attached as ``model.checkpoint_metadata`` (``input_size`` as a tuple or ``None``).
 
     Raises :class:`~smoothapi.CheckpointError` for a missing or unreadable file, a
@@ -149,5 +156,16 @@ def load_denoiser(path: str | os.PathLike, device: str | torch.device | None = N
     if meta.get("input_size") is not None:
         meta["input_size"] = tuple(meta["input_size"])
     model = model.to(torch.device(device) if device is not None else "cpu").eval()
+    if dtype is not None:
+        model = model.to(_float_dtype(dtype))
     model.checkpoint_metadata = meta
     return model
+
+
+def _float_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``dtype`` as a floating-point torch dtype ("float32", "bfloat16", torch.float16, ...)."""
+    found = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise InvalidInputError(f"dtype must be a floating-point torch dtype such as 'float32' "
+                                f"or 'bfloat16', got {dtype!r}")
+    return found

@@ -1,0 +1,86 @@
+"""How fast a photo denoiser runs in float32 and in bfloat16, and what bfloat16 costs in PSNR.
+
+For the shipped photo denoiser (DnCNN-8, width 32) and the GPU-scale one (DnCNN-17,
+width 64, random weights: only its speed is measured), at several image sizes: images
+per second through the denoiser alone in each precision, and for the shipped one the PSNR
+of held-out noisy photo crops denoised in each precision. Certifying through a denoiser
+costs one denoiser pass per noisy sample, so on a CPU this is most of a certificate's
+time; ``load_denoiser(name, dtype="bfloat16")`` (CLI: ``--denoiser-dtype bfloat16``)
+takes the faster column.
+
+    python benchmarks/bench_denoiser.py [--sizes 96 160 224] [--threads 2] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from smoothapi import photos
+from smoothapi.denoisers import create_denoiser, load_denoiser
+
+SIGMA = 0.25
+
+
+def images_per_second(model: torch.nn.Module, size: int, device: torch.device,
+                      batch: int, seconds: float = 3.0) -> float:  # fmt: skip
+    dtype = next(model.parameters()).dtype
+    x = torch.rand(batch, 3, size, size, device=device, dtype=dtype)
+    done, start = 0, None
+    with torch.inference_mode():
+        model(x)  # warm-up
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            done += batch
+    return done / (time.perf_counter() - start)
+
+
+def psnr_of(model: torch.nn.Module, size: int, device: torch.device) -> float:
+    """PSNR (dB) of denoised noisy held-out crops, in the model's own dtype."""
+    held_out = [photos.load_photo(p) for p in photos.available_photos("test")]
+    tiles, _ = photos.test_crops(held_out, size)
+    clean = (torch.from_numpy(tiles[::3]).float() / 255).to(device)
+    generator = torch.Generator(device).manual_seed(0)
+    noisy = clean + SIGMA * torch.randn(clean.shape, generator=generator, device=device)
+    dtype = next(model.parameters()).dtype
+    with torch.inference_mode():
+        denoised = torch.cat([model(chunk.to(dtype)).float() for chunk in noisy.split(16)])
+    return (-10 * torch.log10((denoised - clean).pow(2).mean())).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 160, 224])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    models = {
+        "photo-sigma0.25 (DnCNN-8 w32)": lambda: load_denoiser("photo-sigma0.25", device),
+        "DnCNN-17 w64 (GPU scale)": lambda: create_denoiser(
+            "dncnn", in_channels=3, depth=17, width=64).to(device).eval(),
+    }
+    print(f"device {device}, {args.threads} threads, batch {args.batch}, sigma {SIGMA}")
+    print(f"{'denoiser':<30} {'size':>5} {'fp32 img/s':>11} {'bf16 img/s':>11} {'speed-up':>9} "
+          f"{'fp32 dB':>8} {'bf16 dB':>8}")
+    for name, build in models.items():
+        for size in args.sizes:
+            full = build()
+            half = build().to(torch.bfloat16)
+            fast = [images_per_second(m, size, device, args.batch) for m in (full, half)]
+            quality = ["", ""]
+            if name.startswith("photo"):
+                quality = [f"{psnr_of(m, size, device):.2f}" for m in (full, half)]
+            print(f"{name:<30} {size:>5} {fast[0]:>11.1f} {fast[1]:>11.1f} "
+                  f"{fast[1] / fast[0]:>8.1f}x {quality[0]:>8} {quality[1]:>8}")
+
+
+if __name__ == "__main__":
+    main()
