@@ -7,6 +7,7 @@ import json
 import pytest
 
 from smoothapi.analysis import read_log
+from smoothapi.runs import read_log_rows
 from smoothapi.training.photo_study import PHOTO_SCALES, run_photo_study
 
 pytest.importorskip("skimage")
@@ -45,9 +46,18 @@ def test_every_configuration_is_certified_and_reported(study):
         assert len(log) == scale.certify_images
     summary = json.loads((study / "summary.json").read_text())
     assert set(summary["methods"]) == set(methods)
+    # The other sigma certifies every extras_every-th crop, keeping the crops' indices.
+    for method in ("none", "stab+mse-query", "whitebox", "mse"):
+        rows = read_log_rows(study / "logs" / f"{method}@0.5.tsv")
+        assert [int(row["idx"]) for row in rows] == list(range(0, scale.certify_images,
+                                                               scale.extras_every))
+    assert summary["images_per_sigma"] == {"0.25": 3, "0.5": 2}
+    assert "0.5" in summary["methods"]["mse"] and "0.5" not in summary["methods"]["api-none"]
     assert "0.12" in summary["methods"]["none"]["0.25"]["certified_accuracy"]
     report = (study / "README.md").read_text()
     assert "fine-tuned under Gaussian noise" in report and "api-none" in report
+    assert "3 test images at sigma 0.25, 2 at 0.5" in report and "every 1th" not in report
+    assert "Denoisers run in bfloat16" in report
     assert (study / "denoising_examples_sigma0.25.png").stat().st_size > 0
     assert (study / "curves_sigma0.25.png").stat().st_size > 0
 

@@ -347,10 +347,12 @@ class Study:
         grouped: dict[str, dict[float, Any]] = {}
         for (method, sigma), log in logs.items():
             grouped.setdefault(method, {})[sigma] = log
-        images = len(next(iter(logs.values())))
+        counts = {s: len(log) for (_, s), log in logs.items()}  # images certified per sigma
+        images = max(counts.values())
+        every = f" (every {scale.certify_skip}th)" if scale.certify_skip > 1 else ""
         header = (
             f"{scale.dataset}, CERTIFY n0={scale.n0}, n={scale.n}, alpha={scale.alpha}, "
-            f"{images} test images (every {scale.certify_skip}th)"
+            f"{_image_counts(counts)}{every}"
         )
         lines = [
             f"# {header}",
@@ -370,7 +372,8 @@ class Study:
             "images": images,
             "methods": {},
         }
-        lines += self.sigma_tables(logs, images, summary["methods"])
+        summary["images_per_sigma"] = {f"{s:g}": c for s, c in counts.items()}
+        lines += self.sigma_tables(logs, summary["methods"])
         gaps = {f"{sigma:g}": self.gaps(logs, sigma) for sigma in scale.sigmas}
         gaps = {sigma: by_method for sigma, by_method in gaps.items() if by_method}
         summary["gap_closed"] = gaps
@@ -378,21 +381,21 @@ class Study:
         lines += _gap_lines(gaps)
         lines += ["The intervals resample the test images (paired across methods).", ""]
         lines += self.report_notes()
-        lines += ["", *_sizing(self, done, images)]
+        lines += ["", *_sizing(self, done, counts)]
         lines += ["", "Stage wall times (s):", ""]
         lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
         (self.out / "README.md").write_text("\n".join(lines) + "\n")
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    def sigma_tables(self, logs: dict, images: int, methods: dict[str, Any]) -> list[str]:
+    def sigma_tables(self, logs: dict, methods: dict[str, Any]) -> list[str]:
         """Per sigma: its table (lines returned), curves (saved) and numbers (into methods)."""
         scale, radii, lines = self.scale, self.radii, []
         for sigma in scale.sigmas:
-            table = best_sigma_table(
-                {m: {s: log} for (m, s), log in logs.items() if s == sigma}, radii
-            )
+            at_sigma = {m: {s: log} for (m, s), log in logs.items() if s == sigma}
+            table = best_sigma_table(at_sigma, radii)
             if not table:
                 continue
+            images = max(len(log) for by_sigma in at_sigma.values() for log in by_sigma.values())
             lines += [format_table(table, radii, caption=f"sigma = {sigma:g} (n = {scale.n}, "
                                                          f"{images} images)"), ""]
             plot_curves(
@@ -431,6 +434,17 @@ class Study:
                     f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high]} for g in found
                 }
         return out
+
+
+def _image_counts(counts: dict[float, int]) -> str:
+    """"500 test images", or "126 test images at sigma 0.25, 42 at 0.12 and 0.5"."""
+    by_count: dict[int, list[str]] = {}
+    for sigma, count in sorted(counts.items(), key=lambda item: -item[1]):
+        by_count.setdefault(count, []).append(f"{sigma:g}")
+    if len(by_count) == 1:
+        return f"{next(iter(by_count))} test images"
+    parts = [f"{count} at {' and '.join(sigmas)}" for count, sigmas in by_count.items()]
+    return parts[0].replace(" at ", " test images at sigma ", 1) + ", " + ", ".join(parts[1:])
 
 
 def _gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
@@ -499,7 +513,7 @@ def _image_sheet(rows: list[torch.Tensor]):
     return sheet
 
 
-def _sizing(study: Study, done: list[tuple[str, float]], images: int) -> list[str]:
+def _sizing(study: Study, done: list[tuple[str, float]], counts: dict[float, int]) -> list[str]:
     """Why n and the image count are what they are: the largest certifiable radius per
     sigma, and what the issue's n = 10,000 on 500 images would take at measured speed."""
     scale = study.scale
@@ -511,9 +525,9 @@ def _sizing(study: Study, done: list[tuple[str, float]], images: int) -> list[st
     per_image = {}
     for with_denoiser in (False, True):
         seconds = [
-            study.times[f"certify:{m}@{s:g}"] / images
+            study.times[f"certify:{m}@{s:g}"] / counts[s]
             for m, s in done
-            if f"certify:{m}@{s:g}" in study.times
+            if f"certify:{m}@{s:g}" in study.times and not m.startswith("api-")  # other n
             and (m not in ("none", "whitebox")) == with_denoiser
         ]
         if seconds:
@@ -530,6 +544,6 @@ def _sizing(study: Study, done: list[tuple[str, float]], images: int) -> list[st
             + ". n = 10,000 on 500 images would take about "
             + " and ".join(f"{t * scale_up:.1f} h" for t in per_image.values())
             + f" per configuration ({len(study.runs())} configurations), hence "
-            f"n = {scale.n} on {images} images.",
+            f"n = {scale.n} on {max(counts.values())} images.",
         ]
     return lines
