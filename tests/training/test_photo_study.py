@@ -47,7 +47,7 @@ def test_every_configuration_is_certified_and_reported(study):
     summary = json.loads((study / "summary.json").read_text())
     assert set(summary["methods"]) == set(methods)
     # The other sigma certifies every extras_every-th crop, keeping the crops' indices.
-    for method in ("none", "stab+mse-query", "whitebox", "mse"):
+    for method in ("none", "stab+mse-query", "stab+mse-full", "whitebox", "mse"):
         rows = read_log_rows(study / "logs" / f"{method}@0.5.tsv")
         assert [int(row["idx"]) for row in rows] == list(range(0, scale.certify_images,
                                                                scale.extras_every))
