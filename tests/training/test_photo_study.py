@@ -89,3 +89,52 @@ def test_rerun_skips_finished_stages(study):
     run_photo_study("tiny", study, device="cpu")
     assert {p.name: p.read_text() for p in (study / "stages").iterdir()} == markers
     assert {p.name: p.read_bytes() for p in (study / "logs").iterdir()} == logs
+
+
+def test_levers_are_trained_diagnosed_and_the_best_certified_through_the_api(study):
+    from smoothapi.denoisers import load_denoiser
+    from smoothapi.journal import Journal
+    from smoothapi.training.photo_levers import chosen_lever
+
+    scale = PHOTO_SCALES["tiny"]
+    found = {}
+    for method in ("none", "mse", "stab+mse-query", "stab+mse-full", "whitebox",
+                   *(lever.method for lever in scale.levers)):
+        found[method] = json.loads((study / "diagnostics" / f"{method}@0.25.json").read_text())
+        d = found[method]
+        assert d["crops"] == scale.certify_images and d["draws"] == scale.diagnose_draws
+        assert 0 <= d["keep_all"] <= d["keep_90"] <= 1 and 0 <= d["keep"] <= 1
+    # No denoiser: the PSNR of the noise itself, -10 log10(sigma^2) = 12.04 dB at 0.25
+    # (3 crops x 4 draws x 12,288 values: the estimate is within 0.05 dB of it).
+    assert found["none"]["psnr"] == pytest.approx(12.04, abs=0.05)
+    assert found["mse"]["psnr"] != found["none"]["psnr"]
+    for lever in scale.levers:
+        meta = load_denoiser(study / "denoisers" / f"{lever.method}@0.25" /
+                             "denoiser.safetensors").checkpoint_metadata
+        assert (meta["lever"], meta["start"]) == (lever.change, lever.start)
+        assert meta["surrogates"] == ["lite0", "lite1"]  # query access only
+    report = (study / "README.md").read_text()
+    assert "Diagnostic at sigma 0.25" in report and "| stab+mse-query-rr |" in report
+
+    class Probe:  # the choice reads the diagnostics the stages wrote
+        out, scale = study, PHOTO_SCALES["tiny"]
+
+    best = chosen_lever(Probe(), 0.25)
+    certified = {p.stem for p in (study / "logs").glob("*.tsv")}
+    levers = {lever.method for lever in scale.levers}
+    if best is None:
+        assert not {f"{m}@0.25" for m in levers} & certified
+        assert "none is certified" in report
+    else:
+        assert found[best]["keep_90"] > found["stab+mse-query"]["keep_90"]
+        assert certified & {f"{m}@0.25" for m in levers} == {f"{best}@0.25"}
+        with Journal(study / "journals" / f"{best}@0.25.sqlite") as journal:
+            [config] = journal.runs().values()
+        assert config["adapter"]["adapter"] == "clarifai"
+
+
+def test_only_runs_the_stages_named(tmp_path):
+    run_photo_study("tiny", tmp_path, device="cpu", only=("diagnose:none",))
+    assert [p.name for p in (tmp_path / "stages").iterdir()] == ["diagnose:none_at_0.25.json"]
+    assert (tmp_path / "diagnostics" / "none@0.25.json").exists()
+    assert not (tmp_path / "denoisers").exists() and not (tmp_path / "logs").exists()

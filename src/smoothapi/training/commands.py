@@ -252,9 +252,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.study == "natural-photos":
         from .photo_study import run_photo_study
 
-        run_photo_study(scale, out, device=args.device)
+        run_photo_study(scale, out, device=args.device, only=args.only)
     else:
-        run_experiment(scale, out, data_root=args.data_root, device=args.device)
+        run_experiment(scale, out, data_root=args.data_root, device=args.device, only=args.only)
     return 0
 
 
@@ -283,6 +283,11 @@ def _add_experiment_command(commands: argparse._SubParsersAction) -> None:
                      help="override the study's default scale")
     exp.add_argument("--data-root", default=None, help="dataset folder (cifar10 needs it)")
     exp.add_argument("--device", default=None, help="cpu, cuda ... (default: auto)")
+    exp.add_argument("--only", default=None, metavar="PART[,PART...]",
+                     type=lambda text: tuple(p for p in text.split(",") if p),
+                     help="run only the stages whose names contain one of these (e.g. "
+                          "lever,diagnose), leaving the rest for a later run; with a "
+                          "second process, give it other stages than the first runs")
     exp.set_defaults(handler=_cmd_experiment)
 
 

@@ -181,10 +181,15 @@ class Study:
 
     # --- bookkeeping -------------------------------------------------------------------
 
+    #: Run only stages whose names contain one of these (``--only``); None: all of them.
+    only: tuple[str, ...] | None = None
+
     def stage(self, name: str, work: Callable[[], Any]) -> None:
         marker = self.out / "stages" / f"{name.replace('@', '_at_')}.json"
         if marker.exists():
             self.times[name] = json.loads(marker.read_text())["seconds"]
+            return
+        if self.only is not None and not any(part in name for part in self.only):
             return
         print(f"[experiment] {name} ...", flush=True)
         started = time.perf_counter()
@@ -379,6 +384,7 @@ class Study:
         summary["gap_closed"] = gaps
         summary["stage_seconds"] = self.times
         lines += _gap_lines(gaps)
+        lines += self.extra_sections()
         lines += ["The intervals resample the test images (paired across methods).", ""]
         lines += self.report_notes()
         lines += ["", *_sizing(self, done, counts)]
@@ -412,6 +418,10 @@ class Study:
                 }
         return lines
 
+    def extra_sections(self) -> list[str]:
+        """Report lines a study adds after the gaps (none here)."""
+        return []
+
     def report_notes(self) -> list[str]:
         """What the report says about the setting and its targets."""
         return [
@@ -425,8 +435,9 @@ class Study:
         if ("none", sigma) not in logs or ("whitebox", sigma) not in logs:
             return {}
         out = {}
-        for method in METHODS[2:]:
-            if (method, sigma) in logs:
+        others = [m for m, s in logs if s == sigma and m not in METHODS]
+        for method in [*METHODS[2:], *others]:
+            if (method, sigma) in logs and not method.startswith("api-"):  # other n
                 found = gap_closed(
                     logs[method, sigma], logs["none", sigma], logs["whitebox", sigma]
                 )
@@ -467,13 +478,20 @@ def _gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 
 
 def run_experiment(
-    scale_name: str, out: str | Path, *, data_root: str | None = None, device: str | None = None
+    scale_name: str,
+    out: str | Path,
+    *,
+    data_root: str | None = None,
+    device: str | None = None,
+    only: tuple[str, ...] | None = None,
 ) -> Path:
-    """Run (or resume) the study; returns the output folder."""
+    """Run (or resume) the study; returns the output folder. ``only``: run just the
+    stages whose names contain one of these strings (the others are left for later)."""
     if scale_name not in SCALES:
         raise InvalidInputError(f"unknown scale {scale_name!r}; known: {', '.join(SCALES)}")
     scale, out = SCALES[scale_name], Path(out)
     study = Study(scale, out, data_root, device)
+    study.only = only
     study.stage("classifier:target", lambda: study.train_classifier("target", scale.target))
     for name, arch in scale.surrogates.items():
         study.stage(f"classifier:{name}", lambda n=name, a=arch: study.train_classifier(n, a))

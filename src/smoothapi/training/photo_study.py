@@ -53,6 +53,7 @@ from ..zoo import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 from .data import ArrayDataset
 from .experiment import Study
 from .loop import fit
+from .photo_levers import Lever, chosen_lever, diagnose, lever_lines, train_lever
 
 __all__ = ["PHOTO_SCALES", "PhotoScale", "run_photo_study"]
 
@@ -94,6 +95,8 @@ class PhotoScale:
     scratch_epochs: int = 0
     denoiser_dtype: str = "float32"  # the denoisers' precision when certifying
     extras_every: int = 1  # at sigmas other than extras_sigma, certify every k-th test crop
+    levers: tuple[Lever, ...] = ()  # tried at extras_sigma after its certifications
+    diagnose_draws: int = 20  # noise draws per test crop in the levers' diagnostic
 
     @property
     def test_crop_size(self) -> int:
@@ -117,6 +120,14 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         whitebox_epochs=1,
         denoiser_dtype="bfloat16",  # 3-4x faster on this CPU, same PSNR (bench_denoiser.py)
         extras_every=3,  # sigma 0.12 and 0.5 on 42 of the 126 crops (6 per photo)
+        levers=(
+            Lever("stab+mse-query-rr", "surrogates in turn, one per batch, not averaged",
+                  start="mse", epochs=2, guidance="round-robin"),
+            Lever("stab+mse-query-long", "4 more epochs (6 in all)", start="stab+mse-query",
+                  epochs=4),
+            Lever("stab+mse-query-160", "2 more epochs on 2,000 160-px crops (test size)",
+                  start="stab+mse-query", epochs=2, crop=160, count=2_000),
+        ),
     ),
     "tiny": PhotoScale(
         sigmas=(0.25, 0.5),
@@ -140,6 +151,13 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         test_photos=("chelsea", "coffee"),
         denoiser_dtype="bfloat16",
         extras_every=2,
+        levers=(
+            Lever("stab+mse-query-rr", "round-robin", start="mse", epochs=1,
+                  guidance="round-robin"),
+            Lever("stab+mse-query-64", "64-px crops", start="stab+mse-query", epochs=1,
+                  crop=64, count=16),
+        ),
+        diagnose_draws=4,
     ),
     "paper": PhotoScale(
         sigmas=(0.25, 0.12, 0.5),
@@ -276,6 +294,8 @@ class PhotoStudy(Study):
             methods = ["none", "stab+mse-query", "stab+mse-full", "whitebox", "mse"]
             if sigma == scale.extras_sigma:
                 methods += list(BUDGET_METHODS)
+                lever = chosen_lever(self, sigma)
+                methods += [lever] if lever else []
             pairs += [(method, sigma) for method in methods]
         return pairs
 
@@ -303,7 +323,8 @@ class PhotoStudy(Study):
         images, labels = zip(*(self.test[i] for i in indices), strict=True)
         with LoopbackProvider(local, rate_limit=None) as api:
             adapter = local
-            if base in API_METHODS:  # Clarifai's gRPC client and wire format, PNG images
+            if base in API_METHODS or base.startswith("stab+mse-query"):  # Clarifai's gRPC
+                # client and wire format, PNG images
                 adapter = ClarifaiAdapter(target=api.target(), insecure=True, pat="loopback")
             smoothed = SmoothedClassifier(adapter, sigma, denoiser, batch_size=100, seed=0,
                                           device=self.device, journal=journal,
@@ -359,6 +380,9 @@ class PhotoStudy(Study):
             )
         )
 
+    def extra_sections(self) -> list[str]:
+        return lever_lines(self, self.scale.extras_sigma)
+
     def report_notes(self) -> list[str]:
         scale = self.scale
         notes = [
@@ -366,11 +390,12 @@ class PhotoStudy(Study):
             f"{scale.test_crop_size}-px test crops (denoisers trained on {scale.size}-px crops), "
             "served as a vision API on loopback (Clarifai's gRPC wire format, "
             "PNG images, concepts named by ImageNet class) for the no-denoiser, MSE and "
-            "query-access rows. Labels are its clean top-1 on each test crop.",
+            "query-access rows (and the lever certified, if any). Labels are its clean "
+            "top-1 on each test crop.",
             "White box: no noise-trained ImageNet model is available offline, so 'whitebox' is "
             "the target fine-tuned under Gaussian noise to match its own clean predictions "
-            f"(distillation, {scale.whitebox_epochs} epochs): a reference, not Cohen et al.'s "
-            "model.",
+            f"(distillation, {scale.whitebox_epochs} epoch(s) on the training crops): a "
+            "reference, not Cohen et al.'s model.",
             f"Denoisers run in {scale.denoiser_dtype} when certifying (trained in float32).",
             f"API budget rows (api-*) use n0 = {scale.api_n0}, n = {scale.api_n} (the paper's "
             "vision-API setting); every other row uses the n0 and n in the header.",
@@ -380,12 +405,16 @@ class PhotoStudy(Study):
         return [line for note in notes for line in (note, "")]
 
 
-def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = None) -> Path:
-    """Run (or resume) the natural-photo study; returns the output folder."""
+def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = None,
+                    only: tuple[str, ...] | None = None) -> Path:  # fmt: skip
+    """Run (or resume) the natural-photo study; returns the output folder. ``only``: run
+    just the stages whose names contain one of these strings (say, ``("lever", "diagnose")``
+    in a second process while the first certifies)."""
     if scale_name not in PHOTO_SCALES:
         raise InvalidInputError(f"unknown scale {scale_name!r}; known: {', '.join(PHOTO_SCALES)}")
     scale, out = PHOTO_SCALES[scale_name], Path(out)
     study = PhotoStudy(scale, out, device)
+    study.only = only
     study.stage("manifest", study.write_manifest)
     for sigma in scale.sigmas:  # denoisers first: they are what ships
         study.stage(f"denoiser:mse@{sigma:g}", lambda s=sigma: study.train_denoiser("mse", s))
@@ -393,12 +422,37 @@ def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = No
             f"denoiser:stab+mse-query@{sigma:g}",
             lambda s=sigma: study.train_denoiser("stab+mse-query", s),
         )
-    for method, sigma in study.runs():  # the headline sigma first
-        if method == "stab+mse-full":  # trained where first needed: after the headline's rows
-            study.stage(f"denoiser:stab+mse-full@{sigma:g}",
-                        lambda s=sigma: study.train_denoiser("stab+mse-full", s))
-        if method == "whitebox":
-            study.stage(f"classifier:whitebox@{sigma:g}", lambda s=sigma: study.train_whitebox(s))
-        study.stage(f"certify:{method}@{sigma:g}", lambda m=method, s=sigma: study.certify(m, s))
+    for sigma in scale.sigmas:  # the headline sigma first, then its levers
+        for method, _ in [pair for pair in study.runs() if pair[1] == sigma]:
+            _certify_stage(study, method, sigma)
+        if sigma == scale.extras_sigma and scale.levers:
+            _lever_stages(study, sigma)
     study.report()
     return out
+
+
+def _certify_stage(study: PhotoStudy, method: str, sigma: float) -> None:
+    """Certify ``method`` at ``sigma``, after training what it needs and is not shipped."""
+    if method == "stab+mse-full":  # trained where first needed: after the headline's rows
+        study.stage(f"denoiser:stab+mse-full@{sigma:g}",
+                    lambda: study.train_denoiser("stab+mse-full", sigma))
+    if method == "whitebox":
+        study.stage(f"classifier:whitebox@{sigma:g}", lambda: study.train_whitebox(sigma))
+    study.stage(f"certify:{method}@{sigma:g}", lambda: study.certify(method, sigma))
+
+
+def _lever_stages(study: PhotoStudy, sigma: float) -> None:
+    """Diagnose the baselines, train and diagnose each lever, certify the best one."""
+    for method in ("none", "mse", "stab+mse-query", "stab+mse-full", "whitebox"):
+        needs = (study.classifier_path(f"whitebox@{sigma:g}") if method == "whitebox"
+                 else None if method == "none" else study.denoiser_path(method, sigma))
+        if needs is None or needs.exists():  # a baseline not trained yet waits for its stage
+            study.stage(f"diagnose:{method}@{sigma:g}", lambda m=method: diagnose(study, m, sigma))
+    for lever in study.scale.levers:
+        study.stage(f"lever:{lever.method}@{sigma:g}",
+                    lambda lv=lever: train_lever(study, lv, sigma))
+        study.stage(f"diagnose:{lever.method}@{sigma:g}",
+                    lambda lv=lever: diagnose(study, lv.method, sigma))
+    best = chosen_lever(study, sigma)
+    if best is not None:
+        study.stage(f"certify:{best}@{sigma:g}", lambda: study.certify(best, sigma))
