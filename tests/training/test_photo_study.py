@@ -72,6 +72,16 @@ def test_query_access_rows_go_through_the_loopback_vision_api(study):
         assert config["adapter"]["adapter"] == adapter, method
 
 
+def test_the_white_box_is_distilled_on_crops_of_its_own_size(study):
+    from safetensors import safe_open
+
+    path = study / "classifiers" / "whitebox@0.25" / "weights.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["smoothapi"])
+    assert meta["recipe"] == "distillation under noise"
+    assert meta["crop"] == PHOTO_SCALES["tiny"].whitebox_crop == 64
+
+
 def test_denoisers_record_how_they_were_trained(study):
     from smoothapi.denoisers import load_denoiser
 

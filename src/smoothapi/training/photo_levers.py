@@ -29,9 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .. import photos as photo_data
 from ..denoisers import load_denoiser
-from .data import ArrayDataset
 from .train import train_denoiser
 
 if TYPE_CHECKING:
@@ -62,15 +60,9 @@ class Lever:
 def train_lever(study: PhotoStudy, lever: Lever, sigma: float) -> None:
     """Train ``lever``'s denoiser at ``sigma`` into the study's denoisers folder."""
     scale = study.scale
-    train = study.train
-    if lever.crop is not None:
-        images = [photo_data.load_photo(p) for p in study.train_photos]
-        count = lever.count or scale.train_count
-        crops = photo_data.train_crops(images, count, lever.crop, seed=1)
-        train = ArrayDataset(crops.transpose(0, 2, 3, 1), np.zeros(count, np.int64))
     train_denoiser(
         load_denoiser(study.denoiser_path(lever.start, sigma)),
-        train,
+        study.train_set(lever.crop, lever.count),
         sigma=sigma,
         out_dir=study.denoiser_path(lever.method, sigma).parent,
         objective="stab+mse",
