@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-photos test bench experiments photos photo-study clean
+.PHONY: demo demo-photos test bench experiments photos photo-study photo-study-snapshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ $(PHOTO_CACHE)/.unpacked:
 # The natural-photo study (hours on 2 CPU cores; resumes where it stopped).
 photo-study: $(STAMP) photos
 	$(BIN)/smoothapi experiment natural-photos --out results/natural-photos
+
+# Before a machine goes away: gzipped copies of unfinished certifications' journals, to
+# commit; `make photo-study` on the next machine resumes from them.
+photo-study-snapshot: $(STAMP)
+	$(BIN)/smoothapi experiment natural-photos --out results/natural-photos --snapshot
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

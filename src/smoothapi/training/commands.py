@@ -249,6 +249,15 @@ EXPERIMENTS = {"fashion-mnist": "small", "digits": "tiny", "cifar10": "paper",
 def _cmd_experiment(args: argparse.Namespace) -> int:
     out = args.out or f"results/{args.study}"
     scale = args.scale or EXPERIMENTS[args.study]
+    if args.snapshot:
+        from .snapshots import snapshot_journals
+
+        stages = Path(out) / "stages"
+        finished = {p.stem.removeprefix("certify:").replace("_at_", "@")
+                    for p in stages.glob("certify:*.json")}  # fmt: skip
+        for path in snapshot_journals(Path(out), finished):
+            print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+        return 0
     if args.study == "natural-photos":
         from .photo_study import run_photo_study
 
@@ -288,6 +297,10 @@ def _add_experiment_command(commands: argparse._SubParsersAction) -> None:
                      help="run only the stages whose names contain one of these (e.g. "
                           "lever,diagnose), leaving the rest for a later run; with a "
                           "second process, give it other stages than the first runs")
+    exp.add_argument("--snapshot", action="store_true",
+                     help="write gzipped copies of unfinished certifications' journals to "
+                          "OUT/snapshots (commit them; a later run on another machine "
+                          "resumes from them) and exit; safe while the study runs")
     exp.set_defaults(handler=_cmd_experiment)
 
 

@@ -54,6 +54,7 @@ from .data import ArrayDataset
 from .experiment import Study
 from .loop import fit
 from .photo_levers import Lever, chosen_lever, diagnose, lever_lines, train_lever
+from .snapshots import restore
 
 __all__ = ["PHOTO_SCALES", "PhotoScale", "run_photo_study"]
 
@@ -332,7 +333,10 @@ class PhotoStudy(Study):
         local = self.classifier(f"whitebox@{sigma:g}" if base == "whitebox" else "target")
         path = self.log_path(method, sigma)
         path.parent.mkdir(parents=True, exist_ok=True)
-        journal = Journal(self.out / "journals" / f"{method}@{sigma:g}.sqlite")
+        journal_path = self.out / "journals" / f"{method}@{sigma:g}.sqlite"
+        if restore(journal_path):  # a snapshot committed by an earlier session
+            print(f"[experiment] resuming {journal_path.name} from its snapshot", flush=True)
+        journal = Journal(journal_path)
         indices = self.certified_indices(sigma)
         images, labels = zip(*(self.test[i] for i in indices), strict=True)
         with LoopbackProvider(local, rate_limit=None) as api:
