@@ -343,10 +343,14 @@ class PhotoStudy(Study):
             adapter = local
             if base in API_METHODS or base.startswith("stab+mse-query"):  # Clarifai's gRPC
                 # client and wire format, PNG images
-                adapter = ClarifaiAdapter(target=api.target(), insecure=True, pat="loopback")
+                # The loopback server computes every request on this machine's CPU: a long
+                # timeout and 2 in flight, or a busy machine times requests out, and their
+                # retries queue behind the work already started (the study died that way).
+                adapter = ClarifaiAdapter(target=api.target(), insecure=True, pat="loopback",
+                                          timeout=900)  # fmt: skip
             smoothed = SmoothedClassifier(adapter, sigma, denoiser, batch_size=100, seed=0,
                                           device=self.device, journal=journal,
-                                          limits=RateLimits(max_in_flight=4))
+                                          limits=RateLimits(max_in_flight=2))
             with smoothed, open(path.with_suffix(".part"), "w", encoding="utf-8") as f:
                 outcomes = certify_many(smoothed, images, n0, n, scale.alpha, shard=False)
                 write_log(outcomes, LogWriter(f), indices=indices,
