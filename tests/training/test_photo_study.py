@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from smoothapi.analysis import read_log
 from smoothapi.runs import read_log_rows
@@ -80,6 +81,16 @@ def test_the_white_box_is_distilled_on_crops_of_its_own_size(study):
         meta = json.loads(f.metadata()["smoothapi"])
     assert meta["recipe"] == "distillation under noise"
     assert meta["crop"] == PHOTO_SCALES["tiny"].whitebox_crop == 64
+    # Batch-norm layers only: every convolution is the published target's, the norms moved.
+    from safetensors.torch import load_file
+
+    from smoothapi.zoo import build_classifier
+
+    assert meta["trained"] == "batchnorm"
+    tuned, published = load_file(str(path)), build_classifier("efficientnet_lite2").state_dict()
+    convs = [k for k in published if k.endswith("weight") and published[k].dim() == 4]
+    assert convs and all(torch.equal(tuned[k], published[k]) for k in convs)
+    assert not torch.equal(tuned["_bn0.running_var"], published["_bn0.running_var"])
 
 
 def test_denoisers_record_how_they_were_trained(study):
