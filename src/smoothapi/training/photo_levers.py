@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._checkpoint import module_dtype
 from ..denoisers import load_denoiser
 from .train import train_denoiser
 
@@ -98,7 +99,7 @@ def diagnose(study: PhotoStudy, method: str, sigma: float) -> dict[str, Any]:
             noise = torch.randn((draws, *clean.shape), generator=generator)
             batch = clean.unsqueeze(0) + sigma * noise
             if denoiser is not None:
-                batch = denoiser(batch.to(next(denoiser.parameters()).dtype)).float()
+                batch = denoiser(batch.to(module_dtype(denoiser))).float()
             squared_error += float((batch - clean).pow(2).sum())
             pixels += batch.numel()
             labels = classifier.logits(batch).argmax(dim=1)
