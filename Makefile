@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_client.py
 	$(BIN)/python benchmarks/bench_queries.py
 	$(BIN)/python benchmarks/bench_denoiser.py
+	$(BIN)/python benchmarks/bench_classifier.py
 
 # The Fashion-MNIST study (hours on 2 CPU cores; resumes where it stopped).
 experiments: $(STAMP)

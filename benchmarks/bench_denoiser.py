@@ -19,6 +19,7 @@ import time
 import torch
 
 from smoothapi import photos
+from smoothapi._checkpoint import as_module_input
 from smoothapi.denoisers import create_denoiser, load_denoiser
 
 SIGMA = 0.25
@@ -26,8 +27,7 @@ SIGMA = 0.25
 
 def images_per_second(model: torch.nn.Module, size: int, device: torch.device,
                       batch: int, seconds: float = 3.0) -> float:  # fmt: skip
-    dtype = next(model.parameters()).dtype
-    x = torch.rand(batch, 3, size, size, device=device, dtype=dtype)
+    x = as_module_input(model, torch.rand(batch, 3, size, size, device=device))
     done, start = 0, None
     with torch.inference_mode():
         model(x)  # warm-up
@@ -47,9 +47,8 @@ def psnr_of(model: torch.nn.Module, size: int, device: torch.device) -> float:
     clean = (torch.from_numpy(tiles[::3]).float() / 255).to(device)
     generator = torch.Generator(device).manual_seed(0)
     noisy = clean + SIGMA * torch.randn(clean.shape, generator=generator, device=device)
-    dtype = next(model.parameters()).dtype
     with torch.inference_mode():
-        denoised = torch.cat([model(chunk.to(dtype)).float() for chunk in noisy.split(16)])
+        denoised = torch.cat([model(as_module_input(model, c)).float() for c in noisy.split(16)])
     return (-10 * torch.log10((denoised - clean).pow(2).mean())).item()
 
 
@@ -65,7 +64,8 @@ def main() -> None:
     models = {
         "photo-sigma0.25 (DnCNN-8 w32)": lambda: load_denoiser("photo-sigma0.25", device),
         "DnCNN-17 w64 (GPU scale)": lambda: create_denoiser(
-            "dncnn", in_channels=3, depth=17, width=64).to(device).eval(),
+            "dncnn", in_channels=3, depth=17, width=64).to(device).eval().to(
+            memory_format=torch.channels_last),
     }
     print(f"device {device}, {args.threads} threads, batch {args.batch}, sigma {SIGMA}")
     print(f"{'denoiser':<30} {'size':>5} {'fp32 img/s':>11} {'bf16 img/s':>11} {'speed-up':>9} "

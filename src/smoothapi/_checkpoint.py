@@ -75,3 +75,24 @@ def module_dtype(module: torch.nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
+
+
+def module_memory_format(module: torch.nn.Module) -> torch.memory_format:
+    """``torch.channels_last`` if a module's convolution weights are stored channels-last (a
+    ``module.to(memory_format=torch.channels_last)``), else ``torch.contiguous_format``."""
+    for tensor in module.parameters():
+        if tensor.dim() == 4:
+            dense = tensor.is_contiguous()
+            if dense != tensor.is_contiguous(memory_format=torch.channels_last):
+                return torch.contiguous_format if dense else torch.channels_last
+    return torch.contiguous_format  # no 4-D weights, or only 1x1 ones (both layouts at once)
+
+
+def as_module_input(module: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``images`` in the dtype and memory format of ``module``'s weights: a bfloat16 module
+    runs in bfloat16, a channels-last one gets channels-last inputs (oneDNN's fast path: 1.7x
+    for EfficientNet-Lite2 and 1.5x for a DnCNN on this project's CPU, bench_classifier.py)."""
+    images = images.to(module_dtype(module))
+    if images.dim() == 4:
+        images = images.contiguous(memory_format=module_memory_format(module))
+    return images

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import torch
 
 from . import __version__
-from ._checkpoint import module_dtype
+from ._checkpoint import as_module_input
 from ._image_files import ImageFile, natural_key, scan_images
 from ._image_files import _candidates as image_candidates
 from ._images import IMAGE_EXTENSIONS, ImageWarning, check_batch_memory, load_image
@@ -172,7 +172,7 @@ def _check_images(
         if denoiser is not None:
             try:
                 with torch.inference_mode():
-                    batch = denoiser(batch.to(module_dtype(denoiser))).float()
+                    batch = denoiser(as_module_input(denoiser, batch)).float()
             except RuntimeError as exc:
                 reason = _first_line(exc)
                 raise InvalidInputError(f"the denoiser cannot take {what}: {reason}") from exc

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checkpoint import module_dtype
+from ._checkpoint import as_module_input
 from .errors import InvalidInputError
 
 __all__ = ["NOISE_SCHEME", "ImageKey", "Phase", "Sampler", "attempt_digest", "image_digest"]
@@ -149,7 +149,7 @@ class Sampler:
             return batch
         try:
             with torch.inference_mode():  # in the denoiser's dtype; the result in the batch's
-                denoised = self.denoiser(batch.to(module_dtype(self.denoiser))).to(batch.dtype)
+                denoised = self.denoiser(as_module_input(self.denoiser, batch)).to(batch.dtype)
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as exc:  # a shape or dtype the denoiser cannot take

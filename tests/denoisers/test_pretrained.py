@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from smoothapi import InvalidInputError
+from smoothapi._checkpoint import module_memory_format
 from smoothapi.denoisers import default_denoiser, load_denoiser, pretrained_denoisers
 
 SHIPPED = pretrained_denoisers()
@@ -60,6 +61,7 @@ def test_a_bfloat16_photo_denoiser_denoises_as_well_as_the_float32_one():
     full = load_denoiser("photo-sigma0.25")
     half = load_denoiser("photo-sigma0.25", dtype="bfloat16")
     assert next(half.parameters()).dtype == torch.bfloat16
+    assert module_memory_format(half) == module_memory_format(full) == torch.channels_last
     assert half.checkpoint_metadata == full.checkpoint_metadata
     with torch.inference_mode():
         a, b = full(noisy), half(noisy.bfloat16()).float()

@@ -135,6 +135,22 @@ def test_safetensors_weights_round_trip(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     again = load_classifier("efficientnet_lite0", weights=path, input_size=96)
+    loaded = again.module.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
     x = torch.rand(1, 3, 96, 96)
+    with torch.inference_mode():  # channels-last as loaded: equal to float rounding
+        assert torch.allclose(again.module(x), model(x), atol=1e-4)
+
+
+def test_loaded_classifiers_run_channels_last_with_the_published_logits():
+    from smoothapi._checkpoint import module_memory_format
+
+    adapter = load_classifier("efficientnet_lite0", input_size=96)
+    assert module_memory_format(adapter.module) == torch.channels_last
+    dense = build_classifier("efficientnet_lite0")  # the published weights, default layout
+    x = torch.rand(2, 3, 96, 96)
     with torch.inference_mode():
-        assert torch.equal(again.module(x), model(x))
+        expected = dense((x - adapter.mean) / adapter.std)
+        got = adapter.logits(x)
+    assert torch.allclose(got, expected, atol=1e-3)  # logits of size ~10: float rounding
+    assert torch.equal(got.argmax(1), expected.argmax(1))

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._checkpoint import load_checkpoint, module_digest, module_dtype, save_checkpoint
+from .._checkpoint import as_module_input, load_checkpoint, module_digest, save_checkpoint
 from ..certification import Label
 from ..classifiers import create_classifier
 from ..errors import CheckpointError, InvalidInputError
@@ -70,7 +70,7 @@ class LocalModelAdapter(Adapter):
         try:
             if self.mean is not None:
                 x = (x - self.mean) / self.std
-            return self.module(x.to(module_dtype(self.module))).float()
+            return self.module(as_module_input(self.module, x)).float()
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as exc:  # a shape or dtype the model cannot take

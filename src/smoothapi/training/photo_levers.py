@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._checkpoint import module_dtype
+from .._checkpoint import as_module_input
 from ..denoisers import load_denoiser
 from .train import train_denoiser
 
@@ -99,7 +99,7 @@ def diagnose(study: PhotoStudy, method: str, sigma: float) -> dict[str, Any]:
             noise = torch.randn((draws, *clean.shape), generator=generator)
             batch = clean.unsqueeze(0) + sigma * noise
             if denoiser is not None:
-                batch = denoiser(batch.to(module_dtype(denoiser))).float()
+                batch = denoiser(as_module_input(denoiser, batch)).float()
             squared_error += float((batch - clean).pow(2).sum())
             pixels += batch.numel()
             labels = classifier.logits(batch).argmax(dim=1)

@@ -48,7 +48,10 @@ def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
 
 
 class SameConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with TensorFlow's "same" padding for the actual input size."""
+    """``nn.Conv2d`` with TensorFlow's "same" padding for the actual input size.
+
+    Symmetric padding (every stride-1 layer) goes to the convolution itself; only the
+    uneven padding of stride-2 layers costs a padded copy of the input."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
@@ -57,7 +60,10 @@ class SameConv2d(nn.Conv2d):
         ):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads) if any(pads) else x)
+        if pads[0] == pads[1] and pads[2] == pads[3]:
+            return F.conv2d(x, self.weight, self.bias, self.stride, (pads[2], pads[0]),
+                            self.dilation, self.groups)  # fmt: skip
+        return super().forward(F.pad(x, pads))
 
 
 class MBConv(nn.Module):
