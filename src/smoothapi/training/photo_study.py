@@ -466,6 +466,10 @@ def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = No
             _certify_stage(study, method, sigma)
         if sigma == scale.extras_sigma and scale.levers:
             _lever_stages(study, sigma)
+    best = chosen_lever(study, scale.extras_sigma) if scale.levers else None
+    if best is not None:  # last: the one row beyond what the other sigmas need
+        study.stage(f"certify:{best}@{scale.extras_sigma:g}",
+                    lambda: study.certify(best, scale.extras_sigma))
     study.report()
     return out
 
@@ -481,7 +485,7 @@ def _certify_stage(study: PhotoStudy, method: str, sigma: float) -> None:
 
 
 def _lever_stages(study: PhotoStudy, sigma: float) -> None:
-    """Diagnose the baselines, train and diagnose each lever, certify the best one."""
+    """Diagnose the baselines, train and diagnose each lever (the best is certified last)."""
     for method in ("none", "mse", "stab+mse-query", "stab+mse-full", "whitebox"):
         needs = (study.classifier_path(f"whitebox@{sigma:g}") if method == "whitebox"
                  else None if method == "none" else study.denoiser_path(method, sigma))
@@ -492,6 +496,3 @@ def _lever_stages(study: PhotoStudy, sigma: float) -> None:
                     lambda lv=lever: train_lever(study, lv, sigma))
         study.stage(f"diagnose:{lever.method}@{sigma:g}",
                     lambda lv=lever: diagnose(study, lv.method, sigma))
-    best = chosen_lever(study, sigma)
-    if best is not None:
-        study.stage(f"certify:{best}@{sigma:g}", lambda: study.certify(best, sigma))
