@@ -27,7 +27,7 @@ def test_a_snapshot_taken_while_the_writer_holds_the_journal_resumes_elsewhere(t
     with pytest.raises(Crash):
         _certify(crashed, journal)
     held = Journal(journal)  # a writer still has it open, in WAL mode
-    [packed] = snapshot_journals(here, finished=set())
+    [packed] = snapshot_journals(here)
     held.close()
     assert packed == here / "snapshots" / "none@0.25.sqlite.gz"
     # Another machine: only the committed snapshot travels.
@@ -47,19 +47,22 @@ def test_finished_stages_lose_their_snapshots_and_get_none(tmp_path):
         _certify(CrashingAdapter(), tmp_path / "journals" / f"{stem}.sqlite")
     (tmp_path / "snapshots").mkdir()
     (tmp_path / "snapshots" / "mse@0.25.sqlite.gz").write_bytes(b"old")
-    written = snapshot_journals(tmp_path, finished={"mse@0.25"})
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "mse@0.25.tsv").write_text("idx\tlabel\n")  # finished
+    (tmp_path / "logs" / "none@0.25.part").write_text("idx\tlabel\n")  # still running
+    written = snapshot_journals(tmp_path)
     assert [p.name for p in written] == ["none@0.25.sqlite.gz"]
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["none@0.25.sqlite.gz"]
     assert not restore(tmp_path / "journals" / "mse@0.25.sqlite")  # nothing to restore
 
 
-def test_the_snapshot_command_skips_certifications_whose_stage_finished(tmp_path, capsys):
+def test_the_snapshot_command_skips_certifications_whose_log_is_written(tmp_path, capsys):
     from smoothapi.cli import main
 
     for stem in ("none@0.25", "mse@0.25"):
         _certify(CrashingAdapter(), tmp_path / "journals" / f"{stem}.sqlite")
-    (tmp_path / "stages").mkdir()
-    (tmp_path / "stages" / "certify:mse_at_0.25.json").write_text('{"seconds": 1}')
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "mse@0.25.tsv").write_text("idx\tlabel\n")
     assert main(["experiment", "natural-photos", "--out", str(tmp_path), "--snapshot"]) == 0
     assert "none@0.25.sqlite.gz" in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "snapshots").iterdir()] == ["none@0.25.sqlite.gz"]

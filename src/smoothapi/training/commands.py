@@ -252,10 +252,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.snapshot:
         from .snapshots import snapshot_journals
 
-        stages = Path(out) / "stages"
-        finished = {p.stem.removeprefix("certify:").replace("_at_", "@")
-                    for p in stages.glob("certify:*.json")}  # fmt: skip
-        for path in snapshot_journals(Path(out), finished):
+        for path in snapshot_journals(Path(out)):
             print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
         return 0
     if args.study == "natural-photos":

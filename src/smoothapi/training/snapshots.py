@@ -24,9 +24,12 @@ def _snapshot_path(journal: Path) -> Path:
     return journal.parent.parent / "snapshots" / f"{journal.name}.gz"
 
 
-def snapshot_journals(out: Path, finished: set[str]) -> list[Path]:
-    """Snapshot every journal in ``OUT/journals`` whose stem (``METHOD@SIGMA``) is not in
-    ``finished``, and delete the snapshots of finished ones; returns those written."""
+def snapshot_journals(out: Path) -> list[Path]:
+    """Snapshot every unfinished certification's journal (``OUT/journals/METHOD@SIGMA``) and
+    delete the snapshots of finished ones; returns those written. A certification has
+    finished when its log ``OUT/logs/METHOD@SIGMA.tsv`` exists (the stage writes the log as
+    ``.part`` and renames it only once every image is certified)."""
+    finished = {log.stem for log in (out / "logs").glob("*.tsv")}
     written = []
     folder = out / "snapshots"
     for old in folder.glob("*.sqlite.gz") if folder.exists() else []:
