@@ -35,13 +35,17 @@ bench: $(STAMP)
 experiments: $(STAMP)
 	$(BIN)/smoothapi experiment fashion-mnist --out results/fashion-mnist
 
-# Training photos for the natural-photo study: two Debian wallpaper packages, unpacked
-# without root into ~/.cache/smoothapi/photos (held-out test photos ship with pip packages).
+# Training photos for the natural-photo study: Debian wallpaper packages, unpacked
+# without root into the user's cache (no network beyond apt's own mirror). The stamp
+# names the package list, so adding a package unpacks again.
 PHOTO_CACHE := $(HOME)/.cache/smoothapi/photos
-photos: $(PHOTO_CACHE)/.unpacked
-$(PHOTO_CACHE)/.unpacked:
+PHOTO_PACKAGES := mate-backgrounds plasma-workspace-wallpapers lomiri-wallpapers-16.04 \
+	lomiri-wallpapers-20.04
+PHOTO_STAMP := $(PHOTO_CACHE)/.unpacked-$(shell echo $(PHOTO_PACKAGES) | md5sum | cut -c1-8)
+photos: $(PHOTO_STAMP)
+$(PHOTO_STAMP):
 	mkdir -p $(PHOTO_CACHE)/debs
-	cd $(PHOTO_CACHE)/debs && apt-get download mate-backgrounds plasma-workspace-wallpapers
+	cd $(PHOTO_CACHE)/debs && apt-get download $(PHOTO_PACKAGES)
 	for deb in $(PHOTO_CACHE)/debs/*.deb; do dpkg-deb -x $$deb $(PHOTO_CACHE); done
 	touch $@
 

@@ -7,10 +7,12 @@ Two kinds of source, each photo listed once in :data:`PHOTOS` with its licence:
   scikit-learn's china and flower, matplotlib's grace_hopper. Test crops, the demo and
   the tests use only these, so they run on any machine.
 * **training** (``split="train"``): photographs from Debian's wallpaper packages
-  ``mate-backgrounds`` (its ``nature/`` folder) and ``plasma-workspace-wallpapers``
-  (drawings, logos and abstract art left out). ``make photos`` unpacks them, without
-  root, into ``~/.cache/smoothapi/photos``; an installed package under ``/usr/share``
-  is found too, and ``SMOOTHAPI_PHOTOS`` names another root.
+  ``mate-backgrounds`` (its ``nature/`` folder), ``plasma-workspace-wallpapers`` and
+  ``lomiri-wallpapers-16.04`` / ``-20.04`` (Ubuntu's wallpaper contest photographs, each
+  with its own Creative Commons licence; drawings, logos and abstract art left out).
+  ``make photos`` unpacks them, without root, into ``~/.cache/smoothapi/photos``; an
+  installed package under ``/usr/share`` is found too, and ``SMOOTHAPI_PHOTOS`` names
+  another root.
 
 No photo contributes to both splits. Every photo is read upright (EXIF), as RGB, and
 scaled so its shorter side is at most :data:`MAX_SIDE` pixels, so crops of the large
@@ -67,6 +69,13 @@ def _mate(name: str) -> Photo:
         _GPL,
         "train",
     )
+
+
+def _lomiri(file: str, licence: str, release: str = "16.04") -> Photo:
+    name = file.split("_by_")[0].lower().replace("_", "-")
+    author = file.split("_by_")[1].removesuffix(".jpg").replace("_", " ")
+    return Photo(f"lomiri-{name}", f"lomiri-wallpapers-{release}",
+                 f"share/backgrounds/{file}", f"{licence} ({author})", "train")  # fmt: skip
 
 
 def _plasma(name: str, size: str = "1920x1080.jpg") -> Photo:
@@ -128,6 +137,21 @@ PHOTOS: tuple[Photo, ...] = (
     _plasma("ColorfulCups", "2560x1600.jpg"),
     _plasma("MilkyWay", "5120x2880.png"),
     _plasma("Volna", "5120x2880.jpg"),
+    # Licences from the packages' Debian copyright file, one per picture.
+    _lomiri("Bridge_by_Sander_Klootwijk.jpg", "CC-BY-SA-4.0"),
+    _lomiri("Dragonfly_by_Bolly.jpg", "CC-BY-SA-4.0"),
+    _lomiri("Picture_0B_by_freespace.jpg", "CC-BY-4.0"),
+    _lomiri("Picture_1A_by_freespace.jpg", "CC-BY-4.0"),
+    _lomiri("Wine_by_Jakkub_Mede.jpg", "CC-BY-4.0"),
+    _lomiri("aitzgorri_by_Aitzol_Berasategi.jpg", "CC-BY-4.0"),
+    _lomiri("free_by_Peter_Nerlich.jpg", "CC-BY-SA-4.0"),
+    _lomiri("friends_by_Aitzol_Berasategi.jpg", "CC-BY-4.0"),
+    _lomiri("greentock_by_Peter_Nerlich.jpg", "CC-BY-SA-4.0"),
+    _lomiri("life_by_Aitzol_Berasategi.jpg", "CC-BY-4.0"),
+    _lomiri("picosdeeuropa_by_Aitzol_Berasategi.jpg", "CC-BY-4.0"),
+    _lomiri("seeding_by_Clements_Engelhardt.jpg", "CC0-1.0"),
+    _lomiri("sunset_by_Aitzol_Berasategi.jpg", "CC-BY-4.0"),
+    _lomiri("Kleiber_by_Lukas_Baubkus.jpg", "CC-BY-SA-3.0", "20.04"),
 )
 
 

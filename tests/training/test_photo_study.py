@@ -159,3 +159,39 @@ def test_only_runs_the_stages_named(tmp_path):
     assert [p.name for p in (tmp_path / "stages").iterdir()] == ["diagnose:none_at_0.25.json"]
     assert (tmp_path / "diagnostics" / "none@0.25.json").exists()
     assert not (tmp_path / "denoisers").exists() and not (tmp_path / "logs").exists()
+
+
+def test_the_more_photos_lever_draws_from_every_training_photo(tmp_path, monkeypatch):
+    """The small study keeps the 25 photos it started with; a lever with photos="all"
+    trains on every training photo found, here one generated file in a lomiri slot."""
+    import numpy as np
+    from PIL import Image
+
+    from smoothapi import photos
+    from smoothapi.errors import InvalidInputError
+    from smoothapi.training.photo_study import FIRST_TRAIN_PHOTOS, PhotoStudy
+
+    small = PHOTO_SCALES["small"]
+    assert small.train_photos == FIRST_TRAIN_PHOTOS and len(FIRST_TRAIN_PHOTOS) == 25
+    assert not any(name.startswith("lomiri-") for name in FIRST_TRAIN_PHOTOS)
+    [lever] = [lv for lv in small.levers if lv.photos == "all"]
+    assert (lever.start, lever.epochs) == ("mse", small.stab_epochs)  # the query recipe
+    kleiber = next(p for p in photos.PHOTOS if p.name == "lomiri-kleiber")
+    assert kleiber.split == "train" and kleiber.licence.startswith("CC-BY-SA-3.0")
+    root = tmp_path / "root"
+    (root / kleiber.file).parent.mkdir(parents=True)
+    Image.fromarray(np.full((80, 120, 3), 200, np.uint8)).save(root / kleiber.file)
+    monkeypatch.setattr(photos, "_debian_roots", lambda: [root])
+    assert [p.name for p in photos.available_photos("train")] == ["lomiri-kleiber"]
+    study = PhotoStudy(PHOTO_SCALES["tiny"], tmp_path / "out", "cpu")
+    ours = study.train_set(None, 6)
+    assert ours is study.train  # the study's own crops (of astronaut and rocket)
+    more = study.train_set(None, 6, "all")
+    assert len(more) == 6 and all(np.all(more[k][0].numpy() == more[0][0].numpy())
+                                  for k in range(6))  # fmt: skip
+    assert abs(float(more[0][0].mean()) - 200 / 255) < 0.01  # only the generated photo
+    with pytest.raises(InvalidInputError, match="photos must be"):
+        study.train_set(None, 6, "some")
+    monkeypatch.setattr(photos, "_debian_roots", lambda: [])
+    with pytest.raises(InvalidInputError, match="make photos"):
+        PhotoStudy(small, tmp_path / "small", "cpu")  # its named photos are missing

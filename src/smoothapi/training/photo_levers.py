@@ -47,7 +47,8 @@ class Lever:
     """One change to the query-access recipe: a denoiser ``method`` trained with
     STAB+MSE through the surrogates from the ``start`` denoiser for ``epochs`` more
     epochs, combining the surrogates per ``guidance``, on ``count`` training crops of
-    ``crop`` pixels (default: the study's own training crops)."""
+    ``crop`` pixels (default: the study's own training crops) of the study's training
+    photos, or of every training photo on the machine (``photos="all"``)."""
 
     method: str
     change: str
@@ -56,6 +57,7 @@ class Lever:
     guidance: str = "mean"
     crop: int | None = None
     count: int | None = None
+    photos: str = "study"
 
 
 def train_lever(study: PhotoStudy, lever: Lever, sigma: float) -> None:
@@ -63,7 +65,7 @@ def train_lever(study: PhotoStudy, lever: Lever, sigma: float) -> None:
     scale = study.scale
     train_denoiser(
         load_denoiser(study.denoiser_path(lever.start, sigma)),
-        study.train_set(lever.crop, lever.count),
+        study.train_set(lever.crop, lever.count, lever.photos),
         sigma=sigma,
         out_dir=study.denoiser_path(lever.method, sigma).parent,
         objective="stab+mse",
@@ -74,7 +76,8 @@ def train_lever(study: PhotoStudy, lever: Lever, sigma: float) -> None:
         eval_size=scale.eval_size,
         config=study.config(lever.epochs, scale.stab_lr),
         metadata={"dataset": scale.dataset, "method": lever.method, "lever": lever.change,
-                  "start": lever.start, "surrogates": list(scale.surrogates)},
+                  "start": lever.start, "surrogates": list(scale.surrogates),
+                  "photos": lever.photos},
     )
 
 

@@ -84,7 +84,7 @@ class PhotoScale:
     stab_lr: float = 1e-4
     whitebox_lr: float = 1e-4
     eval_size: int = 126
-    train_photos: tuple[str, ...] | None = None  # None: the "train" split
+    train_photos: tuple[str, ...] | None = None  # None: every "train" photo available
     test_photos: tuple[str, ...] | None = None  # None: the "test" split
     target: str = "efficientnet_lite2"
     surrogates: dict[str, str] = field(
@@ -112,9 +112,17 @@ class PhotoScale:
         return self.whitebox_epochs
 
 
+# The small study's training photos: the 25 it started with. The Lomiri wallpapers came
+# later and feed only the "more photos" lever, so the finished stages stay valid.
+FIRST_TRAIN_PHOTOS = tuple(
+    p.name for p in photo_data.PHOTOS
+    if p.split == "train" and p.source in ("mate-backgrounds", "plasma-workspace-wallpapers")
+)
+
 PHOTO_SCALES: dict[str, PhotoScale] = {
     "small": PhotoScale(
         sigmas=(0.25, 0.12, 0.5),
+        train_photos=FIRST_TRAIN_PHOTOS,
         size=96,
         test_size=160,
         train_count=4_000,
@@ -137,6 +145,8 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
                   epochs=4),
             Lever("stab+mse-query-160", "2 more epochs on 2,000 160-px crops (test size)",
                   start="stab+mse-query", epochs=2, crop=160, count=2_000),
+            Lever("stab+mse-query-photos", "crops of 39 training photos, not 25 (from MSE)",
+                  start="mse", epochs=2, photos="all"),
         ),
     ),
     "tiny": PhotoScale(
@@ -194,13 +204,16 @@ BUDGET_METHODS = {"api-none": "none", "api-stab+mse-query": "stab+mse-query"}
 
 
 def _chosen(names: tuple[str, ...] | None, split: str) -> list[photo_data.Photo]:
-    if names is None:
-        found = photo_data.available_photos(split)
-        if not found:
-            raise InvalidInputError(f"no {split} photos found; run `make photos` first")
-        return found
-    by_name = {p.name: p for p in photo_data.PHOTOS}
-    return [by_name[name] for name in names]
+    """The photos ``names`` (None: every available photo of ``split``), all on this machine."""
+    found = photo_data.available_photos(split)
+    if names is not None:
+        have = {p.name for p in photo_data.available_photos()}
+        missing = [name for name in names if name not in have]
+        by_name = {p.name: p for p in photo_data.PHOTOS}
+        found = [] if missing else [by_name[name] for name in names]
+    if not found:
+        raise InvalidInputError(f"no {split} photos found; run `make photos` first")
+    return found
 
 
 class PhotoStudy(Study):
@@ -226,13 +239,18 @@ class PhotoStudy(Study):
             labels = target.logits(torch.from_numpy(tiles).float() / 255).argmax(1).numpy()
         self.test = ArrayDataset(tiles.transpose(0, 2, 3, 1), labels, target.class_names)
 
-    def train_set(self, crop: int | None, count: int | None = None) -> ArrayDataset:
+    def train_set(self, crop: int | None, count: int | None = None,
+                  photos: str = "study") -> ArrayDataset:  # fmt: skip
         """The training crops (``crop`` None or the study's size), or ``count`` other
-        random crops of the training photos at ``crop`` pixels (the same for every caller)."""
-        if crop is None or (crop == self.scale.size and count is None):
+        random crops of the training photos at ``crop`` pixels (the same for every caller);
+        ``photos="all"``: of every training photo on this machine, not just the study's."""
+        if photos not in ("study", "all"):
+            raise InvalidInputError(f"photos must be 'study' or 'all', got {photos!r}")
+        if photos == "study" and (crop is None or (crop == self.scale.size and count is None)):
             return self.train
-        count = count or self.scale.train_count
-        images = [photo_data.load_photo(p) for p in self.train_photos]
+        crop, count = crop or self.scale.size, count or self.scale.train_count
+        chosen = self.train_photos if photos == "study" else _chosen(None, "train")
+        images = [photo_data.load_photo(p) for p in chosen]
         crops = photo_data.train_crops(images, count, crop, seed=1)
         return ArrayDataset(crops.transpose(0, 2, 3, 1), np.zeros(count, np.int64))
 
@@ -387,9 +405,13 @@ class PhotoStudy(Study):
 
     def write_manifest(self) -> None:
         # The split as this study used it (the tiny scale splits the held-out photos).
+        lever_only = []  # photos only a lever trains on ("lever-train")
+        if any(lever.photos == "all" for lever in self.scale.levers):
+            lever_only = [p for p in _chosen(None, "train") if p not in self.train_photos]
         entries = [
             {**entry, "split": split}
-            for split, chosen in (("train", self.train_photos), ("test", self.test_photos))
+            for split, chosen in (("train", self.train_photos), ("lever-train", lever_only),
+                                  ("test", self.test_photos))  # fmt: skip
             for entry in photo_data.manifest(chosen)
         ]
         crops = [
