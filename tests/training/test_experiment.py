@@ -38,3 +38,35 @@ def test_tiny_study_writes_every_output_and_a_rerun_skips_finished_stages(tmp_pa
     assert main(["experiment", "digits", "--out", str(out)]) == 0
     assert "..." not in capsys.readouterr().out  # every stage was skipped
     assert checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_a_killed_stage_counts_the_time_of_every_run(tmp_path):
+    """A stage interrupted (Ctrl-C here) and resumed records both runs' seconds."""
+    import time
+    from types import SimpleNamespace
+
+    import pytest
+
+    from smoothapi.training.experiment import StageClock, Study
+
+    study = SimpleNamespace(out=tmp_path, only=None, times={})
+    running = tmp_path / "stages" / "certify:x_at_0.25.running"
+
+    def killed():
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Study.stage(study, "certify:x@0.25", killed)
+    first = json.loads(running.read_text())
+    assert first["runs"] == 1 and 0.3 <= first["seconds"] < 5
+    Study.stage(study, "certify:x@0.25", lambda: time.sleep(0.2))
+    marker = json.loads((tmp_path / "stages" / "certify:x_at_0.25.json").read_text())
+    assert marker["runs"] == 2 and marker["seconds"] >= first["seconds"] + 0.2
+    assert not running.exists() and study.times["certify:x@0.25"] == marker["seconds"]
+    # While a stage runs its clock file is rewritten, so a kill -9 loses at most `every`.
+    clock = StageClock(tmp_path / "live.running", every=0.05)
+    with clock:
+        time.sleep(0.3)
+        assert json.loads((tmp_path / "live.running").read_text())["seconds"] >= 0.1
+    assert not (tmp_path / "live.running").exists()

@@ -13,8 +13,9 @@
 4. **report**: the paper's table (best sigma per radius), per-sigma tables,
    certified-accuracy curves, denoising examples, ``summary.json`` and stage times.
 
-Each stage writes its outputs and a marker under ``OUT/stages/``; a rerun skips the
-finished ones, so the study can run across several invocations or in the background.
+Each stage writes its outputs and a marker under ``OUT/stages/`` (with its wall time,
+summed over every run when it was killed and resumed); a rerun skips the finished
+ones, so the study can run across several invocations or in the background.
 ``--scale`` picks a configuration: ``small`` (this machine: 2 CPU cores, about three
 hours), ``tiny`` (scikit-learn digits, a minute, for tests) or ``paper`` (the paper's
 hyperparameters for CIFAR-10 on GPUs: DnCNN, 90 MSE epochs with Adam 1e-3, 20 STAB+MSE
@@ -24,6 +25,7 @@ epochs, n = 10,000; it needs ``--data-root`` with the CIFAR-10 python batches).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,6 +164,47 @@ METHODS = (
 )
 
 
+class StageClock:
+    """A stage's wall time across kills and resumes: the seconds of earlier runs are kept
+    in ``path`` (rewritten every ``every`` seconds while the stage runs, so a killed run
+    loses at most that), added to this run's, and the file is removed when the stage
+    finishes. Commit it with the stage markers and a fresh clone keeps counting."""
+
+    def __init__(self, path: Path, every: float = 15.0) -> None:
+        self.path, self.every = path, every
+        earlier = json.loads(path.read_text()) if path.exists() else {}
+        self.before, self.runs = float(earlier.get("seconds", 0.0)), earlier.get("runs", 0) + 1
+        self._started = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, daemon=True, name="stage-clock")
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self._started
+
+    def _write(self) -> None:
+        partial = self.path.with_suffix(".tmp")
+        partial.write_text(json.dumps({"seconds": round(self.seconds(), 1), "runs": self.runs}))
+        partial.replace(self.path)
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> StageClock:
+        self._started = time.perf_counter()
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self._stop.set()
+        self._thread.join()
+        if kind is None:
+            self.path.unlink(missing_ok=True)
+        else:  # Ctrl-C or a failure: the next run adds on
+            self._write()
+
+
 class Study:
     """One run of the study in ``out``: its stages, skipped when already done."""
 
@@ -192,11 +235,14 @@ class Study:
         if self.only is not None and not any(part in name for part in self.only):
             return
         print(f"[experiment] {name} ...", flush=True)
-        started = time.perf_counter()
-        work()
-        seconds = round(time.perf_counter() - started, 1)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"stage": name, "seconds": seconds}))
+        with StageClock(marker.with_suffix(".running")) as clock:
+            work()
+        seconds = round(clock.seconds(), 1)
+        record = {"stage": name, "seconds": seconds}
+        if clock.runs > 1:  # killed and resumed: the seconds are every run's together
+            record["runs"] = clock.runs
+        marker.write_text(json.dumps(record))
         self.times[name] = seconds
         print(f"[experiment] {name} done in {seconds:.0f} s", flush=True)
 
