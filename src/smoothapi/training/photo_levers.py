@@ -175,4 +175,11 @@ def lever_lines(study: PhotoStudy, sigma: float) -> list[str]:
                   f"choice among {len(levers)} levers." if best
                   else "No lever beats the query-access baseline's share of crops >= 90%, "
                   "so none is certified."]  # fmt: skip
+    mse = study.times.get(f"denoiser:mse@{sigma:g}")
+    if mse is not None:
+        lines += ["", "Not tried on this machine: a wider or deeper DnCNN. It cannot start from "
+                  "the trained denoisers, and from scratch its MSE epochs alone would cost the "
+                  f"{mse:.0f} s of this study's MSE denoiser times its multiply-adds per pixel "
+                  "(3.7x for DnCNN-12 width 48, 10x for DnCNN-17 width 64); `--scale paper` "
+                  "is that configuration, for a GPU."]  # fmt: skip
     return [*lines, ""]
