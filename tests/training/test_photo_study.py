@@ -195,3 +195,26 @@ def test_the_more_photos_lever_draws_from_every_training_photo(tmp_path, monkeyp
     monkeypatch.setattr(photos, "_debian_roots", lambda: [])
     with pytest.raises(InvalidInputError, match="make photos"):
         PhotoStudy(small, tmp_path / "small", "cpu")  # its named photos are missing
+
+
+def test_stage_order_puts_the_api_budget_before_mse_and_the_lever_last(study, monkeypatch):
+    """On a rerun every stage is done; the order they are visited in is the order a fresh
+    run takes: the lever's certification after every sigma's rows (it is the optional one)."""
+    from smoothapi.training.photo_levers import chosen_lever
+    from smoothapi.training.photo_study import PhotoStudy
+
+    visited, stage = [], PhotoStudy.stage
+    monkeypatch.setattr(PhotoStudy, "stage",
+                        lambda self, name, work: (visited.append(name), stage(self, name, work)))
+    run_photo_study("tiny", study, device="cpu")
+    certify = [name for name in visited if name.startswith("certify:")]
+    assert certify.index("certify:api-none@0.25") < certify.index("certify:mse@0.25")
+    assert certify.index("certify:api-stab+mse-query@0.25") < certify.index("certify:mse@0.25")
+
+    class Probe:
+        out, scale = study, PHOTO_SCALES["tiny"]
+
+    best = chosen_lever(Probe(), 0.25)
+    if best is not None:
+        assert certify[-1] == f"certify:{best}@0.25" and certify.count(certify[-1]) == 1
+    assert certify[-2 if best else -1].endswith("@0.5")

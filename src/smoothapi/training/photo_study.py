@@ -338,9 +338,11 @@ class PhotoStudy(Study):
         scale = self.scale
         pairs = []
         for sigma in scale.sigmas:
-            methods = ["none", "stab+mse-query", "stab+mse-full", "whitebox", "mse"]
+            methods = ["none", "stab+mse-query", "stab+mse-full", "whitebox"]
             if sigma == scale.extras_sigma:
-                methods += list(BUDGET_METHODS)
+                methods += list(BUDGET_METHODS)  # short: before MSE's full budget
+            methods.append("mse")
+            if sigma == scale.extras_sigma:
                 lever = chosen_lever(self, sigma)
                 methods += [lever] if lever else []
             pairs += [(method, sigma) for method in methods]
@@ -483,9 +485,11 @@ def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = No
             f"denoiser:stab+mse-query@{sigma:g}",
             lambda s=sigma: study.train_denoiser("stab+mse-query", s),
         )
+    levers = {lever.method for lever in scale.levers}
     for sigma in scale.sigmas:  # the headline sigma first, then its levers
-        for method, _ in [pair for pair in study.runs() if pair[1] == sigma]:
-            _certify_stage(study, method, sigma)
+        for method, at in study.runs():
+            if at == sigma and method not in levers:
+                _certify_stage(study, method, sigma)
         if sigma == scale.extras_sigma and scale.levers:
             _lever_stages(study, sigma)
     best = chosen_lever(study, scale.extras_sigma) if scale.levers else None
