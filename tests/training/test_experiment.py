@@ -70,3 +70,14 @@ def test_a_killed_stage_counts_the_time_of_every_run(tmp_path):
         time.sleep(0.3)
         assert json.loads((tmp_path / "live.running").read_text())["seconds"] >= 0.1
     assert not (tmp_path / "live.running").exists()
+
+
+def test_gap_lines_say_why_a_share_is_missing():
+    from smoothapi.training.experiment import _gap_lines
+
+    gaps = {"0.25": {"mse": {"0.25": {"share": 0.5, "ci95": [0.25, 0.75]},
+                             "0.5": {"share": None, "ci95": [None, None]}}}}
+    [title, _, line, _] = _gap_lines(gaps)
+    assert title.startswith("Share of the white-box minus no-denoiser gap closed at sigma 0.25")
+    assert "r=0.25: 50% (95% CI 25% to 75%)" in line
+    assert "r=0.5: none (the white box certifies no more than no denoiser)" in line

@@ -514,7 +514,7 @@ def _gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             + ", ".join(
                 f"r={r}: {g['share']:.0%} (95% CI {g['ci95'][0]:.0%} to {g['ci95'][1]:.0%})"
                 if g["share"] is not None
-                else f"r={r}: -"
+                else f"r={r}: none (the white box certifies no more than no denoiser)"
                 for r, g in by_r.items()
             )
             for method, by_r in by_method.items()
