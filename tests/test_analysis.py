@@ -10,6 +10,7 @@ from PIL import Image
 
 from smoothapi.analysis import (
     CertificationLog,
+    accuracy_gain,
     average_certified_radius,
     best_sigma_table,
     certified_accuracy,
@@ -148,3 +149,20 @@ def test_analyze_accounts_for_repeated_tries_from_the_journal(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "certify: 2 image(s), 3 attempt(s), 1 image(s) tried more than once" in out
     assert "best of 2 tries holds at 2 x 0.01" in out
+
+
+def test_accuracy_gain_by_hand_with_a_paired_bootstrap_interval():
+    # 8 images; at r = 0.25 the baseline certifies 1 (image 0), the denoiser 4 (0-3): +3/8.
+    baseline = _log("none", [1, 1, 0, 0, 0, 0, 0, 0], [0.3, 0.1, 0, 0, 0, 0, 0, 0])
+    denoised = _log("mse", [1, 1, 1, 1, 0, 0, 0, 0], [0.3, 0.4, 0.5, 0.6, 0, 0, 0, 0])
+    at_25, at_5 = accuracy_gain(denoised, baseline, (0.25, 0.5), resamples=2_000)
+    assert at_25.radius == 0.25 and at_25.gain == pytest.approx(3 / 8)
+    assert at_5.gain == pytest.approx(2 / 8)  # images 2 and 3 against none
+    assert 0 <= at_25.low <= at_25.gain <= at_25.high <= 1
+    assert at_25.high - at_25.low > 0.1  # 8 images leave a wide interval
+    (worse,) = accuracy_gain(baseline, denoised, (0.25,), resamples=500)
+    assert worse.gain == pytest.approx(-3 / 8) and worse.high <= 0  # never gains anywhere
+    (same,) = accuracy_gain(denoised, denoised, (0.25,), resamples=500)
+    assert (same.gain, same.low, same.high) == (0.0, 0.0, 0.0)  # paired: no spread
+    with pytest.raises(InvalidInputError, match="same images"):
+        accuracy_gain(denoised, _log("b", [1], [0.3]))

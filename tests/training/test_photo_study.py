@@ -218,3 +218,19 @@ def test_stage_order_puts_the_api_budget_before_mse_and_the_lever_last(study, mo
     if best is not None:
         assert certify[-1] == f"certify:{best}@0.25" and certify.count(certify[-1]) == 1
     assert certify[-2 if best else -1].endswith("@0.5")
+
+
+def test_report_gives_the_gain_over_no_denoiser_with_an_interval(study):
+    """Where the white box does not beat no denoiser, the gain is what stands."""
+    summary = json.loads((study / "summary.json").read_text())
+    gains = summary["gain_over_none"]["0.25"]
+    assert gains["api-stab+mse-query"]["0.25"]["over"] == "api-none"  # the same budget
+    for method in ("stab+mse-query", "stab+mse-full", "whitebox", "mse"):
+        log, none = (read_log(study / "logs" / f"{m}@0.25.tsv", m) for m in (method, "none"))
+        for r in (0.25, 0.5):
+            got = gains[method][f"{r:g}"]
+            by_hand = ((log.correct & (log.radius >= r)).mean()
+                       - (none.correct & (none.radius >= r)).mean())  # fmt: skip
+            assert got["over"] == "none" and got["gain"] == pytest.approx(by_hand)
+            assert got["ci95"][0] <= got["gain"] <= got["ci95"][1]
+    assert "gained over no denoiser at sigma 0.25" in (study / "README.md").read_text()

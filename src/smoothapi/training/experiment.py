@@ -39,6 +39,7 @@ from ..adapters.encoding import to_pil
 from ..adapters.local import LocalModelAdapter
 from ..analysis import (
     DEFAULT_RADII,
+    accuracy_gain,
     best_sigma_table,
     format_table,
     gap_closed,
@@ -430,6 +431,10 @@ class Study:
         summary["gap_closed"] = gaps
         summary["stage_seconds"] = self.times
         lines += _gap_lines(gaps)
+        gains = {f"{sigma:g}": self.gains(logs, sigma) for sigma in scale.sigmas}
+        gains = {sigma: by_method for sigma, by_method in gains.items() if by_method}
+        summary["gain_over_none"] = gains
+        lines += _gain_lines(gains)
         lines += self.extra_sections()
         lines += ["The intervals resample the test images (paired across methods).", ""]
         lines += self.report_notes()
@@ -491,6 +496,35 @@ class Study:
                     f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high]} for g in found
                 }
         return out
+
+
+    def gains(self, logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
+        """Method -> radius -> certified accuracy gained over no denoiser at ``sigma`` (an
+        ``api-*`` row over ``api-none``, at the same budget), with its 95% interval."""
+        out = {}
+        for method, at in logs:
+            baseline = "api-none" if method.startswith("api-") else "none"
+            if at == sigma and method != baseline and (baseline, sigma) in logs:
+                found = accuracy_gain(logs[method, sigma], logs[baseline, sigma])
+                out[method] = {f"{g.radius:g}": {"gain": g.gain, "ci95": [g.low, g.high],
+                                                 "over": baseline} for g in found}  # fmt: skip
+        return out
+
+
+def _gain_lines(gains: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The report's lines on certified accuracy gained over no denoiser, per sigma."""
+    lines: list[str] = []
+    for sigma, by_method in gains.items():
+        lines += [f"Certified accuracy gained over no denoiser at sigma {sigma} (percentage "
+                  "points, 95% paired-bootstrap interval):", ""]  # fmt: skip
+        lines += [
+            f"- {method} (over {next(iter(by_r.values()))['over']}): "
+            + ", ".join(f"r={r}: {100 * g['gain']:+.1f} ({100 * g['ci95'][0]:+.1f} to "
+                        f"{100 * g['ci95'][1]:+.1f})" for r, g in by_r.items())  # fmt: skip
+            for method, by_r in by_method.items()
+        ]
+        lines.append("")
+    return lines
 
 
 def _image_counts(counts: dict[float, int]) -> str:
