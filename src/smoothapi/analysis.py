@@ -85,6 +85,17 @@ def average_certified_radius(log: CertificationLog) -> float:
     return float(np.where(log.correct, log.radius, 0.0).mean())
 
 
+def _certified_at(log: CertificationLog, radius: float) -> np.ndarray:
+    """Per image: certified correctly with at least ``radius``."""
+    return log.correct & (log.radius >= radius)
+
+
+def _resampled_images(count: int, resamples: int, seed: int) -> np.ndarray:
+    """``(resamples, count)`` image indices drawn with replacement: a paired bootstrap,
+    the same draws applied to every method's log."""
+    return np.random.default_rng(seed).integers(0, count, size=(resamples, count))
+
+
 @dataclass(frozen=True)
 class GapClosed:
     """Share of the gap between a baseline and a reference closed at one radius, with a
@@ -120,11 +131,10 @@ def gap_closed(
             f"gap_closed needs logs of the same images: {log.name} has {len(log)}, "
             f"{baseline.name} {len(baseline)}, {reference.name} {len(reference)}"
         )
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(log), size=(resamples, len(log)))
+    draws = _resampled_images(len(log), resamples, seed)
     out = []
     for r in radii:
-        got, low, high = (x.correct & (x.radius >= r) for x in (log, baseline, reference))
+        got, low, high = (_certified_at(x, r) for x in (log, baseline, reference))
         if high.mean() <= low.mean():
             out.append(GapClosed(float(r), None, None, None))
             continue
@@ -170,14 +180,11 @@ def accuracy_gain(
             f"accuracy_gain needs logs of the same images: {log.name} has {len(log)}, "
             f"{baseline.name} {len(baseline)}"
         )
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(log), size=(resamples, len(log)))
+    draws = _resampled_images(len(log), resamples, seed)
     tail = (1 - level) / 2 * 100
     out = []
     for r in radii:
-        diff = (log.correct & (log.radius >= r)).astype(float) - (
-            baseline.correct & (baseline.radius >= r)
-        )
+        diff = _certified_at(log, r).astype(float) - _certified_at(baseline, r)
         lo, hi = np.percentile(diff[draws].mean(1), [tail, 100 - tail])
         out.append(AccuracyGain(float(r), float(diff.mean()), float(lo), float(hi)))
     return out
