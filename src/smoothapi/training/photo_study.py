@@ -205,12 +205,11 @@ BUDGET_METHODS = {"api-none": "none", "api-stab+mse-query": "stab+mse-query"}
 
 def _chosen(names: tuple[str, ...] | None, split: str) -> list[photo_data.Photo]:
     """The photos ``names`` (None: every available photo of ``split``), all on this machine."""
-    found = photo_data.available_photos(split)
-    if names is not None:
-        have = {p.name for p in photo_data.available_photos()}
-        missing = [name for name in names if name not in have]
-        by_name = {p.name: p for p in photo_data.PHOTOS}
-        found = [] if missing else [by_name[name] for name in names]
+    if names is None:
+        found = photo_data.available_photos(split)
+    else:
+        have = {p.name: p for p in photo_data.available_photos()}
+        found = [have[name] for name in names] if set(names) <= have.keys() else []
     if not found:
         raise InvalidInputError(f"no {split} photos found; run `make photos` first")
     return found
