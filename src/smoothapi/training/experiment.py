@@ -426,12 +426,12 @@ class Study:
         }
         summary["images_per_sigma"] = {f"{s:g}": c for s, c in counts.items()}
         lines += self.sigma_tables(logs, summary["methods"])
-        gaps = {f"{sigma:g}": self.gaps(logs, sigma) for sigma in scale.sigmas}
+        gaps = {f"{sigma:g}": _gaps(logs, sigma) for sigma in scale.sigmas}
         gaps = {sigma: by_method for sigma, by_method in gaps.items() if by_method}
         summary["gap_closed"] = gaps
         summary["stage_seconds"] = self.times
         lines += _gap_lines(gaps)
-        gains = {f"{sigma:g}": self.gains(logs, sigma) for sigma in scale.sigmas}
+        gains = {f"{sigma:g}": _gains(logs, sigma) for sigma in scale.sigmas}
         gains = {sigma: by_method for sigma, by_method in gains.items() if by_method}
         summary["gain_over_none"] = gains
         lines += _gain_lines(gains)
@@ -480,35 +480,36 @@ class Study:
             "access >= 75% at both radii."
         ]
 
-    def gaps(self, logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
-        """Method -> radius -> the share of the gap closed at ``sigma`` and its 95%
-        bootstrap interval; empty until the no-denoiser and white-box logs exist."""
-        if ("none", sigma) not in logs or ("whitebox", sigma) not in logs:
-            return {}
-        out = {}
-        others = [m for m, s in logs if s == sigma and m not in METHODS]
-        for method in [*METHODS[2:], *others]:
-            if (method, sigma) in logs and not method.startswith("api-"):  # other n
-                found = gap_closed(
-                    logs[method, sigma], logs["none", sigma], logs["whitebox", sigma]
-                )
-                out[method] = {
-                    f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high]} for g in found
-                }
-        return out
+
+def _gaps(logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
+    """Method -> radius -> the share of the gap closed at ``sigma`` and its 95%
+    bootstrap interval; empty until the no-denoiser and white-box logs exist."""
+    if ("none", sigma) not in logs or ("whitebox", sigma) not in logs:
+        return {}
+    out = {}
+    others = [m for m, s in logs if s == sigma and m not in METHODS]
+    for method in [*METHODS[2:], *others]:
+        if (method, sigma) in logs and not method.startswith("api-"):  # other n
+            found = gap_closed(
+                logs[method, sigma], logs["none", sigma], logs["whitebox", sigma]
+            )
+            out[method] = {
+                f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high]} for g in found
+            }
+    return out
 
 
-    def gains(self, logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
-        """Method -> radius -> certified accuracy gained over no denoiser at ``sigma`` (an
-        ``api-*`` row over ``api-none``, at the same budget), with its 95% interval."""
-        out = {}
-        for method, at in logs:
-            baseline = "api-none" if method.startswith("api-") else "none"
-            if at == sigma and method != baseline and (baseline, sigma) in logs:
-                found = accuracy_gain(logs[method, sigma], logs[baseline, sigma])
-                out[method] = {f"{g.radius:g}": {"gain": g.gain, "ci95": [g.low, g.high],
-                                                 "over": baseline} for g in found}  # fmt: skip
-        return out
+def _gains(logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
+    """Method -> radius -> certified accuracy gained over no denoiser at ``sigma`` (an
+    ``api-*`` row over ``api-none``, at the same budget), with its 95% interval."""
+    out = {}
+    for method, at in logs:
+        baseline = "api-none" if method.startswith("api-") else "none"
+        if at == sigma and method != baseline and (baseline, sigma) in logs:
+            found = accuracy_gain(logs[method, sigma], logs[baseline, sigma])
+            out[method] = {f"{g.radius:g}": {"gain": g.gain, "ci95": [g.low, g.high],
+                                             "over": baseline} for g in found}  # fmt: skip
+    return out
 
 
 def _gain_lines(gains: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
