@@ -14,6 +14,7 @@ from smoothapi.analysis import (
     average_certified_radius,
     best_sigma_table,
     certified_accuracy,
+    common_images,
     format_table,
     gap_closed,
     plot_curves,
@@ -56,8 +57,9 @@ def test_json_lines_from_our_cli(tmp_path):
         [1 / 3, 1 / 3, 0])
 
 
-def _log(name, correct, radius):
-    return CertificationLog(name, np.array(correct, dtype=bool), np.array(radius, dtype=float))
+def _log(name, correct, radius, index=None):
+    return CertificationLog(name, np.array(correct, dtype=bool), np.array(radius, dtype=float),
+                            None if index is None else np.array(index))
 
 
 def test_best_sigma_envelope_and_paper_format():
@@ -89,6 +91,19 @@ def test_cli_analyze(cohen_log, tmp_path, capsys):
     assert (tmp_path / "c.png").exists()
 
 
+def test_cli_analyze_says_when_the_best_sigma_table_uses_shared_images(cohen_log, tmp_path,
+                                                                         capsys):
+    subset = tmp_path / "subset.tsv"  # images 0 (certified at 1.2) and 1 (wrong) only
+    subset.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+                      "0\t3\t3\t1.2\t1\t0:00:01.0\n1\t8\t2\t0.5\t0\t0:00:01.0\n")
+    assert main(["analyze", f"m@0.25={cohen_log}", f"m@0.5={subset}", "--radii", "0", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "best sigma per radius, on the 2 images (idx) in every log" in out
+    # r = 0: sigma 0.25 certifies both of images {0, 1} (3 of all 5 would give 60); r = 1:
+    # only sigma 0.5 certifies image 0.
+    assert "| m | (100)100 | (50)50 |" in out
+
+
 def test_bad_logs(tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("a\tb\n1\t2\n")
@@ -96,10 +111,6 @@ def test_bad_logs(tmp_path):
         read_log(bad)
     with pytest.raises(InvalidInputError, match="not found"):
         read_log(tmp_path / "none.tsv")
-
-
-def _log(name, correct, radius):
-    return CertificationLog(name, np.array(correct, dtype=bool), np.array(radius, dtype=float))
 
 
 def test_gap_closed_by_hand_with_a_paired_bootstrap_interval():
@@ -166,3 +177,30 @@ def test_accuracy_gain_by_hand_with_a_paired_bootstrap_interval():
     assert (same.gain, same.low, same.high) == (0.0, 0.0, 0.0)  # paired: no spread
     with pytest.raises(InvalidInputError, match="same images"):
         accuracy_gain(denoised, _log("b", [1], [0.3]))
+
+
+def test_best_sigma_compares_sigmas_on_the_images_certified_at_every_sigma():
+    """A sigma certified on a subset (the photo study: 42 of 126 crops) is never compared
+    with another sigma's full set: the table keeps the images every log has."""
+    full = _log("a", [1, 0, 1, 0, 0, 0], [0.3, 0, 0.3, 0, 0, 0])  # idx 0..5: 2 of 6
+    subset = _log("b", [1, 0, 0], [0.3, 0, 0], index=[0, 2, 4])  # 1/3 of {0, 2, 4}
+    assert common_images([full, subset]).tolist() == [0, 2, 4]
+    (cells,) = best_sigma_table({"m": {0.25: full, 0.5: subset}}, radii=[0.25]).values()
+    # On {0, 2, 4}: sigma 0.25 certifies 2 of 3, sigma 0.5 1 of 3 (2 of all 6 is not used).
+    assert cells == [(pytest.approx(2 / 3), pytest.approx(2 / 3), 0.25)]
+    with pytest.raises(InvalidInputError, match="no test image"):
+        best_sigma_table({"m": {0.25: _log("c", [1], [0.3], [7]), 0.5: subset}}, radii=[0.25])
+
+
+def test_logs_keep_their_image_index_and_paired_statistics_check_it(cohen_log, tmp_path):
+    log = read_log(cohen_log)
+    assert log.images().tolist() == [0, 1, 2, 3, 4]
+    shuffled = tmp_path / "shuffled.tsv"  # same length, other images: not paired
+    shuffled.write_text(COHEN.replace("\n4\t", "\n9\t"))
+    other = read_log(shuffled)
+    assert other.images().tolist() == [0, 1, 2, 3, 9]
+    with pytest.raises(InvalidInputError, match="same images in the same order"):
+        accuracy_gain(log, other)
+    (gain,) = accuracy_gain(log.only([0, 1, 2, 3]), other.only([0, 1, 2, 3]), (0.25,),
+                            resamples=100)
+    assert gain.gain == 0.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ __all__ = [
     "average_certified_radius",
     "best_sigma_table",
     "certified_accuracy",
+    "common_images",
     "format_table",
     "gap_closed",
     "plot_curves",
@@ -42,14 +43,34 @@ DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 @dataclass(frozen=True)
 class CertificationLog:
-    """The per-image ``correct`` (bool) and ``radius`` arrays of one certification run."""
+    """The per-image ``correct`` (bool) and ``radius`` arrays of one certification run;
+    ``index``: each row's image in the test set (the log's ``idx``), ``None`` for 0, 1, ..."""
 
     name: str
     correct: np.ndarray
     radius: np.ndarray
+    index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.correct)
+
+    def images(self) -> np.ndarray:
+        """The test-set index of each row."""
+        return np.arange(len(self)) if self.index is None else self.index
+
+    def only(self, images: np.ndarray) -> CertificationLog:
+        """The rows of the test images in ``images`` (in this log's order)."""
+        keep = np.isin(self.images(), images)
+        return CertificationLog(self.name, self.correct[keep], self.radius[keep],
+                                self.images()[keep])
+
+
+def common_images(logs: Iterable[CertificationLog]) -> np.ndarray:
+    """The test images (sorted ``idx``) that every one of ``logs`` certified."""
+    shared: np.ndarray | None = None
+    for log in logs:
+        shared = log.images() if shared is None else np.intersect1d(shared, log.images())
+    return np.unique(shared) if shared is not None else np.zeros(0, dtype=int)
 
 
 def _truthy(value: object) -> bool:
@@ -63,13 +84,22 @@ def read_log(path: str | os.PathLike, name: str | None = None) -> CertificationL
         rows = read_log_rows(path)
         correct = np.array([_truthy(row["correct"]) for row in rows], dtype=bool)
         radius = np.array([float(row["radius"]) for row in rows], dtype=float)
+        index = _indices(rows)
     except InvalidInputError:
         raise
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
         raise InvalidInputError(
             f"{path}: not a certification log (needs 'correct' and 'radius' columns): {exc}"
         ) from None
-    return CertificationLog(name or path.stem, correct, radius)
+    return CertificationLog(name or path.stem, correct, radius, index)
+
+
+def _indices(rows: Sequence[Mapping[str, object]]) -> np.ndarray | None:
+    """The rows' integer ``idx`` column, or ``None`` when a row has none (or not a number)."""
+    try:
+        return np.array([int(str(row["idx"])) for row in rows], dtype=int)
+    except (KeyError, ValueError):
+        return None
 
 
 def certified_accuracy(log: CertificationLog, radii: Sequence[float] = DEFAULT_RADII) -> np.ndarray:
@@ -88,6 +118,18 @@ def average_certified_radius(log: CertificationLog) -> float:
 def _certified_at(log: CertificationLog, radius: float) -> np.ndarray:
     """Per image: certified correctly with at least ``radius``."""
     return log.correct & (log.radius >= radius)
+
+
+def _check_paired(who: str, *logs: CertificationLog) -> None:
+    """Paired statistics need the same test images in the same order in every log."""
+    first = logs[0]
+    for other in logs[1:]:
+        if len(other) != len(first) or not np.array_equal(other.images(), first.images()):
+            counts = ", ".join(f"{log.name} has {len(log)}" for log in logs)
+            raise InvalidInputError(
+                f"{who} needs logs of the same images in the same order ({counts}); "
+                "restrict them with CertificationLog.only(common_images(logs))"
+            )
 
 
 def _resampled_images(count: int, resamples: int, seed: int) -> np.ndarray:
@@ -126,11 +168,7 @@ def gap_closed(
     images were drawn (not the certificates' own ``alpha``). Resamples in which the
     reference does not beat the baseline have no share and are left out.
     """
-    if not len(log) == len(baseline) == len(reference):
-        raise InvalidInputError(
-            f"gap_closed needs logs of the same images: {log.name} has {len(log)}, "
-            f"{baseline.name} {len(baseline)}, {reference.name} {len(reference)}"
-        )
+    _check_paired("gap_closed", log, baseline, reference)
     draws = _resampled_images(len(log), resamples, seed)
     out = []
     for r in radii:
@@ -175,11 +213,7 @@ def accuracy_gain(
     with each image's two results kept together (it reflects which images were drawn,
     not the certificates' ``alpha``).
     """
-    if len(log) != len(baseline):
-        raise InvalidInputError(
-            f"accuracy_gain needs logs of the same images: {log.name} has {len(log)}, "
-            f"{baseline.name} {len(baseline)}"
-        )
+    _check_paired("accuracy_gain", log, baseline)
     draws = _resampled_images(len(log), resamples, seed)
     tail = (1 - level) / 2 * 100
     out = []
@@ -198,9 +232,15 @@ def best_sigma_table(
 
     ``logs`` maps method -> sigma -> log. The standard accuracy is the certified
     accuracy at radius 0 of the sigma that won at that radius, as in the paper's tables.
+    Logs of different test images are compared on the images all of them certified
+    (:func:`common_images`), never one sigma's subset against another's.
     """
+    shared = common_images(log for by_sigma in logs.values() for log in by_sigma.values())
+    if logs and not len(shared):
+        raise InvalidInputError("best_sigma_table: no test image is in every log")
     table = {}
     for method, by_sigma in logs.items():
+        by_sigma = {sigma: log.only(shared) for sigma, log in by_sigma.items()}
         certified = {sigma: certified_accuracy(log, radii) for sigma, log in by_sigma.items()}
         standard = {
             sigma: float(certified_accuracy(log, [0.0])[0]) for sigma, log in by_sigma.items()

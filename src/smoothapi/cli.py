@@ -38,6 +38,7 @@ from .analysis import (
     average_certified_radius,
     best_sigma_table,
     certified_accuracy,
+    common_images,
     format_table,
     plot_curves,
     read_log,
@@ -347,10 +348,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             except ValueError:
                 raise InvalidInputError(f"{log.name}: expected METHOD@SIGMA") from None
     if grouped:
+        tabled = [log for by_sigma in grouped.values() for log in by_sigma.values()]
+        shared = len(common_images(tabled))
+        caption = "certified accuracy (standard accuracy), best sigma per radius"
+        if any(len(log) != shared for log in tabled):
+            caption += f", on the {shared} images (idx) in every log"
         print()
         print(format_table(best_sigma_table(grouped, radii), radii,
                            style="latex" if args.format == "latex" else "markdown",
-                           caption="certified accuracy (standard accuracy), best sigma per radius"))
+                           caption=caption))
     if args.plot:
         print(f"\nsaved {plot_curves(logs, args.plot)}")
     return EXIT_OK

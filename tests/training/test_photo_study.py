@@ -58,6 +58,7 @@ def test_every_configuration_is_certified_and_reported(study):
     report = (study / "README.md").read_text()
     assert "fine-tuned under Gaussian noise" in report and "api-none" in report
     assert "3 test images at sigma 0.25, 2 at 0.5" in report and "every 1th" not in report
+    assert "best sigma per radius, on the 2 test images certified at every sigma" in report
     assert "Denoisers run in bfloat16" in report
     assert (study / "denoising_examples_sigma0.25.png").stat().st_size > 0
     assert (study / "curves_sigma0.25.png").stat().st_size > 0

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,10 @@ from ..adapters.encoding import to_pil
 from ..adapters.local import LocalModelAdapter
 from ..analysis import (
     DEFAULT_RADII,
+    CertificationLog,
     accuracy_gain,
     best_sigma_table,
+    common_images,
     format_table,
     gap_closed,
     plot_curves,
@@ -412,7 +414,8 @@ class Study:
             format_table(
                 best_sigma_table(grouped, radii),
                 radii,
-                caption="Certified accuracy % (standard accuracy), best sigma per radius",
+                caption="Certified accuracy % (standard accuracy), best sigma per radius"
+                + _shared_caption(logs.values(), counts),
             ),
             "",
         ]
@@ -526,6 +529,14 @@ def _gain_lines(gains: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         ]
         lines.append("")
     return lines
+
+
+def _shared_caption(logs: Iterable[CertificationLog], counts: dict[float, int]) -> str:
+    """When the sigmas certified different test images: which ones the best-sigma table
+    compares (those certified at every sigma)."""
+    if len(set(counts.values())) < 2:
+        return ""
+    return f", on the {len(common_images(logs))} test images certified at every sigma"
 
 
 def _image_counts(counts: dict[float, int]) -> str:
