@@ -24,7 +24,7 @@ def test_tiny_study_writes_every_output_and_a_rerun_skips_finished_stages(tmp_pa
         assert values == sorted(values, reverse=True)  # certified accuracy falls with radius
     assert list(summary["gap_closed"]) == ["0.25"]
     for by_radius in summary["gap_closed"]["0.25"].values():
-        assert list(by_radius) == ["0.25", "0.5"]
+        assert list(by_radius) == ["0.25"]  # n = 50 certifies up to 0.34: no r = 0.5
         for gap in by_radius.values():  # None where white-box does not beat no denoiser
             assert gap["share"] is None or gap["ci95"][0] <= gap["share"] <= gap["ci95"][1]
     readme = (out / "README.md").read_text()

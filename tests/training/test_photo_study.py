@@ -9,7 +9,7 @@ import torch
 
 from smoothapi.analysis import read_log
 from smoothapi.runs import read_log_rows
-from smoothapi.training.photo_study import PHOTO_SCALES, run_photo_study
+from smoothapi.training.photo_study import PHOTO_SCALES, PhotoStudy, run_photo_study
 
 pytest.importorskip("skimage")
 
@@ -228,10 +228,27 @@ def test_report_gives_the_gain_over_no_denoiser_with_an_interval(study):
     assert gains["api-stab+mse-query"]["0.25"]["over"] == "api-none"  # the same budget
     for method in ("stab+mse-query", "stab+mse-full", "whitebox", "mse"):
         log, none = (read_log(study / "logs" / f"{m}@0.25.tsv", m) for m in (method, "none"))
-        for r in (0.25, 0.5):
+        assert list(gains[method]) == ["0.25"]  # n = 24 certifies up to 0.30: no r = 0.5
+        for r in (0.25,):
             got = gains[method][f"{r:g}"]
             by_hand = ((log.correct & (log.radius >= r)).mean()
                        - (none.correct & (none.radius >= r)).mean())  # fmt: skip
             assert got["over"] == "none" and got["gain"] == pytest.approx(by_hand)
             assert got["ci95"][0] <= got["gain"] <= got["ci95"][1]
     assert "gained over no denoiser at sigma 0.25" in (study / "README.md").read_text()
+
+
+def test_gains_and_gaps_are_reported_only_at_radii_the_row_can_certify():
+    """n = 500 certifies up to 0.27 at sigma 0.12 and the API budget (n = 100) up to 0.38
+    at 0.25: a gain at r = 0.5 there would be 0 for every row, so it is not reported."""
+    from smoothapi.training.experiment import _compared_radii
+
+    class Probe:
+        scale = PHOTO_SCALES["small"]
+        sample_counts = PhotoStudy.sample_counts
+
+    study = Probe()
+    assert _compared_radii(study, "stab+mse-query", 0.25) == (0.25, 0.5)
+    assert _compared_radii(study, "stab+mse-query", 0.12) == (0.12, 0.25)
+    assert _compared_radii(study, "mse", 0.5) == (0.25, 0.5)
+    assert _compared_radii(study, "api-stab+mse-query", 0.25) == (0.25,)

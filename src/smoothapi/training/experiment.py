@@ -268,6 +268,10 @@ class Study:
     def log_path(self, method: str, sigma: float) -> Path:
         return self.out / "logs" / f"{method}@{sigma:g}.tsv"
 
+    def sample_counts(self, method: str) -> tuple[int, int]:
+        """The ``(n0, n)`` that ``method`` is certified with."""
+        return self.scale.n0, self.scale.n
+
     # --- stages ------------------------------------------------------------------------
 
     def train_classifier(self, name: str, arch: tuple[str, dict], noise: float = 0.0) -> None:
@@ -429,12 +433,12 @@ class Study:
         }
         summary["images_per_sigma"] = {f"{s:g}": c for s, c in counts.items()}
         lines += self.sigma_tables(logs, summary["methods"])
-        gaps = {f"{sigma:g}": _gaps(logs, sigma) for sigma in scale.sigmas}
+        gaps = {f"{sigma:g}": _gaps(self, logs, sigma) for sigma in scale.sigmas}
         gaps = {sigma: by_method for sigma, by_method in gaps.items() if by_method}
         summary["gap_closed"] = gaps
         summary["stage_seconds"] = self.times
         lines += _gap_lines(gaps)
-        gains = {f"{sigma:g}": _gains(logs, sigma) for sigma in scale.sigmas}
+        gains = {f"{sigma:g}": _gains(self, logs, sigma) for sigma in scale.sigmas}
         gains = {sigma: by_method for sigma, by_method in gains.items() if by_method}
         summary["gain_over_none"] = gains
         lines += _gain_lines(gains)
@@ -484,7 +488,14 @@ class Study:
         ]
 
 
-def _gaps(logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
+def _compared_radii(study: Study, method: str, sigma: float) -> tuple[float, ...]:
+    """Where a row's gap and gain are reported: the paper's r = 0.25 and 0.5, and sigma,
+    up to the largest radius its n can certify at sigma (past it every row is 0)."""
+    top = max_certifiable_radius(study.sample_counts(method)[1], study.scale.alpha, sigma)
+    return tuple(r for r in sorted({sigma, 0.25, 0.5}) if r <= top)
+
+
+def _gaps(study: Study, logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
     """Method -> radius -> the share of the gap closed at ``sigma`` and its 95%
     bootstrap interval; empty until the no-denoiser and white-box logs exist."""
     if ("none", sigma) not in logs or ("whitebox", sigma) not in logs:
@@ -492,24 +503,25 @@ def _gaps(logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
     out = {}
     others = [m for m, s in logs if s == sigma and m not in METHODS]
     for method in [*METHODS[2:], *others]:
-        if (method, sigma) in logs and not method.startswith("api-"):  # other n
-            found = gap_closed(
-                logs[method, sigma], logs["none", sigma], logs["whitebox", sigma]
-            )
+        radii = _compared_radii(study, method, sigma)
+        if (method, sigma) in logs and not method.startswith("api-") and radii:  # other n
+            found = gap_closed(logs[method, sigma], logs["none", sigma],
+                               logs["whitebox", sigma], radii)
             out[method] = {
                 f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high]} for g in found
             }
     return out
 
 
-def _gains(logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
+def _gains(study: Study, logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
     """Method -> radius -> certified accuracy gained over no denoiser at ``sigma`` (an
     ``api-*`` row over ``api-none``, at the same budget), with its 95% interval."""
     out = {}
     for method, at in logs:
         baseline = "api-none" if method.startswith("api-") else "none"
-        if at == sigma and method != baseline and (baseline, sigma) in logs:
-            found = accuracy_gain(logs[method, sigma], logs[baseline, sigma])
+        radii = _compared_radii(study, method, sigma)
+        if at == sigma and method != baseline and (baseline, sigma) in logs and radii:
+            found = accuracy_gain(logs[method, sigma], logs[baseline, sigma], radii)
             out[method] = {f"{g.radius:g}": {"gain": g.gain, "ci95": [g.low, g.high],
                                              "over": baseline} for g in found}  # fmt: skip
     return out
