@@ -34,3 +34,18 @@ def pytest_approx(value: float):
 def test_readme_names_the_two_set_up_commands():
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def test_shipped_denoisers_block_runs_and_its_table_names_every_shipped_denoiser():
+    from smoothapi.denoisers import pretrained_denoisers
+
+    text = README.read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+               if "pretrained_denoisers()" in b]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), {})
+    printed = [line.split()[0] for line in out.getvalue().splitlines()]
+    assert printed == list(pretrained_denoisers())
+    table = text.split("**Shipped denoisers.**", 1)[1].split("\n\n**", 1)[0]
+    assert re.findall(r"^\| `([^`]+)` \|", table, flags=re.M) == printed
