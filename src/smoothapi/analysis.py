@@ -34,6 +34,7 @@ __all__ = [
     "common_images",
     "format_table",
     "gap_closed",
+    "images_compared",
     "plot_curves",
     "read_log",
 ]
@@ -71,6 +72,13 @@ def common_images(logs: Iterable[CertificationLog]) -> np.ndarray:
     for log in logs:
         shared = log.images() if shared is None else np.intersect1d(shared, log.images())
     return np.unique(shared) if shared is not None else np.zeros(0, dtype=int)
+
+
+def images_compared(logs: Sequence[CertificationLog]) -> int | None:
+    """How many images a table over ``logs`` compares (:func:`common_images`), or ``None``
+    when every log holds exactly those (nothing to say)."""
+    shared = len(common_images(logs))
+    return shared if any(len(log) != shared for log in logs) else None
 
 
 def _truthy(value: object) -> bool:

@@ -38,8 +38,8 @@ from .analysis import (
     average_certified_radius,
     best_sigma_table,
     certified_accuracy,
-    common_images,
     format_table,
+    images_compared,
     plot_curves,
     read_log,
 )
@@ -348,10 +348,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             except ValueError:
                 raise InvalidInputError(f"{log.name}: expected METHOD@SIGMA") from None
     if grouped:
-        tabled = [log for by_sigma in grouped.values() for log in by_sigma.values()]
-        shared = len(common_images(tabled))
+        shared = images_compared([log for by_sigma in grouped.values()
+                                  for log in by_sigma.values()])
         caption = "certified accuracy (standard accuracy), best sigma per radius"
-        if any(len(log) != shared for log in tabled):
+        if shared is not None:
             caption += f", on the {shared} images (idx) in every log"
         print()
         print(format_table(best_sigma_table(grouped, radii), radii,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,9 @@ from ..analysis import (
     CertificationLog,
     accuracy_gain,
     best_sigma_table,
-    common_images,
     format_table,
     gap_closed,
+    images_compared,
     plot_curves,
     read_log,
 )
@@ -419,7 +419,7 @@ class Study:
                 best_sigma_table(grouped, radii),
                 radii,
                 caption="Certified accuracy % (standard accuracy), best sigma per radius"
-                + _shared_caption(logs.values(), counts),
+                + _shared_caption(list(logs.values())),
             ),
             "",
         ]
@@ -543,12 +543,11 @@ def _gain_lines(gains: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def _shared_caption(logs: Iterable[CertificationLog], counts: dict[float, int]) -> str:
+def _shared_caption(logs: list[CertificationLog]) -> str:
     """When the sigmas certified different test images: which ones the best-sigma table
     compares (those certified at every sigma)."""
-    if len(set(counts.values())) < 2:
-        return ""
-    return f", on the {len(common_images(logs))} test images certified at every sigma"
+    shared = images_compared(logs)
+    return "" if shared is None else f", on the {shared} test images certified at every sigma"
 
 
 def _image_counts(counts: dict[float, int]) -> str:
