@@ -121,6 +121,7 @@ def test_gap_closed_by_hand_with_a_paired_bootstrap_interval():
     at_25, at_5 = gap_closed(denoised, baseline, reference, (0.25, 0.5), resamples=2_000)
     assert at_25.radius == 0.25 and at_25.share == pytest.approx(3 / 4)
     assert at_5.share == pytest.approx(2 / 3)  # baseline 0, reference 3, denoiser 2
+    assert (at_25.gap, at_5.gap) == (pytest.approx(4 / 8), pytest.approx(3 / 8))
     assert 0 <= at_25.low <= at_25.share <= at_25.high <= 1
     assert at_25.high - at_25.low > 0.1  # 8 images leave a wide interval
     (same,) = gap_closed(reference, baseline, reference, (0.25,), resamples=500)
@@ -130,7 +131,7 @@ def test_gap_closed_by_hand_with_a_paired_bootstrap_interval():
 def test_gap_closed_without_a_gap_or_with_different_images():
     log = _log("a", [1, 0], [0.3, 0])
     (none,) = gap_closed(log, log, log, (0.25,))
-    assert none.share is None and none.low is None
+    assert none.share is None and none.low is None and none.gap == 0
     with pytest.raises(InvalidInputError, match="same images"):
         gap_closed(log, log, _log("b", [1], [0.3]))
 

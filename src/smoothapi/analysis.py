@@ -149,12 +149,15 @@ def _resampled_images(count: int, resamples: int, seed: int) -> np.ndarray:
 @dataclass(frozen=True)
 class GapClosed:
     """Share of the gap between a baseline and a reference closed at one radius, with a
-    paired-bootstrap confidence interval (``None`` where there is no gap to close)."""
+    paired-bootstrap confidence interval (``None`` where there is no gap to close), and
+    the gap itself: reference minus baseline certified accuracy (a fraction), which says
+    how many images the share stands on."""
 
     radius: float
     share: float | None
     low: float | None
     high: float | None
+    gap: float = 0.0
 
 
 def gap_closed(
@@ -181,15 +184,16 @@ def gap_closed(
     out = []
     for r in radii:
         got, low, high = (_certified_at(x, r) for x in (log, baseline, reference))
-        if high.mean() <= low.mean():
-            out.append(GapClosed(float(r), None, None, None))
+        whole = float(high.mean() - low.mean())
+        if whole <= 0:
+            out.append(GapClosed(float(r), None, None, None, whole))
             continue
-        point = (got.mean() - low.mean()) / (high.mean() - low.mean())
+        point = (got.mean() - low.mean()) / whole
         gap = high[draws].mean(1) - low[draws].mean(1)
         shares = (got[draws].mean(1) - low[draws].mean(1))[gap > 0] / gap[gap > 0]
         tail = (1 - level) / 2 * 100
         lo, hi = np.percentile(shares, [tail, 100 - tail])
-        out.append(GapClosed(float(r), float(point), float(lo), float(hi)))
+        out.append(GapClosed(float(r), float(point), float(lo), float(hi), whole))
     return out
 
 

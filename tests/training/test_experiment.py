@@ -75,9 +75,10 @@ def test_a_killed_stage_counts_the_time_of_every_run(tmp_path):
 def test_gap_lines_say_why_a_share_is_missing():
     from smoothapi.training.experiment import _gap_lines
 
-    gaps = {"0.25": {"mse": {"0.25": {"share": 0.5, "ci95": [0.25, 0.75]},
-                             "0.5": {"share": None, "ci95": [None, None]}}}}
+    gaps = {"0.25": {"mse": {"0.25": {"share": 0.5, "ci95": [0.25, 0.75], "gap": 0.048},
+                             "0.5": {"share": None, "ci95": [None, None], "gap": -0.008}}}}
     [title, _, line, _] = _gap_lines(gaps)
-    assert title.startswith("Share of the white-box minus no-denoiser gap closed at sigma 0.25")
+    assert title == ("Share of the white-box minus no-denoiser gap closed at sigma 0.25 (the "
+                     "gap: +4.8 points at r=0.25, -0.8 points at r=0.5):")
     assert "r=0.25: 50% (95% CI 25% to 75%)" in line
     assert "r=0.5: none (the white box certifies no more than no denoiser)" in line

@@ -508,7 +508,8 @@ def _gaps(study: Study, logs, sigma: float) -> dict[str, dict[str, dict[str, Any
             found = gap_closed(logs[method, sigma], logs["none", sigma],
                                logs["whitebox", sigma], radii)
             out[method] = {
-                f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high]} for g in found
+                f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high], "gap": g.gap}
+                for g in found
             }
     return out
 
@@ -562,10 +563,14 @@ def _image_counts(counts: dict[float, int]) -> str:
 
 
 def _gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """The report's lines on the share of the gap each method closed, per sigma."""
+    """The report's lines on the share of the gap each method closed, per sigma; the title
+    gives the gap itself (the same for every method), which says what a share stands on."""
     lines: list[str] = []
     for sigma, by_method in gaps.items():
-        lines += [f"Share of the white-box minus no-denoiser gap closed at sigma {sigma}:", ""]
+        sizes = {r: g["gap"] for by_r in by_method.values() for r, g in by_r.items()}
+        lines += [f"Share of the white-box minus no-denoiser gap closed at sigma {sigma} (the "
+                  "gap: " + ", ".join(f"{100 * g:+.1f} points at r={r}" for r, g in sizes.items())
+                  + "):", ""]  # fmt: skip
         lines += [
             f"- {method}: "
             + ", ".join(
