@@ -72,6 +72,24 @@ def test_a_killed_stage_counts_the_time_of_every_run(tmp_path):
     assert not (tmp_path / "live.running").exists()
 
 
+def test_target_lines_say_met_missed_or_why_not():
+    from types import SimpleNamespace
+
+    from smoothapi.training.experiment import Study, _target_lines
+
+    study = SimpleNamespace(scale=SimpleNamespace(extras_sigma=0.25), targets=Study.targets,
+                            targets_source="x")  # fmt: skip
+    cell = {"ci95": [0.0, 1.0], "gap": 0.1}
+    gaps = {"0.25": {"stab+mse-full": {"0.25": {**cell, "share": 0.95},
+                                       "0.5": {**cell, "share": 0.85}},
+                     "stab+mse-query": {"0.25": {**cell, "share": None}}}}  # fmt: skip
+    title, _, full, query, _ = _target_lines(study, gaps)
+    assert title.startswith("Targets at sigma 0.25, share of the gap closed at r = 0.25 and 0.5")
+    assert full == "- stab+mse-full >= 90%: r=0.25: 95%, met, r=0.5: 85%, missed"
+    assert query == ("- stab+mse-query >= 75%: r=0.25: cannot be told (the white box certifies "
+                     "no more than no denoiser), r=0.5: not certified yet")
+
+
 def test_gap_lines_say_why_a_share_is_missing():
     from smoothapi.training.experiment import _gap_lines
 

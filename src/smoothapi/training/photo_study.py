@@ -444,6 +444,9 @@ class PhotoStudy(Study):
             )
         )
 
+    targets = {"stab+mse-query": 0.60, "stab+mse-full": 0.70}
+    targets_source = "the paper on ImageNet: 53% / 56% in query access, 60% / 60% in full"
+
     def extra_sections(self) -> list[str]:
         return lever_lines(self, self.scale.extras_sigma)
 
@@ -466,8 +469,6 @@ class PhotoStudy(Study):
             f"Denoisers run in {scale.denoiser_dtype} when certifying (trained in float32).",
             f"API budget rows (api-*) use n0 = {scale.api_n0}, n = {scale.api_n} (the paper's "
             "vision-API setting); every other row uses the n0 and n in the header.",
-            "Targets at sigma 0.25: query access closes >= 60% and full access >= 70% of the "
-            "white-box gap at r = 0.25 and 0.5 (the paper on ImageNet: 53% / 56% and 60% / 60%).",
         ]
         return [line for note in notes for line in (note, "")]
 
