@@ -179,7 +179,9 @@ def lever_lines(study: PhotoStudy, sigma: float) -> list[str]:
     if mse is not None:
         lines += ["", "Not tried on this machine: a wider or deeper DnCNN. It cannot start from "
                   "the trained denoisers, and from scratch its MSE epochs alone would cost the "
-                  f"{mse:.0f} s of this study's MSE denoiser times its multiply-adds per pixel "
-                  "(3.7x for DnCNN-12 width 48, 10x for DnCNN-17 width 64); `--scale paper` "
-                  "is that configuration, for a GPU."]  # fmt: skip
+                  f"{mse:.0f} s of this study's MSE denoiser times its training step's "
+                  "(measured by benchmarks/bench_denoiser.py on 2 cores: 1.5x for DnCNN-12 "
+                  "width 32, 2.6x for DnCNN-12 width 48, 5.9x for DnCNN-17 width 64), before "
+                  "its STAB+MSE epochs and a certification slowed alike; `--scale paper` "
+                  "(DnCNN-17 width 64) is that configuration, for a GPU."]  # fmt: skip
     return [*lines, ""]
