@@ -10,6 +10,9 @@ Two kinds of source, each photo listed once in :data:`PHOTOS` with its licence:
   ``mate-backgrounds`` (its ``nature/`` folder), ``plasma-workspace-wallpapers`` and
   ``lomiri-wallpapers-16.04`` / ``-20.04`` (Ubuntu's wallpaper contest photographs, each
   with its own Creative Commons licence; drawings, logos and abstract art left out).
+  ``gnome-backgrounds``, ``ukui-wallpapers`` and ``sway-backgrounds`` were checked
+  picture by picture (Debian bookworm): they hold drawings, renders and logos only, no
+  photograph, so none of theirs is used.
   ``make photos`` unpacks them, without root, into ``~/.cache/smoothapi/photos``; an
   installed package under ``/usr/share`` is found too, and ``SMOOTHAPI_PHOTOS`` names
   another root.
@@ -36,6 +39,7 @@ from .errors import InvalidInputError
 __all__ = [
     "MAX_SIDE",
     "PHOTOS",
+    "VALIDATION_PHOTOS",
     "Photo",
     "available_photos",
     "load_photo",
@@ -152,7 +156,14 @@ PHOTOS: tuple[Photo, ...] = (
     _lomiri("seeding_by_Clements_Engelhardt.jpg", "CC0-1.0"),
     _lomiri("sunset_by_Aitzol_Berasategi.jpg", "CC-BY-4.0"),
     _lomiri("Kleiber_by_Lukas_Baubkus.jpg", "CC-BY-SA-3.0", "20.04"),
+    _lomiri("Infinite-Sea_by_Aury88.jpg", "CC-BY-SA-3.0", "20.04"),
 )
+
+#: Training photos held out whole as the validation split of the photo denoisers
+#: (:mod:`smoothapi.training.photo_mse`): epochs, sizes and levers are chosen on these,
+#: never on the test photos. Every other "train" photo may be trained on.
+VALIDATION_PHOTOS = ("mate-ladybird", "mate-storm", "plasma-kite", "lomiri-bridge",
+                     "lomiri-wine")  # fmt: skip
 
 
 def _debian_roots() -> list[Path]:

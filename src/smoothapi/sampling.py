@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ._checkpoint import as_module_input
+from .denoisers.noise_level import denoise
 from .errors import InvalidInputError
 
 __all__ = ["NOISE_SCHEME", "ImageKey", "Phase", "Sampler", "attempt_digest", "image_digest"]
@@ -134,22 +135,25 @@ class Sampler:
         generator = torch.Generator(self.device).manual_seed((int(state[0]) << 31) ^ int(state[1]))
         noise = torch.randn((size, *x.shape), generator=generator, device=self.device)
         noisy = _finite(noise.mul_(self.sigma).add_(x), f"the noisy batch at sigma={self.sigma}")
-        return self._denoise(noisy)
+        return self._denoise(noisy, self.sigma)
 
     def clean_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """``D(x)`` for the clean image, as a batch of one."""
-        return self._denoise(x.to(self.device).unsqueeze(0))
+        """``D(x)`` for the clean image, as a batch of one (a noise-level-aware denoiser is
+        told the noise level is 0)."""
+        return self._denoise(x.to(self.device).unsqueeze(0), 0.0)
 
-    def _denoise(self, batch: torch.Tensor) -> torch.Tensor:
+    def _denoise(self, batch: torch.Tensor, sigma: float) -> torch.Tensor:
         """``D(batch)``, run in the denoiser's own dtype (``denoiser.to(torch.bfloat16)`` runs
         in bfloat16, several times faster on CPUs with bfloat16 instructions) and returned
         in the batch's; a denoiser that cannot take the batch, or returns NaN or infinite
-        values (damaged weights), is an :class:`~smoothapi.errors.InvalidInputError`."""
+        values (damaged weights), is an :class:`~smoothapi.errors.InvalidInputError`. A
+        noise-level-aware denoiser (:mod:`smoothapi.denoisers.noise_level`) gets ``sigma``."""
         if self.denoiser is None:
             return batch
         try:
             with torch.inference_mode():  # in the denoiser's dtype; the result in the batch's
-                denoised = self.denoiser(as_module_input(self.denoiser, batch)).to(batch.dtype)
+                inputs = as_module_input(self.denoiser, batch)
+                denoised = denoise(self.denoiser, inputs, sigma).to(batch.dtype)
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as exc:  # a shape or dtype the denoiser cannot take

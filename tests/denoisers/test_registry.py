@@ -22,6 +22,8 @@ SMALL = {
     "dncnn": {"depth": 4, "width": 8},
     "dncnn_wide": {"depth": 4, "width": 8},
     "memnet": {"width": 8, "num_memory_blocks": 2, "num_resblocks": 2},
+    "ffdnet": {"depth": 3, "width": 8},
+    "drunet": {"widths": [4, 8], "blocks": 1},
 }
 
 
@@ -42,6 +44,8 @@ def test_every_architecture_has_small_test_sizes():
 def test_output_shape_equals_input_shape(name, channels):
     torch.manual_seed(0)
     model = create_denoiser(name, in_channels=channels, **SMALL[name])
+    if hasattr(model, "noise_level"):  # noise-level aware: model(x) uses this level
+        model.noise_level = 0.25
     assert model.arch_config == {"arch": name, "kwargs": {"in_channels": channels, **SMALL[name]}}
     for height, width in [(13, 17), (8, 8), (28, 28)]:
         x = torch.rand(2, channels, height, width)
@@ -119,7 +123,7 @@ def test_memnet_default_layout():
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(InvalidInputError, match="known: dncnn, dncnn_wide, memnet"):
+    with pytest.raises(InvalidInputError, match="known: dncnn, dncnn_wide, drunet, ffdnet, memnet"):
         create_denoiser("unet9000")
 
 
@@ -134,6 +138,8 @@ def test_bad_sizes_are_rejected():
 def test_checkpoint_round_trip(tmp_path, name):
     torch.manual_seed(1)
     model = create_denoiser(name, in_channels=1, **SMALL[name])
+    if hasattr(model, "noise_level"):  # noise-level aware: the loaded one gets sigma's
+        model.noise_level = 0.25
     model.train()
     for _ in range(3):  # move the BatchNorm running statistics off their defaults
         model(torch.rand(4, 1, 10, 10))

@@ -129,7 +129,9 @@ def load_denoiser(
     ``"bfloat16"`` runs several times faster on CPUs with bfloat16 instructions), stored
     channels-last (faster on CPU and GPU; :class:`~smoothapi.SmoothedClassifier` feeds a
     denoiser in its own dtype and memory format) and put in eval mode. The stored metadata dict is
-    attached as ``model.checkpoint_metadata`` (``input_size`` as a tuple or ``None``).
+    attached as ``model.checkpoint_metadata`` (``input_size`` as a tuple or ``None``). A
+    noise-level-aware denoiser gets ``model.noise_level`` = the stored sigma, the level a
+    call without one assumes.
 
     Raises :class:`~smoothapi.CheckpointError` for a missing or unreadable file, a
     checkpoint of another kind (e.g. a classifier), an unknown architecture, or weights
@@ -160,6 +162,8 @@ def load_denoiser(
     if dtype is not None:
         model = model.to(_float_dtype(dtype))
     model.checkpoint_metadata = meta
+    if hasattr(model, "noise_level"):  # noise-level aware: model(x) assumes the stored sigma
+        model.noise_level = meta.get("sigma")
     return model
 
 

@@ -31,6 +31,7 @@ import torch
 
 from .._checkpoint import as_module_input
 from ..denoisers import load_denoiser
+from ..denoisers.noise_level import denoise
 from .train import train_denoiser
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def diagnose(study: PhotoStudy, method: str, sigma: float) -> dict[str, Any]:
             noise = torch.randn((draws, *clean.shape), generator=generator)
             batch = clean.unsqueeze(0) + sigma * noise
             if denoiser is not None:
-                batch = denoiser(as_module_input(denoiser, batch)).float()
+                batch = denoise(denoiser, as_module_input(denoiser, batch), sigma).float()
             squared_error += float((batch - clean).pow(2).sum())
             pixels += batch.numel()
             labels = classifier.logits(batch).argmax(dim=1)

@@ -1,0 +1,326 @@
+"""A noise-level-aware MSE denoiser for natural photos, trained for hours and resumable.
+
+``smoothapi experiment photo-mse --out results/photo-mse`` (``make photo-mse``) runs:
+
+1. **bake-off**: each candidate architecture (:data:`CANDIDATES`) trains on the same
+   number of crops; its validation PSNR and seconds are kept;
+2. **choice**: the candidate with the best validation PSNR at sigma = 0.25;
+3. **mse**: the chosen one trains for many epochs (hours of CPU); after every epoch its
+   validation PSNR at sigma = 0.12 / 0.25 / 0.5 is logged and, when it is the best so
+   far at 0.25, the weights are written to ``OUT/photo-mse.safetensors`` (the epoch is
+   chosen on validation, never on the test photos);
+4. **report**: ``OUT/README.md`` with the loss and validation curves.
+
+Data: the "train" photos of :mod:`smoothapi.photos` less :data:`VALIDATION_PHOTOS`
+(whole photos held out), read with the shorter side at 512 px; a fixed pool of square
+tiles drawn at several scales (a side between the tile size and the photo's shorter
+side, resized to the tile size, flipped at random). Each step takes one random crop
+size in ``crop_sizes`` and a random place in the tiles, rotates and flips the batch
+at random, and adds Gaussian noise with a sigma drawn per image from U[0, sigma_max].
+Every random draw comes from the loop's per-step generator, so a killed run resumes
+exactly (:func:`smoothapi.training.loop.fit` saves model and optimizer state after
+every epoch). Stages keep markers under ``OUT/stages`` as the studies do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import photos as photo_data
+from ..denoisers import create_denoiser, save_denoiser
+from ..denoisers.noise_level import denoise
+from ..errors import InvalidInputError
+from .data import ArrayDataset
+from .experiment import StageClock
+from .loop import LOG_FILE, TrainConfig, fit
+
+__all__ = ["CANDIDATES", "MSE_SCALES", "MSEScale", "mse_loss", "psnr", "run_photo_mse"]
+
+#: Architectures tried in the bake-off: name -> (registry name, kwargs).
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ffdnet-w64": ("ffdnet", {"depth": 12, "width": 64}),
+    "ffdnet-w96": ("ffdnet", {"depth": 12, "width": 96}),
+    "drunet-16": ("drunet", {"widths": [16, 32, 64, 128], "blocks": 1}),
+    "drunet-32": ("drunet", {"widths": [32, 64, 128, 256], "blocks": 1}),
+}
+
+#: Noise levels the validation PSNR is reported at.
+EVAL_SIGMAS = (0.12, 0.25, 0.5)
+OnEpoch = Callable[[nn.Module, int, dict], None]
+
+#: The noise level the epoch and the architecture are chosen at.
+CHOOSE_SIGMA = 0.25
+
+
+@dataclass(frozen=True)
+class MSEScale:
+    """Everything that sizes the run."""
+
+    tile: int = 192
+    tiles: int = 8_000
+    crop_sizes: tuple[int, ...] = (128, 144, 160, 176, 192)
+    sigma_max: float = 0.5
+    batch_size: int = 16
+    lr: float = 1e-3
+    lr_step: int = 20  # epochs between halvings of the learning rate
+    epochs: int = 80
+    bakeoff_tiles: int = 2_000
+    bakeoff_epochs: int = 3
+    val_size: int = 160
+    candidates: tuple[str, ...] = tuple(CANDIDATES)
+    train_photos: tuple[str, ...] | None = None  # None: every available "train" photo
+    val_photos: tuple[str, ...] = photo_data.VALIDATION_PHOTOS
+    cpu_bfloat16: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+MSE_SCALES: dict[str, MSEScale] = {
+    # 2 CPU cores: about 6 minutes an epoch for drunet-32, 80 epochs in all (~8 hours).
+    "small": MSEScale(),
+    # One GPU: more and larger crops, larger batches (see benchmarks/gpu_photo_mse.sh).
+    "gpu": MSEScale(tile=256, tiles=40_000, crop_sizes=(192, 224, 256), batch_size=64,
+                    lr=1e-3, lr_step=40, epochs=160, bakeoff_tiles=10_000),  # fmt: skip
+    # Seconds, on the pip-shipped test photos only: for tests.
+    "tiny": MSEScale(tile=48, tiles=32, crop_sizes=(32, 40), batch_size=8, lr_step=1,
+                     epochs=2, bakeoff_tiles=16, bakeoff_epochs=1, val_size=32,
+                     candidates=("ffdnet-w64", "drunet-16"), train_photos=("astronaut", "coffee"),
+                     val_photos=("chelsea",), cpu_bfloat16=False),  # fmt: skip
+}
+
+
+def psnr(denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of ``(N, C, H, W)`` images in [0, 1] (the output clamped)."""
+    mse = (denoised.float().clamp(0, 1) - clean.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-12))
+
+
+def mse_loss(crop_sizes: tuple[int, ...], sigma_max: float) -> Callable[..., torch.Tensor]:
+    """The training loss of :func:`~smoothapi.training.loop.fit` for tiles in [0, 1]: a random
+    crop, rotation and flip of the batch, a sigma per image from U[0, sigma_max], MSE."""
+
+    def loss_fn(model: nn.Module, tiles: torch.Tensor, labels: torch.Tensor,
+                generator: torch.Generator, step: int) -> torch.Tensor:  # fmt: skip
+        device = tiles.device
+
+        def draw(high: int) -> int:
+            return int(torch.randint(high, (1,), generator=generator, device=device))
+
+        size = crop_sizes[draw(len(crop_sizes))]
+        top, left = draw(tiles.shape[-2] - size + 1), draw(tiles.shape[-1] - size + 1)
+        clean = tiles[..., top : top + size, left : left + size].float()  # [0, 1]
+        clean = torch.rot90(clean, draw(4), (2, 3))
+        if draw(2):
+            clean = clean.flip(3)
+        sigma = torch.rand(len(clean), generator=generator, device=device) * sigma_max
+        noise = torch.randn(clean.shape, generator=generator, device=device)
+        denoised = denoise(model, clean + sigma.view(-1, 1, 1, 1) * noise, sigma)
+        return F.mse_loss(denoised.float(), clean)
+
+    return loss_fn
+
+
+def validation_psnr(
+    model: nn.Module, crops: torch.Tensor, sigmas: tuple[float, ...] = EVAL_SIGMAS,
+    seed: int = 0, batch_size: int = 16,
+) -> dict[str, float]:  # fmt: skip
+    """Mean PSNR of ``model`` on ``(N, C, H, W)`` clean crops in [0, 1] under fixed noise, per
+    sigma: ``{"psnr@0.25": ...}``."""
+    result = {}
+    device = next(model.parameters()).device
+    for sigma in sigmas:
+        generator = torch.Generator().manual_seed(seed)
+        values = []
+        for start in range(0, len(crops), batch_size):
+            clean = crops[start : start + batch_size]
+            noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
+            level = torch.full((len(clean),), sigma)
+            with torch.no_grad():
+                out = denoise(model, noisy.to(device), level.to(device)).cpu()
+            values.append(psnr(out, clean))
+        result[f"psnr@{sigma:g}"] = round(torch.cat(values).mean().item(), 3)
+    return result
+
+
+class PhotoMSERun:
+    """One run in ``out``: data, stages (skipped when their marker exists) and report."""
+
+    def __init__(self, scale: MSEScale, out: Path, device: str | None = None) -> None:
+        self.scale, self.out, self.device = scale, out, device
+        val_names = set(scale.val_photos)
+        chosen = [p for p in photo_data.available_photos("train" if scale.train_photos is None
+                                                         else None)  # fmt: skip
+                  if (scale.train_photos is None or p.name in scale.train_photos)
+                  and p.name not in val_names]
+        val = [p for p in photo_data.available_photos() if p.name in val_names]
+        if not chosen or len(val) != len(val_names):
+            raise InvalidInputError("training or validation photos missing; run `make photos`")
+        self.train_photos, self.val_photos = chosen, val
+        images = [photo_data.load_photo(p) for p in chosen]
+        tiles = photo_data.train_crops(images, scale.tiles, scale.tile, seed=0)
+        self.tiles = tiles
+        val_crops, _ = photo_data.test_crops([photo_data.load_photo(p) for p in val],
+                                             scale.val_size)  # fmt: skip
+        self.val_crops = torch.from_numpy(val_crops).float() / 255
+
+    def dataset(self, count: int | None = None) -> ArrayDataset:
+        tiles = self.tiles if count is None else self.tiles[:count]
+        return ArrayDataset(tiles.transpose(0, 2, 3, 1), np.zeros(len(tiles), np.int64))
+
+    # --- stages ------------------------------------------------------------------------
+
+    def stage(self, name: str, work: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        marker = self.out / "stages" / f"{name.replace(':', '_')}.json"
+        if marker.exists():
+            return json.loads(marker.read_text())
+        print(f"[photo-mse] {name} ...", flush=True)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        with StageClock(marker.with_suffix(".running")) as clock:
+            result = work() or {}
+        record = {"stage": name, "seconds": round(clock.seconds(), 1), **result}
+        if clock.runs > 1:
+            record["runs"] = clock.runs
+        marker.write_text(json.dumps(record, indent=1))
+        print(f"[photo-mse] {name} done in {record['seconds']:.0f} s", flush=True)
+        return record
+
+    def config(self, epochs: int, lr_step: int) -> TrainConfig:
+        return TrainConfig(epochs=epochs, batch_size=self.scale.batch_size, lr=self.scale.lr,
+                           lr_step=lr_step, lr_gamma=0.5, device=self.device, progress=False,
+                           cpu_bfloat16=self.scale.cpu_bfloat16)  # fmt: skip
+
+    def train(self, name: str, folder: Path, epochs: int, lr_step: int, tiles: int | None,
+              on_best: OnEpoch | None = None) -> list[dict]:  # fmt: skip
+        arch, kwargs = CANDIDATES[name]
+        model = create_denoiser(arch, in_channels=3, **kwargs)
+        best = [max((r.get(f"psnr@{CHOOSE_SIGMA:g}", -math.inf) for r in _log(folder)),
+                    default=-math.inf)]  # fmt: skip
+
+        def keep_best(model: nn.Module, epoch: int, record: dict) -> None:
+            value = record[f"psnr@{CHOOSE_SIGMA:g}"]
+            if on_best is not None and value > best[0]:
+                best[0] = value
+                on_best(model, epoch, record)
+
+        started = time.perf_counter()
+        history = fit(model, self.dataset(tiles), mse_loss(self.scale.crop_sizes,
+                      self.scale.sigma_max), self.config(epochs, lr_step), folder,
+                      evaluate=lambda m: validation_psnr(m, self.val_crops),
+                      on_epoch_end=keep_best)  # fmt: skip
+        print(f"[photo-mse] {name}: {time.perf_counter() - started:.0f} s", flush=True)
+        return history
+
+    def bakeoff(self, name: str) -> dict[str, Any]:
+        s = self.scale
+        history = self.train(name, self.out / "bakeoff" / name, s.bakeoff_epochs, 0,
+                             s.bakeoff_tiles)  # fmt: skip
+        last = history[-1]
+        return {"candidate": name, "crops": s.bakeoff_tiles * s.bakeoff_epochs,
+                "train_seconds": round(sum(r["seconds"] for r in history), 1),
+                **{k: v for k, v in last.items() if k.startswith("psnr@")}}  # fmt: skip
+
+    def save(self, name: str) -> OnEpoch:
+        def on_best(model: nn.Module, epoch: int, record: dict) -> None:
+            save_denoiser(self.out / "photo-mse.safetensors", model, sigma=CHOOSE_SIGMA,
+                          objective="mse", dataset="natural photos", epochs=epoch,
+                          sigma_range=[0.0, self.scale.sigma_max], candidate=name,
+                          validation={k: v for k, v in record.items() if k.startswith("psnr@")},
+                          train_photos=[p.name for p in self.train_photos],
+                          val_photos=[p.name for p in self.val_photos])  # fmt: skip
+
+        return on_best
+
+    def run(self) -> None:
+        s = self.scale
+        (self.out / "scale.json").parent.mkdir(parents=True, exist_ok=True)
+        (self.out / "scale.json").write_text(json.dumps(asdict(s), indent=1))
+        results = [self.stage(f"bakeoff:{name}", lambda n=name: self.bakeoff(n))
+                   for name in s.candidates]  # fmt: skip
+        key = f"psnr@{CHOOSE_SIGMA:g}"
+        choice = self.stage("choice", lambda: {"chosen": max(results, key=lambda r: r[key])
+                                               ["candidate"]})  # fmt: skip
+        name = choice["chosen"]
+        self.stage("mse", lambda: {"candidate": name, "epochs": len(
+            self.train(name, self.out / "mse", s.epochs, s.lr_step, None, self.save(name)))})
+        self.report(results, name)
+
+    # --- report ------------------------------------------------------------------------
+
+    def report(self, results: list[dict], name: str) -> None:
+        history = _log(self.out / "mse")
+        lines = ["# Photo MSE denoiser (noise-level aware)", "",
+                 f"Training photos: {len(self.train_photos)}; validation photos (whole, "
+                 f"held out): {', '.join(p.name for p in self.val_photos)}. Every figure "
+                 f"here is on the validation crops ({len(self.val_crops)} crops of "
+                 f"{self.scale.val_size} px); the test photos are used only by the study.",
+                 "", "## Bake-off (same crops for each)", "",
+                 "| candidate | crops | train s | " + " | ".join(
+                     f"PSNR σ={s:g}" for s in EVAL_SIGMAS) + " |",
+                 "|---|---|---|" + "---|" * len(EVAL_SIGMAS)]  # fmt: skip
+        for r in results:
+            lines.append(f"| {r['candidate']} | {r['crops']} | {r['train_seconds']:.0f} | "
+                         + " | ".join(f"{r[f'psnr@{s:g}']:.2f}" for s in EVAL_SIGMAS) + " |")
+        lines += ["", f"Chosen: **{name}** (best validation PSNR at σ = {CHOOSE_SIGMA:g}).", ""]
+        if history:
+            best = max(history, key=lambda r: r[f"psnr@{CHOOSE_SIGMA:g}"])
+            hours = sum(r["seconds"] for r in history) / 3600
+            lines += [f"## Long training: {len(history)} epochs of {self.scale.tiles} crops, "
+                      f"{hours:.1f} h", "",
+                      f"Best epoch on validation: {best['epoch']} (" + ", ".join(
+                          f"σ = {s:g}: {best[f'psnr@{s:g}']:.2f} dB" for s in EVAL_SIGMAS)
+                      + "), shipped as `photo-mse.safetensors`.", "",
+                      "![loss and validation PSNR](curves.png)", ""]  # fmt: skip
+            _plot(history, self.out / "curves.png")
+        (self.out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _log(folder: Path) -> list[dict]:
+    path = folder / LOG_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(epochs, [r["train_loss"] for r in history])
+    left.set(xlabel="epoch", ylabel="training MSE", yscale="log", title="training loss")
+    for sigma in EVAL_SIGMAS:
+        right.plot(epochs, [r[f"psnr@{sigma:g}"] for r in history], label=f"σ = {sigma:g}")
+    right.set(xlabel="epoch", ylabel="PSNR (dB)", title="validation PSNR")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_photo_mse(scale_name: str, out: str | Path, *, device: str | None = None) -> Path:
+    """Run (or resume) the photo MSE denoiser's training in ``out``; returns ``out``."""
+    if scale_name not in MSE_SCALES:
+        raise InvalidInputError(
+            f"unknown scale {scale_name!r}; known: {', '.join(MSE_SCALES)}")
+    out = Path(out)
+    PhotoMSERun(MSE_SCALES[scale_name], out, device).run()
+    return out
+
+
+if __name__ == "__main__":  # python -m smoothapi.training.photo_mse OUT [SCALE]
+    import sys
+
+    run_photo_mse(sys.argv[2] if len(sys.argv) > 2 else "small", sys.argv[1])
