@@ -24,7 +24,7 @@ import torch
 from smoothapi import LocalModelAdapter, SmoothedClassifier, create_denoiser
 from smoothapi._images import load_image
 from smoothapi.adapters.http import HTTPAdapter
-from smoothapi.demo import demo_images_dir, demo_model_path
+from smoothapi.cli.demo import demo_images_dir, demo_model_path
 from smoothapi.dispatch import RateLimits
 from smoothapi.testing import LoopbackProvider
 

@@ -21,7 +21,7 @@ from smoothapi import (
     max_certifiable_radius,
     samples_needed,
 )
-from smoothapi.demo import demo_images_dir, demo_model_path
+from smoothapi.cli.demo import demo_images_dir, demo_model_path
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Training: datasets, objectives, the loop and the study; re-exports the architectures."""
+"""Training: datasets, objectives and the loop; re-exports the architectures. The studies
+built on it live in :mod:`smoothapi.studies`, their commands in :mod:`smoothapi.cli`."""
 
 from ..classifiers import create_classifier, list_classifiers, register_classifier
 from .data import (

@@ -14,11 +14,11 @@ from ..adapters.local import LocalModelAdapter
 from ..classifiers import create_classifier, list_classifiers
 from ..denoisers import create_denoiser, list_denoisers, load_denoiser
 from ..errors import InvalidInputError
-from .data import DATASET_NAMES, load_dataset
-from .experiment import SCALES, run_experiment
-from .loop import OPTIMIZERS, TrainConfig
-from .objectives import GUIDANCE_MODES, OBJECTIVES
-from .train import train_classifier, train_denoiser
+from ..training.data import DATASET_NAMES, load_dataset
+from ..studies.fashion_mnist import SCALES, run_experiment
+from ..training.loop import OPTIMIZERS, TrainConfig
+from ..training.objectives import GUIDANCE_MODES, OBJECTIVES
+from ..training.train import train_classifier, train_denoiser
 
 __all__ = ["add_training_commands"]
 
@@ -250,13 +250,13 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     out = args.out or f"results/{args.study}"
     scale = args.scale or EXPERIMENTS[args.study]
     if args.snapshot:
-        from .snapshots import snapshot_journals
+        from ..studies.snapshots import snapshot_journals
 
         for path in snapshot_journals(Path(out)):
             print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
         return 0
     if args.study == "natural-photos":
-        from .photo_study import run_photo_study
+        from ..studies.natural_photos import run_photo_study
 
         run_photo_study(scale, out, device=args.device, only=args.only)
     else:

@@ -15,16 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from ._images import load_image
-from .adapters.http import HTTPAdapter
-from .adapters.local import LocalModelAdapter
-from .certification import ABSTAIN, Certification, Label, max_certifiable_radius
-from .denoisers import load_denoiser
-from .dispatch import RateLimits
-from .errors import CheckpointError, InvalidInputError
-from .smoothing import SmoothedClassifier
-from .testing import LoopbackProvider
-from .training.data import FASHION_MNIST_CLASSES
+from .._images import load_image
+from ..adapters.http import HTTPAdapter
+from ..adapters.local import LocalModelAdapter
+from ..certification import ABSTAIN, Certification, Label, max_certifiable_radius
+from ..denoisers import load_denoiser
+from ..dispatch import RateLimits
+from ..errors import CheckpointError, InvalidInputError
+from ..smoothing import SmoothedClassifier
+from ..testing import LoopbackProvider
+from ..training.data import FASHION_MNIST_CLASSES
 
 __all__ = [
     "DemoRow",
@@ -36,7 +36,7 @@ __all__ = [
     "shipped_path",
 ]
 
-_DATA = Path(__file__).resolve().parent / "data"
+_DATA = Path(__file__).resolve().parents[1] / "data"
 _MODEL = "fashion_mnist_small_cnn_sigma0.25.safetensors"
 _IMAGES = "fashion-mnist-samples"
 _HOW_TO_REBUILD = "rebuild it with: python examples/train_demo_classifier.py"

@@ -19,14 +19,14 @@ from typing import TextIO
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from . import photos
-from .adapters.encoding import to_pil
-from .adapters.http import HTTPAdapter
-from .certification import Certification, max_certifiable_radius
-from .denoisers import load_denoiser
-from .smoothing import RateLimits, SmoothedClassifier
-from .testing import LoopbackProvider
-from .zoo import load_classifier
+from .. import photos
+from ..adapters.encoding import to_pil
+from ..adapters.http import HTTPAdapter
+from ..certification import Certification, max_certifiable_radius
+from ..denoisers import load_denoiser
+from ..smoothing import RateLimits, SmoothedClassifier
+from ..testing import LoopbackProvider
+from ..zoo import load_classifier
 
 __all__ = ["run_photo_demo"]
 

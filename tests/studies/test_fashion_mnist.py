@@ -7,7 +7,7 @@ import json
 from PIL import Image
 
 from smoothapi.cli import main
-from smoothapi.training.experiment import METHODS
+from smoothapi.studies.fashion_mnist import METHODS
 
 
 def test_tiny_study_writes_every_output_and_a_rerun_skips_finished_stages(tmp_path, capsys):
@@ -47,7 +47,7 @@ def test_a_killed_stage_counts_the_time_of_every_run(tmp_path):
 
     import pytest
 
-    from smoothapi.training.experiment import StageClock, Study
+    from smoothapi.studies.fashion_mnist import StageClock, Study
 
     study = SimpleNamespace(out=tmp_path, only=None, times={})
     running = tmp_path / "stages" / "certify:x_at_0.25.running"
@@ -75,7 +75,7 @@ def test_a_killed_stage_counts_the_time_of_every_run(tmp_path):
 def test_target_lines_say_met_missed_or_why_not():
     from types import SimpleNamespace
 
-    from smoothapi.training.experiment import Study, _target_lines
+    from smoothapi.studies.fashion_mnist import Study, _target_lines
 
     study = SimpleNamespace(scale=SimpleNamespace(extras_sigma=0.25), targets=Study.targets,
                             targets_source="x")  # fmt: skip
@@ -91,7 +91,7 @@ def test_target_lines_say_met_missed_or_why_not():
 
 
 def test_gap_lines_say_why_a_share_is_missing():
-    from smoothapi.training.experiment import _gap_lines
+    from smoothapi.studies.fashion_mnist import _gap_lines
 
     gaps = {"0.25": {"mse": {"0.25": {"share": 0.5, "ci95": [0.25, 0.75], "gap": 0.048},
                              "0.5": {"share": None, "ci95": [None, None], "gap": -0.008}}}}

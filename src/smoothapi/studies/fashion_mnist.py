@@ -54,9 +54,9 @@ from ..denoisers import create_denoiser, load_denoiser
 from ..errors import InvalidInputError
 from ..runs import LogWriter, certify_many, write_log
 from ..smoothing import SmoothedClassifier
-from .data import load_dataset
-from .loop import TrainConfig
-from .train import train_classifier, train_denoiser
+from ..training.data import load_dataset
+from ..training.loop import TrainConfig
+from ..training.train import train_classifier, train_denoiser
 
 __all__ = ["SCALES", "Scale", "run_experiment"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from smoothapi import photo_demo
+from smoothapi.cli import photo_demo
 from smoothapi.cli import main
 
 pytest.importorskip("skimage.data")

@@ -9,7 +9,7 @@ import torch
 
 from smoothapi.analysis import read_log
 from smoothapi.runs import read_log_rows
-from smoothapi.training.photo_study import PHOTO_SCALES, PhotoStudy, run_photo_study
+from smoothapi.studies.natural_photos import PHOTO_SCALES, PhotoStudy, run_photo_study
 
 pytest.importorskip("skimage")
 
@@ -116,7 +116,7 @@ def test_rerun_skips_finished_stages(study):
 def test_levers_are_trained_diagnosed_and_the_best_certified_through_the_api(study):
     from smoothapi.denoisers import load_denoiser
     from smoothapi.journal import Journal
-    from smoothapi.training.photo_levers import chosen_lever
+    from smoothapi.studies.photo_levers import chosen_lever
 
     scale = PHOTO_SCALES["tiny"]
     found = {}
@@ -170,7 +170,7 @@ def test_the_more_photos_lever_draws_from_every_training_photo(tmp_path, monkeyp
 
     from smoothapi import photos
     from smoothapi.errors import InvalidInputError
-    from smoothapi.training.photo_study import FIRST_TRAIN_PHOTOS, PhotoStudy
+    from smoothapi.studies.natural_photos import FIRST_TRAIN_PHOTOS, PhotoStudy
 
     small = PHOTO_SCALES["small"]
     assert small.train_photos == FIRST_TRAIN_PHOTOS and len(FIRST_TRAIN_PHOTOS) == 25
@@ -201,8 +201,8 @@ def test_the_more_photos_lever_draws_from_every_training_photo(tmp_path, monkeyp
 def test_stage_order_puts_the_api_budget_before_mse_and_the_lever_last(study, monkeypatch):
     """On a rerun every stage is done; the order they are visited in is the order a fresh
     run takes: the lever's certification after every sigma's rows (it is the optional one)."""
-    from smoothapi.training.photo_levers import chosen_lever
-    from smoothapi.training.photo_study import PhotoStudy
+    from smoothapi.studies.photo_levers import chosen_lever
+    from smoothapi.studies.natural_photos import PhotoStudy
 
     visited, stage = [], PhotoStudy.stage
     monkeypatch.setattr(PhotoStudy, "stage",
@@ -241,7 +241,7 @@ def test_report_gives_the_gain_over_no_denoiser_with_an_interval(study):
 def test_gains_and_gaps_are_reported_only_at_radii_the_row_can_certify():
     """n = 500 certifies up to 0.27 at sigma 0.12 and the API budget (n = 100) up to 0.38
     at 0.25: a gain at r = 0.5 there would be 0 for every row, so it is not reported."""
-    from smoothapi.training.experiment import _compared_radii
+    from smoothapi.studies.fashion_mnist import _compared_radii
 
     class Probe:
         scale = PHOTO_SCALES["small"]

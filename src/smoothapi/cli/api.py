@@ -24,16 +24,16 @@ from typing import Any
 
 import torch
 
-from ._images import load_image
-from .adapters import PROVIDERS, create_adapter
-from .adapters.base import Adapter
-from .adapters.remote import import_optional
-from .certification import check_count, check_radius, max_certifiable_radius
-from .denoisers import default_denoiser, load_denoiser
-from .errors import AuthenticationError, InvalidInputError
-from .pricing import PRICES
-from .recording import Recording
-from .runs import (
+from .._images import load_image
+from ..adapters import PROVIDERS, create_adapter
+from ..adapters.base import Adapter
+from ..adapters.remote import import_optional
+from ..certification import check_count, check_radius, max_certifiable_radius
+from ..denoisers import default_denoiser, load_denoiser
+from ..errors import AuthenticationError, InvalidInputError
+from ..pricing import PRICES
+from ..recording import Recording
+from ..runs import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
     RADIUS_COLUMNS,
@@ -42,7 +42,7 @@ from .runs import (
     predict_many,
     write_log,
 )
-from .smoothing import DEFAULT_BATCH_SIZE, RateLimits, SmoothedClassifier
+from ..smoothing import DEFAULT_BATCH_SIZE, RateLimits, SmoothedClassifier
 
 __all__ = ["API_NAMES", "EXIT_NOT_RUN", "add_api_options", "resolve_counts", "run_api"]
 

@@ -7,7 +7,7 @@ import torch
 
 from smoothapi import SmoothedClassifier
 from smoothapi.journal import Journal
-from smoothapi.training.snapshots import restore, snapshot_journals
+from smoothapi.studies.snapshots import restore, snapshot_journals
 
 from ..adapters.fake import Crash, CrashingAdapter
 

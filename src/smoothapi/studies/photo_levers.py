@@ -32,10 +32,10 @@ import torch
 from .._checkpoint import as_module_input
 from ..denoisers import load_denoiser
 from ..denoisers.noise_level import denoise
-from .train import train_denoiser
+from ..training.train import train_denoiser
 
 if TYPE_CHECKING:
-    from .photo_study import PhotoStudy
+    from .natural_photos import PhotoStudy
 
 __all__ = ["Lever", "chosen_lever", "diagnose", "lever_lines", "train_lever"]
 

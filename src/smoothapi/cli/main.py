@@ -10,7 +10,7 @@ layout: each subfolder's name is the true label of the images in it (searched
 recursively); images directly in a folder have no known label. Output is one row per
 image, written and flushed as it is produced: TSV with Cohen et al.'s column names, or
 JSON Lines with ``--format json``. ``--api NAME`` certifies a vision API instead of a
-local model: see :mod:`smoothapi.api_cli`.
+local model: see :mod:`smoothapi.cli.api`.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import Any, TextIO
 
 import torch
 
-from . import __version__
-from ._checkpoint import as_module_input
-from ._image_files import ImageFile, natural_key, scan_images
-from ._image_files import _candidates as image_candidates
-from ._images import IMAGE_EXTENSIONS, ImageWarning, check_batch_memory, load_image
-from .adapters.local import LocalModelAdapter
-from .analysis import (
+from .. import __version__
+from .._checkpoint import as_module_input
+from .._image_files import ImageFile, natural_key, scan_images
+from .._image_files import _candidates as image_candidates
+from .._images import IMAGE_EXTENSIONS, ImageWarning, check_batch_memory, load_image
+from ..adapters.local import LocalModelAdapter
+from ..analysis import (
     DEFAULT_RADII,
     attempts_summary,
     average_certified_radius,
@@ -43,12 +43,12 @@ from .analysis import (
     plot_curves,
     read_log,
 )
-from .api_cli import add_api_options, check_local_options, resolve_counts, run_api
-from .certification import check_alpha, check_count, check_sigma
+from .api import add_api_options, check_local_options, resolve_counts, run_api
+from ..certification import check_alpha, check_count, check_sigma
 from .demo import run_demo, run_denoised_demo
-from .denoisers import load_denoiser
-from .errors import Interrupted, InvalidInputError, SmoothAPIError
-from .runs import (
+from ..denoisers import load_denoiser
+from ..errors import Interrupted, InvalidInputError, SmoothAPIError
+from ..runs import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
     RADIUS_COLUMNS,
@@ -58,8 +58,8 @@ from .runs import (
     predict_many,
     write_log,
 )
-from .smoothing import DEFAULT_BATCH_SIZE, SmoothedClassifier
-from .training.commands import add_training_commands
+from ..smoothing import DEFAULT_BATCH_SIZE, SmoothedClassifier
+from .training import add_training_commands
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageEntry", "find_images", "main"]
 

@@ -21,7 +21,7 @@
 5. **report**: tables, curves, the share of the white-box gap closed with bootstrap
    intervals, denoising examples, stage times and ``summary.json``.
 
-Stages resume exactly as in :mod:`~smoothapi.training.experiment` (markers under
+Stages resume exactly as in :mod:`~smoothapi.studies.fashion_mnist` (markers under
 ``OUT/stages``); certification also journals every answer, so a killed stage resumes
 without recomputing. ``--scale small`` fits 2 CPU cores (96-px training crops, 160-px
 test crops, an 8-layer DnCNN, n = 500); ``paper`` is the GPU configuration (native
@@ -50,9 +50,9 @@ from ..runs import LogWriter, certify_many, write_log
 from ..smoothing import RateLimits, SmoothedClassifier
 from ..testing import LoopbackProvider
 from ..zoo import IMAGENET_MEAN, IMAGENET_STD, load_classifier
-from .data import ArrayDataset
-from .experiment import Study
-from .loop import fit
+from ..training.data import ArrayDataset
+from .fashion_mnist import Study
+from ..training.loop import fit
 from .photo_levers import Lever, chosen_lever, diagnose, lever_lines, train_lever
 from .snapshots import restore
 
@@ -62,7 +62,7 @@ __all__ = ["PHOTO_SCALES", "PhotoScale", "run_photo_study"]
 @dataclass(frozen=True)
 class PhotoScale:
     """Everything that sizes the natural-photo study (field names shared with
-    :class:`~smoothapi.training.experiment.Scale` where the stages are shared)."""
+    :class:`~smoothapi.studies.fashion_mnist.Scale` where the stages are shared)."""
 
     sigmas: tuple[float, ...]
     size: int

@@ -12,7 +12,7 @@ from smoothapi import LocalModelAdapter, max_certifiable_radius
 from smoothapi._checkpoint import load_checkpoint
 from smoothapi._images import load_image
 from smoothapi.cli import main
-from smoothapi.demo import demo_images, demo_images_dir, demo_model_path, run_demo
+from smoothapi.cli.demo import demo_images, demo_images_dir, demo_model_path, run_demo
 from smoothapi.training import FASHION_MNIST_CLASSES
 
 
@@ -117,7 +117,7 @@ def test_certify_command_on_bundled_data(capsys):
 def test_denoised_demo_local_and_over_http():
     """The shipped denoisers lift a standard classifier's certificates, locally (full
     access) and through the loopback API (query access), on the bundled images."""
-    from smoothapi.demo import run_denoised_demo, shipped_path
+    from smoothapi.cli.demo import run_denoised_demo, shipped_path
 
     for name in ("target", "full", "query"):
         assert shipped_path(name).stat().st_size < 1_000_000
@@ -144,9 +144,9 @@ def test_shipped_weights_are_the_studys_and_carry_their_training_metadata():
 
     from safetensors import safe_open
 
-    from smoothapi.demo import shipped_path
+    from smoothapi.cli.demo import shipped_path
 
-    study = Path(__file__).parents[1] / "results" / "fashion-mnist"
+    study = Path(__file__).parents[2] / "results" / "fashion-mnist"
     trained = {
         "target": study / "classifiers" / "target" / "classifier.safetensors",
         "full": study / "denoisers" / "stab+mse-full@0.25" / "denoiser.safetensors",

@@ -41,9 +41,9 @@ from .. import photos as photo_data
 from ..denoisers import create_denoiser, save_denoiser
 from ..denoisers.noise_level import denoise
 from ..errors import InvalidInputError
-from .data import ArrayDataset
-from .experiment import StageClock
-from .loop import LOG_FILE, TrainConfig, fit
+from ..training.data import ArrayDataset
+from .fashion_mnist import StageClock
+from ..training.loop import LOG_FILE, TrainConfig, fit
 
 __all__ = ["CANDIDATES", "MSE_SCALES", "MSEScale", "mse_loss", "psnr", "run_photo_mse"]
 
@@ -320,7 +320,7 @@ def run_photo_mse(scale_name: str, out: str | Path, *, device: str | None = None
     return out
 
 
-if __name__ == "__main__":  # python -m smoothapi.training.photo_mse OUT [SCALE]
+if __name__ == "__main__":  # python -m smoothapi.studies.photo_mse OUT [SCALE]
     import sys
 
     run_photo_mse(sys.argv[2] if len(sys.argv) > 2 else "small", sys.argv[1])

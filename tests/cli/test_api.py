@@ -21,15 +21,15 @@ import pytest
 import torch
 from PIL import Image
 
-from smoothapi import api_cli
+from smoothapi.cli import api as api_cli
 from smoothapi.certification import max_certifiable_radius
 from smoothapi.cli import main
 from smoothapi.pricing import PRICES
 from smoothapi.testing import LoopbackProvider
 
-from .loopback import brightness
+from ..loopback import brightness
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 SIGMA = 0.25
 
 

@@ -1,0 +1,7 @@
+"""``python -m smoothapi.cli`` (and ``torchrun ... -m smoothapi.cli``) runs the command line."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())
