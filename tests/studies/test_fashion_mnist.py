@@ -7,7 +7,7 @@ import json
 from PIL import Image
 
 from smoothapi.cli import main
-from smoothapi.studies.fashion_mnist import METHODS
+from smoothapi.studies.study import METHODS
 
 
 def test_tiny_study_writes_every_output_and_a_rerun_skips_finished_stages(tmp_path, capsys):
@@ -40,42 +40,10 @@ def test_tiny_study_writes_every_output_and_a_rerun_skips_finished_stages(tmp_pa
     assert checkpoint.stat().st_mtime_ns == stamp
 
 
-def test_a_killed_stage_counts_the_time_of_every_run(tmp_path):
-    """A stage interrupted (Ctrl-C here) and resumed records both runs' seconds."""
-    import time
-    from types import SimpleNamespace
-
-    import pytest
-
-    from smoothapi.studies.fashion_mnist import StageClock, Study
-
-    study = SimpleNamespace(out=tmp_path, only=None, times={})
-    running = tmp_path / "stages" / "certify:x_at_0.25.running"
-
-    def killed():
-        time.sleep(0.3)
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Study.stage(study, "certify:x@0.25", killed)
-    first = json.loads(running.read_text())
-    assert first["runs"] == 1 and 0.3 <= first["seconds"] < 5
-    Study.stage(study, "certify:x@0.25", lambda: time.sleep(0.2))
-    marker = json.loads((tmp_path / "stages" / "certify:x_at_0.25.json").read_text())
-    assert marker["runs"] == 2 and marker["seconds"] >= first["seconds"] + 0.2
-    assert not running.exists() and study.times["certify:x@0.25"] == marker["seconds"]
-    # While a stage runs its clock file is rewritten, so a kill -9 loses at most `every`.
-    clock = StageClock(tmp_path / "live.running", every=0.05)
-    with clock:
-        time.sleep(0.3)
-        assert json.loads((tmp_path / "live.running").read_text())["seconds"] >= 0.1
-    assert not (tmp_path / "live.running").exists()
-
-
 def test_target_lines_say_met_missed_or_why_not():
     from types import SimpleNamespace
 
-    from smoothapi.studies.fashion_mnist import Study, _target_lines
+    from smoothapi.studies.study import Study, _target_lines
 
     study = SimpleNamespace(scale=SimpleNamespace(extras_sigma=0.25), targets=Study.targets,
                             targets_source="x")  # fmt: skip
@@ -91,7 +59,7 @@ def test_target_lines_say_met_missed_or_why_not():
 
 
 def test_gap_lines_say_why_a_share_is_missing():
-    from smoothapi.studies.fashion_mnist import _gap_lines
+    from smoothapi.studies.study import _gap_lines
 
     gaps = {"0.25": {"mse": {"0.25": {"share": 0.5, "ci95": [0.25, 0.75], "gap": 0.048},
                              "0.5": {"share": None, "ci95": [None, None], "gap": -0.008}}}}

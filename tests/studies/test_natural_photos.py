@@ -201,8 +201,8 @@ def test_the_more_photos_lever_draws_from_every_training_photo(tmp_path, monkeyp
 def test_stage_order_puts_the_api_budget_before_mse_and_the_lever_last(study, monkeypatch):
     """On a rerun every stage is done; the order they are visited in is the order a fresh
     run takes: the lever's certification after every sigma's rows (it is the optional one)."""
-    from smoothapi.studies.photo_levers import chosen_lever
     from smoothapi.studies.natural_photos import PhotoStudy
+    from smoothapi.studies.photo_levers import chosen_lever
 
     visited, stage = [], PhotoStudy.stage
     monkeypatch.setattr(PhotoStudy, "stage",
@@ -241,7 +241,7 @@ def test_report_gives_the_gain_over_no_denoiser_with_an_interval(study):
 def test_gains_and_gaps_are_reported_only_at_radii_the_row_can_certify():
     """n = 500 certifies up to 0.27 at sigma 0.12 and the API budget (n = 100) up to 0.38
     at 0.25: a gain at r = 0.5 there would be 0 for every row, so it is not reported."""
-    from smoothapi.studies.fashion_mnist import _compared_radii
+    from smoothapi.studies.study import _compared_radii
 
     class Probe:
         scale = PHOTO_SCALES["small"]

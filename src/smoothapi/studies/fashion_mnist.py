@@ -13,6 +13,7 @@
 4. **report**: the paper's table (best sigma per radius), per-sigma tables,
    certified-accuracy curves, denoising examples, ``summary.json`` and stage times.
 
+The machinery is shared with the other studies (:mod:`~smoothapi.studies.study`).
 Each stage writes its outputs and a marker under ``OUT/stages/`` (with its wall time,
 summed over every run when it was killed and resumed); a rerun skips the finished
 ones, so the study can run across several invocations or in the background.
@@ -22,43 +23,24 @@ hyperparameters for CIFAR-10 on GPUs: DnCNN, 90 MSE epochs with Adam 1e-3, 20 ST
 epochs, n = 10,000; it needs ``--data-root`` with the CIFAR-10 python batches).
 """
 
+
 from __future__ import annotations
 
-import json
-import threading
+import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Subset
 
-from ..adapters.encoding import to_pil
-from ..adapters.local import LocalModelAdapter
-from ..analysis import (
-    DEFAULT_RADII,
-    CertificationLog,
-    accuracy_gain,
-    best_sigma_table,
-    format_table,
-    gap_closed,
-    images_compared,
-    plot_curves,
-    read_log,
-)
-from ..certification import max_certifiable_radius
 from ..classifiers import create_classifier
-from ..denoisers import create_denoiser, load_denoiser
 from ..errors import InvalidInputError
-from ..runs import LogWriter, certify_many, write_log
-from ..smoothing import SmoothedClassifier
 from ..training.data import load_dataset
-from ..training.loop import TrainConfig
-from ..training.train import train_classifier, train_denoiser
+from ..training.train import train_classifier
+from .study import Study, dataset_size
 
-__all__ = ["SCALES", "Scale", "run_experiment"]
+__all__ = ["SCALES", "FashionStudy", "Scale", "run_experiment"]
 
 
 @dataclass(frozen=True)
@@ -155,124 +137,24 @@ SCALES: dict[str, Scale] = {
     ),
 }
 
-METHODS = (
-    "none",
-    "whitebox",
-    "mse",
-    "stab+mse-full",
-    "stab+mse-query",
-    "stab-full",
-    "clf+mse-full",
-    "stab+mse-query-rr",
-)
 
-
-class StageClock:
-    """A stage's wall time across kills and resumes: the seconds of earlier runs are kept
-    in ``path`` (rewritten every ``every`` seconds while the stage runs, so a killed run
-    loses at most that), added to this run's, and the file is removed when the stage
-    finishes. Commit it with the stage markers and a fresh clone keeps counting."""
-
-    def __init__(self, path: Path, every: float = 15.0) -> None:
-        self.path, self.every = path, every
-        earlier = json.loads(path.read_text()) if path.exists() else {}
-        self.before, self.runs = float(earlier.get("seconds", 0.0)), earlier.get("runs", 0) + 1
-        self._started = time.perf_counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._keep, daemon=True, name="stage-clock")
-
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self._started
-
-    def _write(self) -> None:
-        partial = self.path.with_suffix(".tmp")
-        partial.write_text(json.dumps({"seconds": round(self.seconds(), 1), "runs": self.runs}))
-        partial.replace(self.path)
-
-    def _keep(self) -> None:
-        while not self._stop.wait(self.every):
-            self._write()
-
-    def __enter__(self) -> StageClock:
-        self._started = time.perf_counter()
-        self._write()
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        self._stop.set()
-        self._thread.join()
-        if kind is None:
-            self.path.unlink(missing_ok=True)
-        else:  # Ctrl-C or a failure: the next run adds on
-            self._write()
-
-
-class Study:
-    """One run of the study in ``out``: its stages, skipped when already done."""
+class FashionStudy(Study[Scale]):
+    """The study on a small dataset (Fashion-MNIST; digits for tests; CIFAR-10 at the
+    paper's scale): it trains its own target, surrogates and white-box classifiers."""
 
     def __init__(self, scale: Scale, out: Path, data_root: str | None, device: str | None):
-        self.scale, self.out, self.device = scale, out, device
+        super().__init__(scale, out, device)
         self.train = load_dataset(scale.dataset, "train", data_root)
         self.test = load_dataset(scale.dataset, "test", data_root)
-        if scale.train_subset and len(self.train) > scale.train_subset:
-            step = len(self.train) // scale.train_subset
+        if scale.train_subset and dataset_size(self.train) > scale.train_subset:
+            step = dataset_size(self.train) // scale.train_subset
             self.train = Subset(self.train, range(0, step * scale.train_subset, step))
         image = self.test[0][0]
         self.channels, self.size = image.shape[0], list(image.shape[-2:])
-        stats = torch.stack([self.train[i][0] for i in range(min(5_000, len(self.train)))])
+        count = min(5_000, dataset_size(self.train))
+        stats = torch.stack([self.train[i][0] for i in range(count)])
         self.mean = stats.mean(dim=(0, 2, 3)).tolist()
         self.std = stats.std(dim=(0, 2, 3)).tolist()
-        self.times: dict[str, float] = {}
-
-    # --- bookkeeping -------------------------------------------------------------------
-
-    #: Run only stages whose names contain one of these (``--only``); None: all of them.
-    only: tuple[str, ...] | None = None
-
-    def stage(self, name: str, work: Callable[[], Any]) -> None:
-        marker = self.out / "stages" / f"{name.replace('@', '_at_')}.json"
-        if marker.exists():
-            self.times[name] = json.loads(marker.read_text())["seconds"]
-            return
-        if self.only is not None and not any(part in name for part in self.only):
-            return
-        print(f"[experiment] {name} ...", flush=True)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        with StageClock(marker.with_suffix(".running")) as clock:
-            work()
-        seconds = round(clock.seconds(), 1)
-        record = {"stage": name, "seconds": seconds}
-        if clock.runs > 1:  # killed and resumed: the seconds are every run's together
-            record["runs"] = clock.runs
-        marker.write_text(json.dumps(record))
-        self.times[name] = seconds
-        print(f"[experiment] {name} done in {seconds:.0f} s", flush=True)
-
-    def config(self, epochs: int, lr: float, **extra: Any) -> TrainConfig:
-        return TrainConfig(
-            epochs=epochs,
-            batch_size=self.scale.batch_size,
-            lr=lr,
-            device=self.device,
-            progress=False,
-            **extra,
-        )
-
-    def classifier_path(self, name: str) -> Path:
-        return self.out / "classifiers" / name / "classifier.safetensors"
-
-    def denoiser_path(self, method: str, sigma: float) -> Path:
-        return self.out / "denoisers" / f"{method}@{sigma:g}" / "denoiser.safetensors"
-
-    def log_path(self, method: str, sigma: float) -> Path:
-        return self.out / "logs" / f"{method}@{sigma:g}.tsv"
-
-    def sample_counts(self, method: str) -> tuple[int, int]:
-        """The ``(n0, n)`` that ``method`` is certified with."""
-        return self.scale.n0, self.scale.n
-
-    # --- stages ------------------------------------------------------------------------
 
     def train_classifier(self, name: str, arch: tuple[str, dict], noise: float = 0.0) -> None:
         torch.manual_seed(0)
@@ -292,324 +174,6 @@ class Study:
             metadata={"dataset": self.scale.dataset, "role": name},
         )
 
-    def classifier(self, name: str) -> LocalModelAdapter:
-        return LocalModelAdapter.from_checkpoint(self.classifier_path(name), device=self.device)
-
-    def train_denoiser(self, method: str, sigma: float) -> None:
-        scale = self.scale
-        objective = method.split("-")[0]
-        guides = (
-            {"target": self.classifier("target")}
-            if method.endswith("full")
-            else {name: self.classifier(name) for name in scale.surrogates}
-        )
-        if objective == "mse":
-            guides = {}
-        denoiser, epochs, lr = self.initial_denoiser(objective, sigma)
-        train_denoiser(
-            denoiser,
-            self.train,
-            sigma=sigma,
-            out_dir=self.denoiser_path(method, sigma).parent,
-            objective=objective,
-            classifiers=guides,
-            guidance="round-robin" if method.endswith("-rr") else "mean",
-            test_set=self.test,
-            eval_classifiers={"target": self.classifier("target")},
-            eval_size=scale.eval_size,
-            config=self.config(epochs, lr),
-            metadata={"dataset": scale.dataset, "method": method},
-        )
-
-    def initial_denoiser(self, objective: str, sigma: float) -> tuple[torch.nn.Module, int, float]:
-        """The denoiser a stage starts from, with its epochs and learning rate: ``+mse``
-        objectives fine-tune the MSE denoiser of the same sigma; others start afresh."""
-        scale = self.scale
-        if objective.endswith("+mse"):
-            start = load_denoiser(self.denoiser_path("mse", sigma))
-            return start, scale.stab_epochs, scale.stab_lr
-        torch.manual_seed(0)
-        name, kwargs = scale.denoiser
-        denoiser = create_denoiser(name, in_channels=self.channels, **kwargs)
-        epochs = scale.mse_epochs if objective == "mse" else scale.scratch_epochs
-        return denoiser, epochs, scale.mse_lr
-
-    def certify(self, method: str, sigma: float) -> None:
-        scale = self.scale
-        name = f"whitebox@{sigma:g}" if method == "whitebox" else "target"
-        denoiser = None
-        if method not in ("none", "whitebox"):
-            denoiser = load_denoiser(self.denoiser_path(method, sigma))
-        adapter = self.classifier(name)
-        path = self.log_path(method, sigma)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        indices = range(
-            0, min(len(self.test), scale.certify_images * scale.certify_skip), scale.certify_skip
-        )
-        images, labels = zip(*(self.test[i] for i in indices), strict=True)
-        names = adapter.class_names
-        with (
-            SmoothedClassifier(
-                adapter, sigma, denoiser, batch_size=500, device=self.device, seed=0
-            ) as smoothed,
-            open(path.with_suffix(".part"), "w", encoding="utf-8", newline="") as f,
-        ):
-            outcomes = certify_many(smoothed, images, scale.n0, scale.n, scale.alpha, shard=False)
-            write_log(outcomes, LogWriter(f), indices=indices,
-                      labels=[names[label] if names else label for label in labels])  # fmt: skip
-        path.with_suffix(".part").rename(path)
-
-    def runs(self) -> list[tuple[str, float]]:
-        """(method, sigma) pairs to certify, the headline sigma first (it sets the targets)."""
-        sigmas = sorted(self.scale.sigmas, key=lambda s: s != self.scale.extras_sigma)
-        return [
-            (method, sigma)
-            for sigma in sigmas
-            for method in METHODS
-            if method in ("none", "whitebox", "mse", "stab+mse-full", "stab+mse-query")
-            or sigma == self.scale.extras_sigma
-        ]
-
-    def examples(self, sigma: float, count: int = 6) -> None:
-        """The paper's Figure 5: rows of clean, noisy, MSE and STAB+MSE denoised images."""
-        clean = torch.stack([self.test[i][0] for i in self.example_indices(count)])
-        noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
-        rows = [clean, noisy]
-        for method in self.example_methods:
-            path = self.denoiser_path(method, sigma)
-            if path.exists():
-                with torch.inference_mode():
-                    rows.append(load_denoiser(path)(noisy))
-        _image_sheet(rows).save(self.out / f"denoising_examples_sigma{sigma:g}.png")
-
-    #: Radii of the report's tables.
-    radii: tuple[float, ...] = DEFAULT_RADII
-
-    #: Denoisers shown in the examples, one row each under the clean and noisy rows.
-    example_methods: tuple[str, ...] = ("mse", "stab+mse-full")
-
-    #: The share of the white-box gap each method should close at ``extras_sigma``, at
-    #: r = 0.25 and 0.5, and what the paper measured (the report says whether each is met).
-    targets: dict[str, float] = {"stab+mse-full": 0.90, "stab+mse-query": 0.75}
-    targets_source: str = "the paper on CIFAR-10: 94% / 90% in full access, 73% / 40% in query"
-
-    def example_indices(self, count: int) -> list[int]:
-        """Test images shown in the examples: the first certified ones."""
-        return [i * self.scale.certify_skip for i in range(min(count, len(self.test)))]
-
-    def report(self) -> None:
-        scale = self.scale
-        for sigma in scale.sigmas:  # the denoising examples need no certification yet
-            if self.denoiser_path("mse", sigma).exists():
-                self.examples(sigma)
-        done = [(m, s) for m, s in self.runs() if self.log_path(m, s).exists()]
-        if not done:
-            return
-        logs = {(m, s): read_log(self.log_path(m, s), f"{m}@{s:g}") for m, s in done}
-        radii = self.radii
-        grouped: dict[str, dict[float, Any]] = {}
-        for (method, sigma), log in logs.items():
-            grouped.setdefault(method, {})[sigma] = log
-        counts = {s: len(log) for (_, s), log in logs.items()}  # images certified per sigma
-        images = max(counts.values())
-        every = f" (every {scale.certify_skip}th)" if scale.certify_skip > 1 else ""
-        header = (
-            f"{scale.dataset}, CERTIFY n0={scale.n0}, n={scale.n}, alpha={scale.alpha}, "
-            f"{_image_counts(counts)}{every}"
-        )
-        lines = [
-            f"# {header}",
-            "",
-            format_table(
-                best_sigma_table(grouped, radii),
-                radii,
-                caption="Certified accuracy % (standard accuracy), best sigma per radius"
-                + _shared_caption(list(logs.values())),
-            ),
-            "",
-        ]
-        summary: dict[str, Any] = {
-            "dataset": scale.dataset,
-            "n0": scale.n0,
-            "n": scale.n,
-            "alpha": scale.alpha,
-            "images": images,
-            "methods": {},
-        }
-        summary["images_per_sigma"] = {f"{s:g}": c for s, c in counts.items()}
-        lines += self.sigma_tables(logs, summary["methods"])
-        gaps = {f"{sigma:g}": _gaps(self, logs, sigma) for sigma in scale.sigmas}
-        gaps = {sigma: by_method for sigma, by_method in gaps.items() if by_method}
-        summary["gap_closed"] = gaps
-        summary["stage_seconds"] = self.times
-        lines += _gap_lines(gaps)
-        lines += _target_lines(self, gaps)
-        gains = {f"{sigma:g}": _gains(self, logs, sigma) for sigma in scale.sigmas}
-        gains = {sigma: by_method for sigma, by_method in gains.items() if by_method}
-        summary["gain_over_none"] = gains
-        lines += _gain_lines(gains)
-        lines += self.extra_sections()
-        lines += ["The intervals resample the test images (paired across methods).", ""]
-        lines += self.report_notes()
-        lines += ["", *_sizing(self, done, counts)]
-        lines += ["", "Stage wall times (s):", ""]
-        lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
-        (self.out / "README.md").write_text("\n".join(lines) + "\n")
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-
-    def sigma_tables(self, logs: dict, methods: dict[str, Any]) -> list[str]:
-        """Per sigma: its table (lines returned), curves (saved) and numbers (into methods)."""
-        scale, radii, lines = self.scale, self.radii, []
-        for sigma in scale.sigmas:
-            at_sigma = {m: {s: log} for (m, s), log in logs.items() if s == sigma}
-            table = best_sigma_table(at_sigma, radii)
-            if not table:
-                continue
-            images = max(len(log) for by_sigma in at_sigma.values() for log in by_sigma.values())
-            lines += [format_table(table, radii, caption=f"sigma = {sigma:g} (n = {scale.n}, "
-                                                         f"{images} images)"), ""]
-            plot_curves(
-                [log for (m, s), log in logs.items() if s == sigma],
-                self.out / f"curves_sigma{sigma:g}.png",
-                title=f"sigma = {sigma:g}",
-            )
-            for method, cells in table.items():
-                methods.setdefault(method, {})[f"{sigma:g}"] = {
-                    "standard_accuracy": cells[0][1],
-                    "certified_accuracy": {
-                        f"{r:g}": c for r, (c, _, _) in zip(radii, cells, strict=True)
-                    },
-                }
-        return lines
-
-    def extra_sections(self) -> list[str]:
-        """Report lines a study adds after the gaps (none here)."""
-        return []
-
-    def report_notes(self) -> list[str]:
-        """What the report says about the setting (none here)."""
-        return []
-
-
-def _compared_radii(study: Study, method: str, sigma: float) -> tuple[float, ...]:
-    """Where a row's gap and gain are reported: the paper's r = 0.25 and 0.5, and sigma,
-    up to the largest radius its n can certify at sigma (past it every row is 0)."""
-    top = max_certifiable_radius(study.sample_counts(method)[1], study.scale.alpha, sigma)
-    return tuple(r for r in sorted({sigma, 0.25, 0.5}) if r <= top)
-
-
-def _gaps(study: Study, logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
-    """Method -> radius -> the share of the gap closed at ``sigma`` and its 95%
-    bootstrap interval; empty until the no-denoiser and white-box logs exist."""
-    if ("none", sigma) not in logs or ("whitebox", sigma) not in logs:
-        return {}
-    out = {}
-    others = [m for m, s in logs if s == sigma and m not in METHODS]
-    for method in [*METHODS[2:], *others]:
-        radii = _compared_radii(study, method, sigma)
-        if (method, sigma) in logs and not method.startswith("api-") and radii:  # other n
-            found = gap_closed(logs[method, sigma], logs["none", sigma],
-                               logs["whitebox", sigma], radii)
-            out[method] = {
-                f"{g.radius:g}": {"share": g.share, "ci95": [g.low, g.high], "gap": g.gap}
-                for g in found
-            }
-    return out
-
-
-def _gains(study: Study, logs, sigma: float) -> dict[str, dict[str, dict[str, Any]]]:
-    """Method -> radius -> certified accuracy gained over no denoiser at ``sigma`` (an
-    ``api-*`` row over ``api-none``, at the same budget), with its 95% interval."""
-    out = {}
-    for method, at in logs:
-        baseline = "api-none" if method.startswith("api-") else "none"
-        radii = _compared_radii(study, method, sigma)
-        if at == sigma and method != baseline and (baseline, sigma) in logs and radii:
-            found = accuracy_gain(logs[method, sigma], logs[baseline, sigma], radii)
-            out[method] = {f"{g.radius:g}": {"gain": g.gain, "ci95": [g.low, g.high],
-                                             "over": baseline} for g in found}  # fmt: skip
-    return out
-
-
-def _gain_lines(gains: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """The report's lines on certified accuracy gained over no denoiser, per sigma."""
-    lines: list[str] = []
-    for sigma, by_method in gains.items():
-        lines += [f"Certified accuracy gained over no denoiser at sigma {sigma} (percentage "
-                  "points, 95% paired-bootstrap interval):", ""]  # fmt: skip
-        lines += [
-            f"- {method} (over {next(iter(by_r.values()))['over']}): "
-            + ", ".join(f"r={r}: {100 * g['gain']:+.1f} ({100 * g['ci95'][0]:+.1f} to "
-                        f"{100 * g['ci95'][1]:+.1f})" for r, g in by_r.items())  # fmt: skip
-            for method, by_r in by_method.items()
-        ]
-        lines.append("")
-    return lines
-
-
-def _shared_caption(logs: list[CertificationLog]) -> str:
-    """When the sigmas certified different test images: which ones the best-sigma table
-    compares (those certified at every sigma)."""
-    shared = images_compared(logs)
-    return "" if shared is None else f", on the {shared} test images certified at every sigma"
-
-
-def _image_counts(counts: dict[float, int]) -> str:
-    """"500 test images", or "126 test images at sigma 0.25, 42 at 0.12 and 0.5"."""
-    by_count: dict[int, list[str]] = {}
-    for sigma, count in sorted(counts.items(), key=lambda item: -item[1]):
-        by_count.setdefault(count, []).append(f"{sigma:g}")
-    if len(by_count) == 1:
-        return f"{next(iter(by_count))} test images"
-    parts = [f"{count} at {' and '.join(sigmas)}" for count, sigmas in by_count.items()]
-    return parts[0].replace(" at ", " test images at sigma ", 1) + ", " + ", ".join(parts[1:])
-
-
-def _gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """The report's lines on the share of the gap each method closed, per sigma; the title
-    gives the gap itself (the same for every method), which says what a share stands on."""
-    lines: list[str] = []
-    for sigma, by_method in gaps.items():
-        sizes = {r: g["gap"] for by_r in by_method.values() for r, g in by_r.items()}
-        lines += [f"Share of the white-box minus no-denoiser gap closed at sigma {sigma} (the "
-                  "gap: " + ", ".join(f"{100 * g:+.1f} points at r={r}" for r, g in sizes.items())
-                  + "):", ""]  # fmt: skip
-        lines += [
-            f"- {method}: "
-            + ", ".join(
-                f"r={r}: {g['share']:.0%} (95% CI {g['ci95'][0]:.0%} to {g['ci95'][1]:.0%})"
-                if g["share"] is not None
-                else f"r={r}: none (the white box certifies no more than no denoiser)"
-                for r, g in by_r.items()
-            )
-            for method, by_r in by_method.items()
-        ]
-        lines.append("")
-    return lines
-
-
-def _target_lines(study: Study, gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Whether each method closes its target share of the gap at ``extras_sigma`` (on the
-    point estimate; the intervals are in the gap lines), or why that cannot be told."""
-    sigma = f"{study.scale.extras_sigma:g}"
-    by_method = gaps.get(sigma, {})
-    lines = [f"Targets at sigma {sigma}, share of the gap closed at r = 0.25 and 0.5 "
-             f"({study.targets_source}):", ""]  # fmt: skip
-    for method, goal in study.targets.items():
-        verdicts = []
-        for r in ("0.25", "0.5"):
-            found = by_method.get(method, {}).get(r)
-            if found is None:
-                verdicts.append(f"r={r}: not certified yet")
-            elif found["share"] is None:
-                verdicts.append(f"r={r}: cannot be told (the white box certifies no more "
-                                "than no denoiser)")  # fmt: skip
-            else:
-                met = "met" if found["share"] >= goal else "missed"
-                verdicts.append(f"r={r}: {found['share']:.0%}, {met}")
-        lines.append(f"- {method} >= {goal:.0%}: " + ", ".join(verdicts))
-    return [*lines, ""]
-
 
 def run_experiment(
     scale_name: str,
@@ -624,78 +188,27 @@ def run_experiment(
     if scale_name not in SCALES:
         raise InvalidInputError(f"unknown scale {scale_name!r}; known: {', '.join(SCALES)}")
     scale, out = SCALES[scale_name], Path(out)
-    study = Study(scale, out, data_root, device)
+    study = FashionStudy(scale, out, data_root, device)
     study.only = only
-    study.stage("classifier:target", lambda: study.train_classifier("target", scale.target))
+    train = study.train_classifier
+    study.stage("classifier:target", functools.partial(train, "target", scale.target))
     for name, arch in scale.surrogates.items():
-        study.stage(f"classifier:{name}", lambda n=name, a=arch: study.train_classifier(n, a))
+        study.stage(f"classifier:{name}", functools.partial(train, name, arch))
     for sigma in scale.sigmas:
-        study.stage(
-            f"classifier:whitebox@{sigma:g}",
-            lambda s=sigma: study.train_classifier(f"whitebox@{s:g}", scale.target, s),
-        )
+        study.stage(f"classifier:whitebox@{sigma:g}",
+                    functools.partial(train, f"whitebox@{sigma:g}", scale.target, sigma))
     # Sigma by sigma, the headline one first: its denoisers, then its certifications, so a
     # study stopped early has complete results for the sigmas it reached.
     for method, sigma in study.runs():
         if method not in ("none", "whitebox"):
             if method != "mse":
                 study.stage(f"denoiser:mse@{sigma:g}",
-                            lambda s=sigma: study.train_denoiser("mse", s))
+                            functools.partial(study.train_denoiser, "mse", sigma))
             study.stage(f"denoiser:{method}@{sigma:g}",
-                        lambda m=method, s=sigma: study.train_denoiser(m, s))
-        study.stage(f"certify:{method}@{sigma:g}", lambda m=method, s=sigma: study.certify(m, s))
+                        functools.partial(study.train_denoiser, method, sigma))
+        study.stage(f"certify:{method}@{sigma:g}", functools.partial(study.certify, method, sigma))
     started = time.perf_counter()
     study.report()  # always rewritten: it reflects whatever has finished
     print(f"[experiment] report written to {out} in {time.perf_counter() - started:.0f} s")
     return out
 
-
-def _image_sheet(rows: list[torch.Tensor]):
-    """One PIL image: a row per batch of images, each enlarged to about 96 px."""
-    from PIL import Image
-
-    tiles = [[to_pil(image) for image in row] for row in rows]
-    width, height = tiles[0][0].size
-    zoom = max(1, 96 // max(width, height))
-    size = (width * zoom, height * zoom)
-    sheet = Image.new(tiles[0][0].mode, (len(tiles[0]) * size[0], len(rows) * size[1]))
-    for r, row in enumerate(tiles):
-        for c, tile in enumerate(row):
-            sheet.paste(tile.resize(size, Image.Resampling.NEAREST), (c * size[0], r * size[1]))
-    return sheet
-
-
-def _sizing(study: Study, done: list[tuple[str, float]], counts: dict[float, int]) -> list[str]:
-    """Why n and the image count are what they are: the largest certifiable radius per
-    sigma, and what the issue's n = 10,000 on 500 images would take at measured speed."""
-    scale = study.scale
-    radii = ", ".join(
-        f"{max_certifiable_radius(scale.n, scale.alpha, s):.3f} at sigma {s:g}"
-        for s in scale.sigmas
-    )
-    lines = [f"With n = {scale.n} the largest certifiable radius is {radii}."]
-    per_image = {}
-    for with_denoiser in (False, True):
-        seconds = [
-            study.times[f"certify:{m}@{s:g}"] / counts[s]
-            for m, s in done
-            if f"certify:{m}@{s:g}" in study.times and not m.startswith("api-")  # other n
-            and (m not in ("none", "whitebox")) == with_denoiser
-        ]
-        if seconds:
-            per_image[with_denoiser] = sum(seconds) / len(seconds)
-    if per_image:
-        scale_up = (scale.n0 + 10_000) / (scale.n0 + scale.n) * 500 / 3600
-        lines += [
-            "",
-            "Measured CERTIFY time per image here: "
-            + ", ".join(
-                f"{t:.2f} s {'with' if d else 'without'} a denoiser"
-                for d, t in per_image.items()
-            )
-            + ". n = 10,000 on 500 images would take about "
-            + " and ".join(f"{t * scale_up:.1f} h" for t in per_image.values())
-            + f" per configuration ({len(study.runs())} configurations), hence "
-            f"n = {scale.n} on {max(counts.values())} images.",
-        ]
-    return lines

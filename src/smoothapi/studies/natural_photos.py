@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import photos as photo_data
+from ..adapters.base import Adapter
 from ..adapters.clarifai import ClarifaiAdapter
 from ..adapters.local import LocalModelAdapter
 from ..errors import InvalidInputError
@@ -49,12 +51,12 @@ from ..journal import Journal
 from ..runs import LogWriter, certify_many, write_log
 from ..smoothing import RateLimits, SmoothedClassifier
 from ..testing import LoopbackProvider
-from ..zoo import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 from ..training.data import ArrayDataset
-from .fashion_mnist import Study
 from ..training.loop import fit
+from ..zoo import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 from .photo_levers import Lever, chosen_lever, diagnose, lever_lines, train_lever
 from .snapshots import restore
+from .study import Study
 
 __all__ = ["PHOTO_SCALES", "PhotoScale", "run_photo_study"]
 
@@ -215,12 +217,14 @@ def _chosen(names: tuple[str, ...] | None, split: str) -> list[photo_data.Photo]
     return found
 
 
-class PhotoStudy(Study):
+class PhotoStudy(Study[PhotoScale]):
     """The natural-photo study in ``out``; stages skipped when already done."""
 
+    train: ArrayDataset
+    test: ArrayDataset
+
     def __init__(self, scale: PhotoScale, out: Path, device: str | None) -> None:
-        self.scale, self.out, self.device = scale, out, device
-        self.times: dict[str, float] = {}
+        super().__init__(scale, out, device)
         self.channels, self.size = 3, [scale.size, scale.size]
         self.train_photos = _chosen(scale.train_photos, "train")
         self.test_photos = _chosen(scale.test_photos, "test")
@@ -236,7 +240,8 @@ class PhotoStudy(Study):
         target = self.classifier("target")
         with torch.inference_mode():
             labels = target.logits(torch.from_numpy(tiles).float() / 255).argmax(1).numpy()
-        self.test = ArrayDataset(tiles.transpose(0, 2, 3, 1), labels, target.class_names)
+        self.class_names = [str(name) for name in target.class_names or ()]
+        self.test = ArrayDataset(tiles.transpose(0, 2, 3, 1), labels, self.class_names)
 
     def train_set(self, crop: int | None, count: int | None = None,
                   photos: str = "study") -> ArrayDataset:  # fmt: skip
@@ -378,7 +383,7 @@ class PhotoStudy(Study):
         indices = self.certified_indices(sigma)
         images, labels = zip(*(self.test[i] for i in indices), strict=True)
         with LoopbackProvider(local, rate_limit=None) as api:
-            adapter = local
+            adapter: Adapter = local
             if base in API_METHODS or base.startswith("stab+mse-query"):  # Clarifai's gRPC
                 # client and wire format, PNG images
                 # The loopback server computes every request on this machine's CPU: a long
@@ -392,7 +397,7 @@ class PhotoStudy(Study):
             with smoothed, open(path.with_suffix(".part"), "w", encoding="utf-8") as f:
                 outcomes = certify_many(smoothed, images, n0, n, scale.alpha, shard=False)
                 write_log(outcomes, LogWriter(f), indices=indices,
-                          labels=[self.test.classes[label] for label in labels])
+                          labels=[self.class_names[label] for label in labels])
         journal.close()
         path.with_suffix(".part").rename(path)
 
@@ -426,7 +431,7 @@ class PhotoStudy(Study):
                 "top": t,
                 "left": left,
                 "side": side,
-                "label": self.test.classes[int(self.test.labels[k])],
+                "label": self.class_names[int(self.test.labels[k])],
             }
             for k, (i, t, left, side) in enumerate(self.where)
         ]
@@ -485,11 +490,9 @@ def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = No
     study.only = only
     study.stage("manifest", study.write_manifest)
     for sigma in scale.sigmas:  # denoisers first: they are what ships
-        study.stage(f"denoiser:mse@{sigma:g}", lambda s=sigma: study.train_denoiser("mse", s))
-        study.stage(
-            f"denoiser:stab+mse-query@{sigma:g}",
-            lambda s=sigma: study.train_denoiser("stab+mse-query", s),
-        )
+        study.stage(f"denoiser:mse@{sigma:g}", partial(study.train_denoiser, "mse", sigma))
+        study.stage(f"denoiser:stab+mse-query@{sigma:g}",
+                    partial(study.train_denoiser, "stab+mse-query", sigma))
     levers = {lever.method for lever in scale.levers}
     for sigma in scale.sigmas:  # the headline sigma first, then its levers
         for method, at in study.runs():
@@ -521,9 +524,8 @@ def _lever_stages(study: PhotoStudy, sigma: float) -> None:
         needs = (study.classifier_path(f"whitebox@{sigma:g}") if method == "whitebox"
                  else None if method == "none" else study.denoiser_path(method, sigma))
         if needs is None or needs.exists():  # a baseline not trained yet waits for its stage
-            study.stage(f"diagnose:{method}@{sigma:g}", lambda m=method: diagnose(study, m, sigma))
+            study.stage(f"diagnose:{method}@{sigma:g}", partial(diagnose, study, method, sigma))
     for lever in study.scale.levers:
-        study.stage(f"lever:{lever.method}@{sigma:g}",
-                    lambda lv=lever: train_lever(study, lv, sigma))
+        study.stage(f"lever:{lever.method}@{sigma:g}", partial(train_lever, study, lever, sigma))
         study.stage(f"diagnose:{lever.method}@{sigma:g}",
-                    lambda lv=lever: diagnose(study, lv.method, sigma))
+                    partial(diagnose, study, lever.method, sigma))

@@ -24,18 +24,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from .._checkpoint import as_module_input
+from ..adapters.local import LocalModelAdapter
 from ..denoisers import load_denoiser
 from ..denoisers.noise_level import denoise
+from ..training.data import ArrayDataset
+from ..training.loop import TrainConfig
 from ..training.train import train_denoiser
-
-if TYPE_CHECKING:
-    from .natural_photos import PhotoStudy
 
 __all__ = ["Lever", "chosen_lever", "diagnose", "lever_lines", "train_lever"]
 
@@ -59,6 +59,45 @@ class Lever:
     crop: int | None = None
     count: int | None = None
     photos: str = "study"
+
+
+class LeverScale(Protocol):
+    """What the levers read of the study's scale."""
+
+    @property
+    def levers(self) -> tuple[Lever, ...]: ...
+    @property
+    def surrogates(self) -> dict[str, str]: ...
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def eval_size(self) -> int: ...
+    @property
+    def stab_lr(self) -> float: ...
+    @property
+    def diagnose_draws(self) -> int: ...
+    @property
+    def denoiser_dtype(self) -> str: ...
+
+
+class PhotoStudy(Protocol):
+    """What the levers need of the natural-photo study (its class imports this module)."""
+
+    @property
+    def scale(self) -> LeverScale: ...
+    @property
+    def out(self) -> Path: ...
+    @property
+    def device(self) -> str | None: ...
+    @property
+    def times(self) -> dict[str, float]: ...
+    @property
+    def test(self) -> ArrayDataset: ...
+    def denoiser_path(self, method: str, sigma: float) -> Path: ...
+    def classifier(self, name: str) -> LocalModelAdapter: ...
+    def config(self, epochs: int, lr: float, **extra: Any) -> TrainConfig: ...
+    def train_set(self, crop: int | None, count: int | None = None,
+                  photos: str = "study") -> ArrayDataset: ...  # fmt: skip
 
 
 def train_lever(study: PhotoStudy, lever: Lever, sigma: float) -> None:

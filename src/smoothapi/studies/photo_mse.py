@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ from ..denoisers import create_denoiser, save_denoiser
 from ..denoisers.noise_level import denoise
 from ..errors import InvalidInputError
 from ..training.data import ArrayDataset
-from .fashion_mnist import StageClock
 from ..training.loop import LOG_FILE, TrainConfig, fit
+from .stages import Stages
 
 __all__ = ["CANDIDATES", "MSE_SCALES", "MSEScale", "mse_loss", "psnr", "run_photo_mse"]
 
@@ -152,11 +153,14 @@ def validation_psnr(
     return result
 
 
-class PhotoMSERun:
+class PhotoMSERun(Stages):
     """One run in ``out``: data, stages (skipped when their marker exists) and report."""
 
+    prefix = "[photo-mse]"
+
     def __init__(self, scale: MSEScale, out: Path, device: str | None = None) -> None:
-        self.scale, self.out, self.device = scale, out, device
+        super().__init__(out)
+        self.scale, self.device = scale, device
         val_names = set(scale.val_photos)
         chosen = [p for p in photo_data.available_photos("train" if scale.train_photos is None
                                                          else None)  # fmt: skip
@@ -178,21 +182,6 @@ class PhotoMSERun:
         return ArrayDataset(tiles.transpose(0, 2, 3, 1), np.zeros(len(tiles), np.int64))
 
     # --- stages ------------------------------------------------------------------------
-
-    def stage(self, name: str, work: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
-        marker = self.out / "stages" / f"{name.replace(':', '_')}.json"
-        if marker.exists():
-            return json.loads(marker.read_text())
-        print(f"[photo-mse] {name} ...", flush=True)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        with StageClock(marker.with_suffix(".running")) as clock:
-            result = work() or {}
-        record = {"stage": name, "seconds": round(clock.seconds(), 1), **result}
-        if clock.runs > 1:
-            record["runs"] = clock.runs
-        marker.write_text(json.dumps(record, indent=1))
-        print(f"[photo-mse] {name} done in {record['seconds']:.0f} s", flush=True)
-        return record
 
     def config(self, epochs: int, lr_step: int) -> TrainConfig:
         return TrainConfig(epochs=epochs, batch_size=self.scale.batch_size, lr=self.scale.lr,
@@ -244,15 +233,21 @@ class PhotoMSERun:
         s = self.scale
         (self.out / "scale.json").parent.mkdir(parents=True, exist_ok=True)
         (self.out / "scale.json").write_text(json.dumps(asdict(s), indent=1))
-        results = [self.stage(f"bakeoff:{name}", lambda n=name: self.bakeoff(n))
-                   for name in s.candidates]  # fmt: skip
-        key = f"psnr@{CHOOSE_SIGMA:g}"
-        choice = self.stage("choice", lambda: {"chosen": max(results, key=lambda r: r[key])
-                                               ["candidate"]})  # fmt: skip
-        name = choice["chosen"]
-        self.stage("mse", lambda: {"candidate": name, "epochs": len(
-            self.train(name, self.out / "mse", s.epochs, s.lr_step, None, self.save(name)))})
+        found = [self.stage(f"bakeoff:{name}", partial(self.bakeoff, name), keep=True)
+                 for name in s.candidates]  # fmt: skip
+        results = [r for r in found if r is not None]
+        if len(results) < len(found):  # some left out by --only
+            return
+        best = max(results, key=lambda r: r[f"psnr@{CHOOSE_SIGMA:g}"])
+        choice = self.stage("choice", lambda: {"chosen": best["candidate"]}, keep=True)
+        name = choice["chosen"] if choice else best["candidate"]
+        self.stage("mse", partial(self.long, name), keep=True)
         self.report(results, name)
+
+    def long(self, name: str) -> dict[str, Any]:
+        s = self.scale
+        history = self.train(name, self.out / "mse", s.epochs, s.lr_step, None, self.save(name))
+        return {"candidate": name, "epochs": len(history)}
 
     # --- report ------------------------------------------------------------------------
 

@@ -1,0 +1,103 @@
+"""Stages that resume: a marker per finished stage, and a clock that survives kills.
+
+A study is a sequence of named stages. :meth:`Stages.stage` runs one unless its marker
+``OUT/stages/NAME.json`` exists (``@`` in a name becomes ``_at_`` in the file name), and
+writes the marker when it finishes, with its wall time summed over every run
+(:class:`StageClock`) and whatever the stage returned. Commit the markers (and the
+``.running`` clock files) and a fresh clone resumes where the last machine stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StageClock", "Stages"]
+
+
+class StageClock:
+    """A stage's wall time across kills and resumes: the seconds of earlier runs are kept
+    in ``path`` (rewritten every ``every`` seconds while the stage runs, so a killed run
+    loses at most that), added to this run's, and the file is removed when the stage
+    finishes. Commit it with the stage markers and a fresh clone keeps counting."""
+
+    def __init__(self, path: Path, every: float = 15.0) -> None:
+        self.path, self.every = path, every
+        earlier = json.loads(path.read_text()) if path.exists() else {}
+        self.before, self.runs = float(earlier.get("seconds", 0.0)), earlier.get("runs", 0) + 1
+        self._started = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, daemon=True, name="stage-clock")
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self._started
+
+    def _write(self) -> None:
+        partial = self.path.with_suffix(".tmp")
+        partial.write_text(json.dumps({"seconds": round(self.seconds(), 1), "runs": self.runs}))
+        partial.replace(self.path)
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> StageClock:
+        self._started = time.perf_counter()
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if kind is None:
+            self.path.unlink(missing_ok=True)
+        else:  # Ctrl-C or a failure: the next run adds on
+            self._write()
+
+
+class Stages:
+    """The stages of one run in ``out``: run, skip when done, and time them."""
+
+    #: Run only stages whose names contain one of these (``--only``); None: all of them.
+    only: tuple[str, ...] | None = None
+    #: How progress lines start.
+    prefix = "[experiment]"
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.times: dict[str, float] = {}  # stage -> seconds, finished stages only
+
+    def marker(self, name: str) -> Path:
+        return self.out / "stages" / f"{name.replace('@', '_at_')}.json"
+
+    def stage(self, name: str, work: Callable[[], object],
+              keep: bool = False) -> dict[str, Any] | None:  # fmt: skip
+        """Run stage ``name`` unless its marker exists; returns the marker's record (the
+        stage's seconds and, with ``keep``, the items of the dict ``work`` returned), or
+        ``None`` for a stage left out by :attr:`only`."""
+        marker = self.marker(name)
+        if marker.exists():
+            record: dict[str, Any] = json.loads(marker.read_text())
+            self.times[name] = record["seconds"]
+            return record
+        if self.only is not None and not any(part in name for part in self.only):
+            return None
+        print(f"{self.prefix} {name} ...", flush=True)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        with StageClock(marker.with_suffix(".running")) as clock:
+            result = work()
+        seconds = round(clock.seconds(), 1)
+        record = {"stage": name, "seconds": seconds}
+        if clock.runs > 1:  # killed and resumed: the seconds are every run's together
+            record["runs"] = clock.runs
+        if keep and isinstance(result, dict):
+            record.update(result)
+        marker.write_text(json.dumps(record))
+        self.times[name] = seconds
+        print(f"{self.prefix} {name} done in {seconds:.0f} s", flush=True)
+        return record
