@@ -14,6 +14,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from ._images import IMAGE_EXTENSIONS, load_image
 from .errors import InvalidInputError
@@ -63,7 +64,9 @@ def _candidates(root: Path, extensions: frozenset[str]) -> list[tuple[Path, str,
         is_file = path.is_file() or (path.is_symlink() and not path.exists())
         return is_file and path.suffix.lower() in extensions and not path.name.startswith(".")
 
-    found = [(p, p.name, None) for p in root.iterdir() if named_like_image(p)]
+    found: list[tuple[Path, str, str | None]] = [
+        (p, p.name, None) for p in root.iterdir() if named_like_image(p)
+    ]
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in folder.rglob("*"):
             relative = path.relative_to(root)
@@ -82,7 +85,8 @@ def _read(path: Path, name: str, label: str | None) -> ImageFile | Unreadable:
         except InvalidInputError as exc:
             return Unreadable(path, name, str(exc).splitlines()[0])
     notes = tuple(str(w.message) for w in caught)
-    return ImageFile(path, name, label, tuple(image.shape), notes)  # type: ignore[arg-type]
+    shape = cast(tuple[int, int, int], tuple(image.shape))  # load_image gives (C, H, W)
+    return ImageFile(path, name, label, shape, notes)
 
 
 def scan_images(
@@ -101,6 +105,7 @@ def scan_images(
         raise InvalidInputError(f"images path is a broken symbolic link: {root}")
     if not root.exists():
         raise InvalidInputError(f"images path not found: {root}")
+    candidates: list[tuple[Path, str, str | None]]
     if root.is_file():
         candidates = [(root, root.name, None)]
     elif root.is_dir():
@@ -114,5 +119,8 @@ def scan_images(
     scan = ImageScan()
     for path, name, label in sorted(candidates, key=lambda c: natural_key(c[1])):
         outcome = _read(path, name, label)
-        (scan.readable if isinstance(outcome, ImageFile) else scan.unreadable).append(outcome)
+        if isinstance(outcome, ImageFile):
+            scan.readable.append(outcome)
+        else:
+            scan.unreadable.append(outcome)
     return scan

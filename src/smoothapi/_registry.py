@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .errors import InvalidInputError
 
@@ -37,5 +37,5 @@ class Registry(Generic[T]):
             ) from None
         built = factory(**kwargs)
         # Remember how it was built, so a checkpoint can rebuild it from metadata alone.
-        built.arch_config = {"arch": name, "kwargs": dict(kwargs)}
+        cast(Any, built).arch_config = {"arch": name, "kwargs": dict(kwargs)}
         return built

@@ -110,7 +110,9 @@ def _indices(rows: Sequence[Mapping[str, object]]) -> np.ndarray | None:
         return None
 
 
-def certified_accuracy(log: CertificationLog, radii: Sequence[float] = DEFAULT_RADII) -> np.ndarray:
+def certified_accuracy(
+    log: CertificationLog, radii: Sequence[float] | np.ndarray = DEFAULT_RADII
+) -> np.ndarray:
     """Share of images certified correctly at each radius (``radius >= r``)."""
     if len(log) == 0:
         raise InvalidInputError(f"{log.name}: empty log")

@@ -21,6 +21,7 @@ import weakref
 from collections import Counter
 from collections.abc import (
     AsyncIterator,
+    Awaitable,
     Callable,
     Coroutine,
     Iterable,
@@ -449,7 +450,7 @@ def _interrupted(stats: ClientStats | None) -> Interrupted:
     )
 
 
-def _run_here(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T],
+def _run_here(loop: asyncio.AbstractEventLoop, coroutine: Awaitable[T],
               stats: ClientStats | None) -> T:  # fmt: skip
     """Run ``coroutine`` on ``loop`` in this thread, Ctrl-C cancelling it cleanly."""
     task = asyncio.ensure_future(coroutine, loop=loop)
@@ -462,7 +463,7 @@ def _run_here(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]
             raise
 
 
-def _run_in_thread(coroutine: Coroutine[Any, Any, T], stats: ClientStats | None) -> T:
+def _run_in_thread(coroutine: Awaitable[T], stats: ClientStats | None) -> T:
     """Run ``coroutine`` on a fresh loop in a worker thread; this thread waits, and its
     Ctrl-C cancels the worker's task cleanly."""
     loop = asyncio.new_event_loop()
@@ -529,7 +530,7 @@ class SyncBridge:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def run(self, coroutine: Awaitable[T]) -> T:
         """Run ``coroutine`` to completion; inside a running loop (a notebook) it runs on a
         fresh loop in a worker thread, and the adapter's clients for it are closed after."""
         with self._lock:
@@ -542,7 +543,7 @@ class SyncBridge:
                 return _run_here(self.loop, coroutine, self.stats)
             return _run_in_thread(self._scoped(coroutine), self.stats)
 
-    async def _scoped(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    async def _scoped(self, coroutine: Awaitable[T]) -> T:
         try:
             return await coroutine
         finally:

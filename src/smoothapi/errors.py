@@ -150,6 +150,9 @@ class ProviderError(SmoothAPIError):
 
     retryable = False
     possibly_billed = False
+    #: On a per-image error of a batch response only: that image's index in the batch
+    #: (set by the remote adapters; absent on other errors).
+    image_index: int
 
     def __init__(
         self,

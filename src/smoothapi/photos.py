@@ -30,6 +30,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -160,7 +161,7 @@ PHOTOS: tuple[Photo, ...] = (
 )
 
 #: Training photos held out whole as the validation split of the photo denoisers
-#: (:mod:`smoothapi.training.photo_mse`): epochs, sizes and levers are chosen on these,
+#: (:mod:`smoothapi.studies.photo_mse`): epochs, sizes and levers are chosen on these,
 #: never on the test photos. Every other "train" photo may be trained on.
 VALIDATION_PHOTOS = ("mate-ladybird", "mate-storm", "plasma-kite", "lomiri-bridge",
                      "lomiri-wine")  # fmt: skip
@@ -239,7 +240,8 @@ def manifest(photos: Sequence[Photo]) -> list[dict[str, str]]:
             "file": p.file,
             "licence": p.licence,
             "split": p.split,
-            "sha256": _sha256(photo_path(p)),
+            # manifest() is for available photos, whose file exists (see available_photos)
+            "sha256": _sha256(cast(Path, photo_path(p))),
         }
         for p in photos
     ]

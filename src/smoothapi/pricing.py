@@ -88,6 +88,6 @@ def plan_run(
         )
     queries = images * (n0 + n)
     plan = f"{images} image(s) x {n0 + n} queries = {queries:,} queries"
-    if provider in prices:
+    if provider is not None and provider in prices:
         plan += f", about ${estimate_cost(provider, queries, prices):,.2f} ({provider})"
     return plan + f"; best possible radius {best:.3f}"

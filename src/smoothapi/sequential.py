@@ -82,8 +82,8 @@ BETA_PRIOR = (1.0, 0.7)
 
 
 def log_mixture_upper(
-    k: np.ndarray,
-    t: np.ndarray,
+    k: np.ndarray | int,
+    t: np.ndarray | int,
     p_star: float,
     point_mass: float = POINT_MASS,
     prior: tuple[float, float] = BETA_PRIOR,
@@ -129,7 +129,7 @@ def _tangent_bound(k: np.ndarray, t: np.ndarray, p_star: float, upper: bool) -> 
         return np.minimum(0.0, -np.log(slope * width))
 
 
-def log_mixture_lower(k: np.ndarray, t: np.ndarray, p_star: float) -> np.ndarray:
+def log_mixture_lower(k: np.ndarray | int, t: np.ndarray | int, p_star: float) -> np.ndarray:
     """``log M'_t``: uniform prior on ``[0, p*]`` against ``p*`` (the futility statistic).
 
     ``M'_t = (1/p*) * int_0^{p*} (p/p*)^k ((1-p)/(1-p*))^(t-k) dp``. Where the regularised

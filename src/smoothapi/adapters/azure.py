@@ -80,8 +80,12 @@ def _codes_and_message(body: Any) -> tuple[list[str], str]:
             return [], text.strip()[:200]
     if not isinstance(body, Mapping):
         return [], ""
-    error = body.get("error") if isinstance(body.get("error"), Mapping) else body
-    inner = error.get("innererror") if isinstance(error.get("innererror"), Mapping) else {}
+    error = body.get("error")
+    if not isinstance(error, Mapping):
+        error = body
+    inner = error.get("innererror")
+    if not isinstance(inner, Mapping):
+        inner = {}
     codes = [str(c) for c in (error.get("code"), inner.get("code")) if c]
     message = str(inner.get("message") or error.get("message") or "")
     return codes, message

@@ -93,8 +93,9 @@ def fit_size(
     scale = low if low > 1 else min(1.0, high)
     if scale == 1.0:
         return width, height
-    lo_side, hi_side = limits.min_side, limits.max_side or math.inf
-    size = [min(hi_side, max(lo_side, round(side * scale))) for side in (width, height)]
+    size = [max(limits.min_side, round(side * scale)) for side in (width, height)]
+    if limits.max_side:
+        size = [min(limits.max_side, side) for side in size]
     while limits.max_pixels and size[0] * size[1] > limits.max_pixels:
         index = 0 if size[0] >= size[1] else 1  # trim the long side (rounding only)
         size[index] -= 1

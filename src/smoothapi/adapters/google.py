@@ -312,7 +312,7 @@ class GoogleVisionAdapter(RemoteAdapter):
 
     async def _annotate(self, client: Any, request: Any) -> Any:
         """One ``batch_annotate_images`` call; every failure mapped to a ProviderError."""
-        metadata = ()
+        metadata: tuple[tuple[str, str], ...] = ()
         if self.insecure and self._api_key and not callable(self._client):
             metadata = (("x-goog-api-key", self._api_key),)
         try:
@@ -335,10 +335,10 @@ class GoogleVisionAdapter(RemoteAdapter):
                 f"{type(exc).__name__}: could not get a token for the credentials",
                 provider=self.name,
             )
-        code = getattr(exc, "code", None)
-        if callable(code) and callable(getattr(exc, "details", None)):  # a raw grpc.RpcError
+        code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+        if callable(code) and callable(details):  # a raw grpc.RpcError
             value = getattr(code(), "value", (None,))
-            return map_error(value[0], str(exc.details() or ""), provider=self.name)
+            return map_error(value[0], str(details() or ""), provider=self.name)
         return super().map_exception(exc)
 
     async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:

@@ -191,7 +191,7 @@ class HTTPAdapter(RemoteAdapter):
     def request_params(self) -> dict[str, Any]:
         return {"url": self.url, "send": self.send, "field": self.field, "extra": self.json_extra}
 
-    def parse(self, raw: Mapping[str, Any]) -> Ranked:  # type: ignore[override]
+    def parse(self, raw: Mapping[str, Any]) -> Ranked:  # type: ignore[override]  # per-instance layout
         try:
             found = _at(raw, self.labels_path)
         except (KeyError, IndexError, TypeError):

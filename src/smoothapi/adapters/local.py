@@ -59,6 +59,7 @@ class LocalModelAdapter(Adapter):
         self.device = torch.device(device)
         self.module.to(self.device)
         if self.mean is not None:
+            assert self.std is not None  # __init__ sets mean and std together
             self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
         return self
 
@@ -69,6 +70,7 @@ class LocalModelAdapter(Adapter):
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
         try:
             if self.mean is not None:
+                assert self.std is not None  # __init__ sets mean and std together
                 x = (x - self.mean) / self.std
             return self.module(as_module_input(self.module, x)).float()
         except torch.cuda.OutOfMemoryError:

@@ -43,7 +43,7 @@ import inspect
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -245,8 +245,8 @@ class RemoteAdapter(Adapter):
             error.__cause__ = safe_cause(error.__cause__)
             raise
         except Exception as exc:  # an SDK or transport exception: typed, cause scrubbed
-            error = self.map_exception(exc)
-            raise error from safe_cause(exc)
+            mapped = self.map_exception(exc)
+            raise mapped from safe_cause(exc)
         if len(responses) != len(images):
             raise ServerError(
                 f"sent {len(images)} images, got {len(responses)} responses", provider=self.name
@@ -255,6 +255,7 @@ class RemoteAdapter(Adapter):
             if not isinstance(response, ProviderError):
                 self._check_shape(response)
         if self.recording is not None:
+            assert key is not None  # computed above whenever there is a recording
             self.recording.store(key, self.name, responses)
         return responses
 
@@ -302,7 +303,7 @@ class RemoteAdapter(Adapter):
         for result in results:
             if isinstance(result, ProviderError):
                 raise result
-        return results  # type: ignore[return-value]
+        return cast(list[Ranked], results)  # every ProviderError was raised above
 
     async def ascored_or_errors(
         self, images: torch.Tensor

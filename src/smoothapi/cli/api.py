@@ -259,7 +259,7 @@ class ApiImages(Sequence):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
+    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]  # no slices
         image = load_image(self.paths[index])
         if self.channels == 3 and image.shape[0] == 1:
             image = image.expand(3, -1, -1).contiguous()
@@ -400,7 +400,7 @@ def _write_rows(args, certify, smoothed, images, entries, out, cost) -> None:
         radius = args.radius
         if radius is not None:
             options.update(radius=radius, selection=args.selection, target_radius=radius)
-        columns = CERTIFY_COLUMNS if radius is None else RADIUS_COLUMNS
+        columns: tuple[str, ...] = CERTIFY_COLUMNS if radius is None else RADIUS_COLUMNS
         outcomes = certify_many(smoothed, images, args.n0, args.n, args.alpha, **options)
     else:
         columns = PREDICT_COLUMNS

@@ -43,9 +43,7 @@ from ..analysis import (
     plot_curves,
     read_log,
 )
-from .api import add_api_options, check_local_options, resolve_counts, run_api
 from ..certification import check_alpha, check_count, check_sigma
-from .demo import run_demo, run_denoised_demo
 from ..denoisers import load_denoiser
 from ..errors import Interrupted, InvalidInputError, SmoothAPIError
 from ..runs import (
@@ -59,6 +57,8 @@ from ..runs import (
     write_log,
 )
 from ..smoothing import DEFAULT_BATCH_SIZE, SmoothedClassifier
+from .api import add_api_options, check_local_options, resolve_counts, run_api
+from .demo import run_demo, run_denoised_demo
 from .training import add_training_commands
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageEntry", "find_images", "main"]
@@ -221,7 +221,7 @@ class _LazyImages(Sequence):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
+    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]  # no slices
         return _load(self.entries[index].path)
 
 

@@ -109,7 +109,7 @@ def run_photo_demo(
                 label = str(cert.label)[:18]
                 verdict = "abstain" if cert.abstained else f"{label} {cert.radius:.2f}"
                 cells.append(f"{verdict:>24} {time.perf_counter() - started:4.0f}s")
-            print(f"{name:<14} {answer[:22]:<22}" + "".join(cells), file=out)
+            print(f"{name:<14} {str(answer)[:22]:<22}" + "".join(cells), file=out)
         for smoothed in smoothers.values():
             smoothed.close()
     noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))

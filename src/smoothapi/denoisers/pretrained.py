@@ -54,7 +54,7 @@ _SHIPPED = (
 
 
 def _file(entry: PretrainedDenoiser) -> Path:
-    return Path(str(resources.files("smoothapi").joinpath("data", entry.file)))
+    return Path(str(resources.files("smoothapi").joinpath("data").joinpath(entry.file)))
 
 
 def pretrained_denoisers() -> dict[str, PretrainedDenoiser]:

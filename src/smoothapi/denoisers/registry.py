@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -146,7 +146,8 @@ def load_denoiser(
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{path}: malformed architecture kwargs {kwargs!r}")
     try:
-        model = create_denoiser(arch, **kwargs)
+        # A name that is not a str is rejected by the registry (CheckpointError below).
+        model = create_denoiser(cast(str, arch), **kwargs)
     except InvalidInputError as exc:
         raise CheckpointError(f"{path}: cannot rebuild denoiser {arch!r}: {exc}") from exc
     except TypeError as exc:
@@ -161,9 +162,10 @@ def load_denoiser(
     model = model.to(memory_format=torch.channels_last)
     if dtype is not None:
         model = model.to(_float_dtype(dtype))
-    model.checkpoint_metadata = meta
+    # Plain attributes on the module (nn.Module.__setattr__ is typed for tensors and modules).
+    cast(Any, model).checkpoint_metadata = meta
     if hasattr(model, "noise_level"):  # noise-level aware: model(x) assumes the stored sigma
-        model.noise_level = meta.get("sigma")
+        cast(Any, model).noise_level = meta.get("sigma")
     return model
 
 

@@ -302,6 +302,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     if name == "fashion-mnist":
         return ArrayDataset(*load_fashion_mnist(split, root=root), classes=FASHION_MNIST_CLASSES)
     if name == "cifar10":
+        assert root is not None  # checked above
         return ArrayDataset(*load_cifar10(root, split), classes=CIFAR10_CLASSES)
     if name == "digits":
         full = ArrayDataset(*load_digits_images(), classes=[str(d) for d in range(10)])
@@ -309,5 +310,6 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         n_train = round(0.8 * len(full))
         indices = order[:n_train] if split == "train" else order[n_train:]
         return Subset(full, sorted(indices.tolist()))
+    assert root is not None  # "imagefolder" needs root, checked above
     folder = Path(root) / split
     return load_image_folder(folder if folder.is_dir() else root)

@@ -259,7 +259,8 @@ def fit(
     rank, world = _distributed()
     precision = _Precision.of(config)
     device, cuda = precision.device, precision.device.type == "cuda"
-    model.to(device=device, memory_format=precision.memory_format)
+    model.to(device)
+    model.to(memory_format=precision.memory_format)
     fp16 = precision.use_amp and precision.amp_dtype == torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     out_dir = Path(out_dir)
@@ -270,7 +271,7 @@ def fit(
     trained = model
     if world > 1:
         trained = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
     )
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,

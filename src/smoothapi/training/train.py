@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ def psnr(images: torch.Tensor, clean: torch.Tensor) -> float:
 
 def _held_out(test_set: Dataset, size: int, sigma: float, seed: int):
     """The first ``size`` test items, with one fixed noise draw so epochs are comparable."""
-    items = [test_set[i] for i in range(min(size, len(test_set)))]
+    items = [test_set[i] for i in range(min(size, len(cast(Sized, test_set))))]
     clean = torch.stack([image for image, _ in items])
     labels = torch.tensor([int(label) for _, label in items])
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
@@ -162,6 +162,9 @@ def train_denoiser(
 
 
 class _Normalize(nn.Module):
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1))

@@ -21,6 +21,7 @@ import importlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -86,6 +87,7 @@ def weights_path(name: str) -> Path:
         module = importlib.import_module(weights.module)
     except ImportError:
         raise MissingDependencyError(weights.package, "imagenet") from None
+    assert module.__file__ is not None  # a regular package (it ships its weight files)
     models = Path(module.__file__).parent / "models"
     found = sorted(models.glob(f"{name.replace('_', '-')}-*.pth"))
     if not found:
@@ -154,8 +156,8 @@ def load_classifier(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         class_names=imagenet_classes(),
-        input_size=tuple(size) if resize else None,
+        input_size=(size[0], size[1]) if resize else None,
         device=device or "cpu",
     )
-    adapter.zoo_name = name
+    cast(Any, adapter).zoo_name = name  # an extra attribute: which zoo model this is
     return adapter

@@ -37,7 +37,11 @@ _STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-_BN = {"momentum": 0.01, "eps": 1e-3}  # TensorFlow's decay 0.99, epsilon 1e-3
+_BN_MOMENTUM, _BN_EPS = 0.01, 1e-3  # TensorFlow's decay 0.99, epsilon 1e-3
+
+
+def _batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, momentum=_BN_MOMENTUM, eps=_BN_EPS)
 
 
 def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
@@ -74,13 +78,13 @@ class MBConv(nn.Module):
         hidden = c_in * expand
         if expand != 1:
             self._expand_conv = SameConv2d(c_in, hidden, 1, bias=False)
-            self._bn0 = nn.BatchNorm2d(hidden, **_BN)
+            self._bn0 = _batch_norm(hidden)
         self._depthwise_conv = SameConv2d(
             hidden, hidden, kernel, stride=stride, groups=hidden, bias=False
         )
-        self._bn1 = nn.BatchNorm2d(hidden, **_BN)
+        self._bn1 = _batch_norm(hidden)
         self._project_conv = SameConv2d(hidden, c_out, 1, bias=False)
-        self._bn2 = nn.BatchNorm2d(c_out, **_BN)
+        self._bn2 = _batch_norm(c_out)
         self.expand = expand != 1
         self.residual = stride == 1 and c_in == c_out
 
@@ -109,7 +113,7 @@ class EfficientNetLite(nn.Module):
     ) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        self._bn0 = _batch_norm(32)
         blocks = []
         last = len(_STAGES) - 1
         for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(_STAGES):
@@ -125,7 +129,7 @@ class EfficientNetLite(nn.Module):
                 )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(c_out, 1280, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._bn1 = _batch_norm(1280)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
         self.drop_connect = drop_connect
