@@ -14,11 +14,19 @@ from __future__ import annotations
 import asyncio
 import csv
 import datetime
-import functools
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    Sized,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -152,7 +160,7 @@ def _json_label(label: Any) -> Any:
     return label if label is None or isinstance(label, (str, int, float, bool)) else str(label)
 
 
-def _counts(counts: dict) -> dict[str, int]:
+def _counts(counts: Mapping[Any, int]) -> dict[str, int]:
     """Label -> count with string keys (``None``, "no label", becomes ``"None"``), largest first."""
     ranked = sorted(counts.items(), key=lambda item: -item[1])
     return {str(label): int(count) for label, count in ranked}
@@ -405,7 +413,7 @@ async def _each_image(
 
 
 def _length(images: Iterable[ImageLike]) -> int | None:
-    return len(images) if hasattr(images, "__len__") else None  # type: ignore[arg-type]
+    return len(images) if isinstance(images, Sized) else None
 
 
 def _caps(
@@ -446,18 +454,3 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _facade_method(function: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(function)
-    def method(self: SmoothedClassifier, images: Iterable[ImageLike], *args: Any, **options: Any):
-        return function(self, images, *args, **options)
-
-    return method
-
-
-# ``smoothed.certify_many(images, ...)`` and ``smoothed.acertify_many(...)``: the facade's
-# names for the loop above. They are attached here, by the dataset layer, so that
-# smoothing.py (a lower layer) never imports this module.
-SmoothedClassifier.certify_many = _facade_method(certify_many)  # type: ignore[attr-defined]
-SmoothedClassifier.acertify_many = _facade_method(acertify_many)  # type: ignore[attr-defined]

@@ -18,8 +18,8 @@ import json
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 
@@ -55,6 +55,9 @@ from .errors import InvalidInputError, UsageError
 from .journal import Journal, JournalRun
 from .sampling import NOISE_SCHEME, ImageKey, Phase, Sampler
 from .sequential import Outcome, RadiusCertification, SequentialTest
+
+if TYPE_CHECKING:  # smoothapi.runs imports this module at load, never the reverse
+    from .runs import ImageOutcome
 
 __all__ = ["ClientStats", "RateLimits", "RetryPolicy", "SmoothedClassifier"]
 
@@ -174,7 +177,10 @@ class SmoothedClassifier(_Closing):
         seed = check_seed(seed)
         self.seed = secrets.randbits(63) if seed is None else seed
         self._owns_journal = journal is not None and not isinstance(journal, Journal)
-        self.journal = Journal(journal) if self._owns_journal else journal
+        if journal is None or isinstance(journal, Journal):
+            self.journal: Journal | None = journal
+        else:
+            self.journal = Journal(journal)
         self.sampler = Sampler(self.sigma, self.seed, self.device, self.denoiser, self.batch_size)
         self.dispatcher = Dispatcher(adapter, self.batch_size, retry, limits)
         self.retry = retry
@@ -234,6 +240,20 @@ class SmoothedClassifier(_Closing):
         key = self._attempts.begin(x, image_id, {"method": "predict", "n": n, "alpha": alpha})
         prediction = predict_counts(await self._counts(x, key, Phase.PREDICTION, n), alpha)
         return self._attempts.finish(key, prediction)
+
+    @overload
+    def certify(
+        self, image: ImageLike, n0: int = ..., n: int = ..., alpha: float = ..., *,
+        radius: None = None, selection: str | Adapter = ..., futility: bool | float = ...,
+        budget: int | None = ..., image_id: str | None = ...,
+    ) -> Certification: ...
+
+    @overload
+    def certify(
+        self, image: ImageLike, n0: int = ..., n: int = ..., alpha: float = ..., *,
+        radius: float, selection: str | Adapter = ..., futility: bool | float = ...,
+        budget: int | None = ..., image_id: str | None = ...,
+    ) -> RadiusCertification: ...
 
     def certify(
         self,
@@ -385,6 +405,37 @@ class SmoothedClassifier(_Closing):
             candidate=candidate, counts=dict(counts), selection_queries=selection_queries,
             estimation_queries=evaluated, max_n=n,
         ))  # fmt: skip
+
+    # --- many images: the dataset layer (smoothapi.runs), imported when first used ---------
+
+    def certify_many(
+        self,
+        images: Iterable[ImageLike],
+        n0: int = 100,
+        n: int = 10_000,
+        alpha: float = 0.001,
+        **options: Any,
+    ) -> Iterator[ImageOutcome]:
+        """Certify a stream of images, yielding one :class:`~smoothapi.runs.ImageOutcome`
+        each, in order: :func:`smoothapi.runs.certify_many` (its options: budgets, radius
+        mode, sharding, progress) with this classifier."""
+        from . import runs  # built on this module, so imported only when called
+
+        return runs.certify_many(self, images, n0, n, alpha, **options)
+
+    def acertify_many(
+        self,
+        images: Iterable[ImageLike],
+        n0: int = 100,
+        n: int = 10_000,
+        alpha: float = 0.001,
+        **options: Any,
+    ) -> AsyncIterator[ImageOutcome]:
+        """:meth:`certify_many` for async code: ``async for outcome in ...``
+        (:func:`smoothapi.runs.acertify_many`)."""
+        from . import runs  # built on this module, so imported only when called
+
+        return runs.acertify_many(self, images, n0, n, alpha, **options)
 
     async def _sequential_counts(
         self, x: torch.Tensor, key: ImageKey, candidate: Label, test: SequentialTest
