@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-photos test bench experiments photos photo-study photo-study-snapshot clean
+.PHONY: demo demo-photos test bench experiments photos photo-study photo-study-snapshot photo-mse clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ demo: $(STAMP)
 demo-photos: $(STAMP)
 	$(BIN)/smoothapi demo --photos --out photo_demo.png
 
+# Types (mypy over src/, settings in pyproject.toml) and lint first, then the tests.
 # pytest exits 5 when it collected no tests: that is a failure too.
 test: $(STAMP)
+	$(BIN)/python -m mypy
+	$(BIN)/python -m ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest ran no tests" >&2; fi; exit $$rc
 
@@ -52,6 +55,11 @@ $(PHOTO_STAMP):
 # The natural-photo study (hours on 2 CPU cores; resumes where it stopped).
 photo-study: $(STAMP) photos
 	$(BIN)/smoothapi experiment natural-photos --out results/natural-photos
+
+# The noise-level-aware photo MSE denoiser: a bake-off of architectures, then hours of
+# training of the best on validation photos (resumes where it stopped; see its README).
+photo-mse: $(STAMP) photos
+	$(BIN)/smoothapi experiment photo-mse --out results/photo-mse
 
 # Before a machine goes away: gzipped copies of unfinished certifications' journals, to
 # commit; `make photo-study` on the next machine resumes from them.

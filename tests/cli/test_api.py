@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from smoothapi.cli import api as api_cli
 from smoothapi.certification import max_certifiable_radius
+from smoothapi.cli import api as api_cli
 from smoothapi.cli import main
 from smoothapi.pricing import PRICES
 from smoothapi.testing import LoopbackProvider

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from smoothapi.cli import photo_demo
-from smoothapi.cli import main
+from smoothapi.cli import main, photo_demo
 
 pytest.importorskip("skimage.data")
 

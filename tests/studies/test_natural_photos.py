@@ -105,12 +105,50 @@ def test_denoisers_record_how_they_were_trained(study):
     assert full.checkpoint_metadata["surrogates"] == ["target"]
 
 
-def test_rerun_skips_finished_stages(study):
+def test_rerun_skips_finished_stages_and_says_it_only_rewrote_the_report(study, capsys):
     markers = {p.name: p.read_text() for p in (study / "stages").iterdir()}
     logs = {p.name: p.read_bytes() for p in (study / "logs").iterdir()}
+    capsys.readouterr()
     run_photo_study("tiny", study, device="cpu")
     assert {p.name: p.read_text() for p in (study / "stages").iterdir()} == markers
     assert {p.name: p.read_bytes() for p in (study / "logs").iterdir()} == logs
+    said = capsys.readouterr().out
+    assert "only the report was rewritten" in said and "new --out" in said
+
+
+def test_fresh_refuses_a_folder_with_finished_stages_before_loading_anything(study, monkeypatch):
+    from smoothapi.errors import InvalidInputError
+    from smoothapi.studies import natural_photos
+
+    def never(*args, **kwargs):
+        raise AssertionError("the study was loaded")
+
+    monkeypatch.setattr(natural_photos, "PhotoStudy", never)
+    with pytest.raises(InvalidInputError, match="new --out"):
+        run_photo_study("tiny", study, device="cpu", fresh=True)
+
+
+def test_the_report_says_how_to_reproduce_and_how_long_it_took(study):
+    report = (study / "README.md").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("To reproduce from scratch"))
+    assert "smoothapi experiment natural-photos --scale tiny --out NEW_FOLDER --fresh" in line
+    assert " h of wall time" in line
+
+
+def test_photos_that_differ_from_the_manifest_are_refused(study, tmp_path):
+    import shutil
+
+    from smoothapi.errors import InvalidInputError
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    manifest = json.loads((study / "manifest.json").read_text())
+    manifest["photos"][0]["sha256"] = "0" * 64  # as if another version of the file
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidInputError, match=manifest["photos"][0]["name"]):
+        PhotoStudy(PHOTO_SCALES["tiny"], copy, "cpu")
+    shutil.copy(study / "manifest.json", copy / "manifest.json")
+    PhotoStudy(PHOTO_SCALES["tiny"], copy, "cpu")  # the same files: accepted
 
 
 def test_levers_are_trained_diagnosed_and_the_best_certified_through_the_api(study):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -14,8 +15,8 @@ from ..adapters.local import LocalModelAdapter
 from ..classifiers import create_classifier, list_classifiers
 from ..denoisers import create_denoiser, list_denoisers, load_denoiser
 from ..errors import InvalidInputError
+from ..studies.fashion_mnist import run_experiment
 from ..training.data import DATASET_NAMES, load_dataset
-from ..studies.fashion_mnist import SCALES, run_experiment
 from ..training.loop import OPTIMIZERS, TrainConfig
 from ..training.objectives import GUIDANCE_MODES, OBJECTIVES
 from ..training.train import train_classifier, train_denoiser
@@ -139,7 +140,8 @@ def _classes(dataset: Dataset) -> list[str] | None:
 
 
 def _channel_stats(dataset: Dataset, limit: int = 10_000) -> tuple[list[float], list[float]]:
-    images = torch.stack([dataset[i][0] for i in range(min(limit, len(dataset)))])
+    count = min(limit, len(cast(Sized, dataset)))  # every dataset here has a length
+    images = torch.stack([dataset[i][0] for i in range(count)])
     return images.mean(dim=(0, 2, 3)).tolist(), images.std(dim=(0, 2, 3)).tolist()
 
 
@@ -200,7 +202,7 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
         )
     if args.pretrained:
         denoiser = load_denoiser(args.pretrained)
-        if args.arch_arg or args.arch not in (None, denoiser.arch_config["arch"]):
+        if args.arch_arg or args.arch not in (None, getattr(denoiser, "arch_config", {})["arch"]):
             raise InvalidInputError("--pretrained sets the architecture; drop --arch/--arch-arg")
     else:
         arch = args.arch or "dncnn"
@@ -243,7 +245,9 @@ def _add_model_options(
 
 
 EXPERIMENTS = {"fashion-mnist": "small", "digits": "tiny", "cifar10": "paper",
-               "natural-photos": "small"}
+               "natural-photos": "small", "photo-mse": "small"}
+#: Scales each study knows (checked by the study itself).
+SCALE_NAMES = ("gpu", "paper", "small", "tiny")
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
@@ -255,12 +259,17 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         for path in snapshot_journals(Path(out)):
             print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
         return 0
+    options = {"device": args.device, "only": args.only, "fresh": args.fresh}
     if args.study == "natural-photos":
         from ..studies.natural_photos import run_photo_study
 
-        run_photo_study(scale, out, device=args.device, only=args.only)
+        run_photo_study(scale, out, **options)
+    elif args.study == "photo-mse":
+        from ..studies.photo_mse import run_photo_mse
+
+        run_photo_mse(scale, out, **options)
     else:
-        run_experiment(scale, out, data_root=args.data_root, device=args.device, only=args.only)
+        run_experiment(scale, out, data_root=args.data_root, **options)
     return 0
 
 
@@ -281,12 +290,20 @@ def _add_experiment_command(commands: argparse._SubParsersAction) -> None:
         "are skipped on a rerun. fashion-mnist runs the 'small' scale (2 CPU cores, about "
         "3 hours), digits the 'tiny' one (a minute), cifar10 the 'paper' one (GPUs). "
         "natural-photos is the ImageNet / vision-API setting on real photos (EfficientNet-Lite "
-        "target and surrogates; scales small, tiny and paper; run `make photos` first).",
+        "target and surrogates; scales small, tiny and paper; run `make photos` first); "
+        "photo-mse trains the noise-level-aware photo MSE denoiser for hours (small, gpu, "
+        "tiny). A rerun into a finished --out only rewrites the report; --fresh with a new "
+        "--out runs from scratch.",
     )
     exp.add_argument("study", choices=sorted(EXPERIMENTS))
     exp.add_argument("--out", default=None, help="output folder (default: results/STUDY)")
-    exp.add_argument("--scale", choices=sorted(SCALES), default=None,
-                     help="override the study's default scale")
+    exp.add_argument("--scale", choices=SCALE_NAMES, default=None,
+                     help="override the study's default scale (fashion-mnist: small, tiny, "
+                          "paper; natural-photos: small, tiny, paper; photo-mse: small, gpu, "
+                          "tiny)")
+    exp.add_argument("--fresh", action="store_true",
+                     help="a run from scratch: refuse an --out folder that holds finished "
+                          "stages (a run there would skip them and only rewrite the report)")
     exp.add_argument("--data-root", default=None, help="dataset folder (cifar10 needs it)")
     exp.add_argument("--device", default=None, help="cpu, cuda ... (default: auto)")
     exp.add_argument("--only", default=None, metavar="PART[,PART...]",

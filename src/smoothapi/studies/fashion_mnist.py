@@ -38,6 +38,7 @@ from ..classifiers import create_classifier
 from ..errors import InvalidInputError
 from ..training.data import load_dataset
 from ..training.train import train_classifier
+from .stages import Stages
 from .study import Study, dataset_size
 
 __all__ = ["SCALES", "FashionStudy", "Scale", "run_experiment"]
@@ -182,14 +183,19 @@ def run_experiment(
     data_root: str | None = None,
     device: str | None = None,
     only: tuple[str, ...] | None = None,
+    fresh: bool = False,
 ) -> Path:
     """Run (or resume) the study; returns the output folder. ``only``: run just the
-    stages whose names contain one of these strings (the others are left for later)."""
+    stages whose names contain one of these strings (the others are left for later);
+    ``fresh``: refuse an ``out`` that holds finished stages (a run from scratch)."""
     if scale_name not in SCALES:
         raise InvalidInputError(f"unknown scale {scale_name!r}; known: {', '.join(SCALES)}")
     scale, out = SCALES[scale_name], Path(out)
+    if fresh:
+        Stages(out).require_fresh()
     study = FashionStudy(scale, out, data_root, device)
     study.only = only
+    study.command = f"smoothapi experiment {scale.dataset} --scale {scale_name}"
     train = study.train_classifier
     study.stage("classifier:target", functools.partial(train, "target", scale.target))
     for name, arch in scale.surrogates.items():
@@ -210,5 +216,6 @@ def run_experiment(
     started = time.perf_counter()
     study.report()  # always rewritten: it reflects whatever has finished
     print(f"[experiment] report written to {out} in {time.perf_counter() - started:.0f} s")
+    print(study.closing_line())
     return out
 

@@ -56,6 +56,7 @@ from ..training.loop import fit
 from ..zoo import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 from .photo_levers import Lever, chosen_lever, diagnose, lever_lines, train_lever
 from .snapshots import restore
+from .stages import Stages
 from .study import Study
 
 __all__ = ["PHOTO_SCALES", "PhotoScale", "run_photo_study"]
@@ -230,6 +231,7 @@ class PhotoStudy(Study[PhotoScale]):
         self.test_photos = _chosen(scale.test_photos, "test")
         if {p.name for p in self.train_photos} & {p.name for p in self.test_photos}:
             raise InvalidInputError("a photo may not be in both the train and the test split")
+        self.check_photos()
         train_images = [photo_data.load_photo(p) for p in self.train_photos]
         crops = photo_data.train_crops(train_images, scale.train_count, scale.size, seed=0)
         self.train = ArrayDataset(crops.transpose(0, 2, 3, 1), np.zeros(len(crops), np.int64))
@@ -414,6 +416,23 @@ class PhotoStudy(Study[PhotoScale]):
         rest = [k for k in range(len(self.where)) if k not in firsts]
         return (firsts + rest)[:count]
 
+    def check_photos(self) -> None:
+        """When ``OUT/manifest.json`` exists (a study under way or finished), the photos on
+        this machine must be the very files it lists: the same SHA-256, or the study's
+        stages would mix results from other pictures."""
+        path = self.out / "manifest.json"
+        if not path.exists():
+            return
+        recorded = {e["name"]: e["sha256"] for e in json.loads(path.read_text())["photos"]}
+        here = photo_data.manifest([*self.train_photos, *self.test_photos])
+        differ = [e["name"] for e in here if recorded.get(e["name"], e["sha256"]) != e["sha256"]]
+        if differ:
+            raise InvalidInputError(
+                f"{len(differ)} photos on this machine differ from the files {path} lists "
+                f"(SHA-256): {', '.join(differ)}; this study's results came from those files. "
+                "Unpack the package versions it names, or give a new --out folder"
+            )
+
     def write_manifest(self) -> None:
         # The split as this study used it (the tiny scale splits the held-out photos).
         lever_only = []  # photos only a lever trains on ("lever-train")
@@ -479,15 +498,19 @@ class PhotoStudy(Study[PhotoScale]):
 
 
 def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = None,
-                    only: tuple[str, ...] | None = None) -> Path:  # fmt: skip
+                    only: tuple[str, ...] | None = None, fresh: bool = False) -> Path:  # fmt: skip
     """Run (or resume) the natural-photo study; returns the output folder. ``only``: run
     just the stages whose names contain one of these strings (say, ``("lever", "diagnose")``
-    in a second process while the first certifies)."""
+    in a second process while the first certifies); ``fresh``: refuse an ``out`` that
+    holds finished stages (a run from scratch)."""
     if scale_name not in PHOTO_SCALES:
         raise InvalidInputError(f"unknown scale {scale_name!r}; known: {', '.join(PHOTO_SCALES)}")
     scale, out = PHOTO_SCALES[scale_name], Path(out)
+    if fresh:
+        Stages(out).require_fresh()
     study = PhotoStudy(scale, out, device)
     study.only = only
+    study.command = f"make photos && smoothapi experiment natural-photos --scale {scale_name}"
     study.stage("manifest", study.write_manifest)
     for sigma in scale.sigmas:  # denoisers first: they are what ships
         study.stage(f"denoiser:mse@{sigma:g}", partial(study.train_denoiser, "mse", sigma))
@@ -505,6 +528,7 @@ def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = No
         study.stage(f"certify:{best}@{scale.extras_sigma:g}",
                     lambda: study.certify(best, scale.extras_sigma))
     study.report()
+    print(study.closing_line())
     return out
 
 

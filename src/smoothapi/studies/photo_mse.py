@@ -305,17 +305,18 @@ def _plot(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_photo_mse(scale_name: str, out: str | Path, *, device: str | None = None) -> Path:
-    """Run (or resume) the photo MSE denoiser's training in ``out``; returns ``out``."""
+def run_photo_mse(scale_name: str, out: str | Path, *, device: str | None = None,
+                  only: tuple[str, ...] | None = None, fresh: bool = False) -> Path:  # fmt: skip
+    """Run (or resume) the photo MSE denoiser's training in ``out``; returns ``out``.
+    ``only`` and ``fresh`` as in :func:`~smoothapi.studies.natural_photos.run_photo_study`."""
     if scale_name not in MSE_SCALES:
         raise InvalidInputError(
             f"unknown scale {scale_name!r}; known: {', '.join(MSE_SCALES)}")
     out = Path(out)
-    PhotoMSERun(MSE_SCALES[scale_name], out, device).run()
+    if fresh:
+        Stages(out).require_fresh()
+    run = PhotoMSERun(MSE_SCALES[scale_name], out, device)
+    run.only = only
+    run.run()
+    print(run.closing_line())
     return out
-
-
-if __name__ == "__main__":  # python -m smoothapi.studies.photo_mse OUT [SCALE]
-    import sys
-
-    run_photo_mse(sys.argv[2] if len(sys.argv) > 2 else "small", sys.argv[1])

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidInputError
+
 __all__ = ["StageClock", "Stages"]
 
 
@@ -71,9 +73,33 @@ class Stages:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.times: dict[str, float] = {}  # stage -> seconds, finished stages only
+        self.ran: list[str] = []  # stages this run worked on (not found finished)
 
     def marker(self, name: str) -> Path:
         return self.out / "stages" / f"{name.replace('@', '_at_')}.json"
+
+    def finished(self) -> list[Path]:
+        """The markers of the stages finished in ``out`` (by any run)."""
+        return sorted((self.out / "stages").glob("*.json"))
+
+    def require_fresh(self) -> None:
+        """For a run from scratch: refuse an ``out`` that holds finished stages, which
+        would be skipped (a run there resumes; a fresh one needs another folder)."""
+        done = self.finished()
+        if done:
+            raise InvalidInputError(
+                f"--fresh: {self.out} already holds {len(done)} finished stages, which a run "
+                "there would skip; give a new --out folder to run the study from scratch"
+            )
+
+    def closing_line(self) -> str:
+        """What this run did: the stages it worked on, or that every stage had finished
+        before (only the report was rewritten) and how to rerun from scratch."""
+        if self.ran:
+            return f"{self.prefix} this run worked on {len(self.ran)} stages: {', '.join(self.ran)}"
+        return (f"{self.prefix} every stage in {self.out} had finished before this run (markers "
+                f"in {self.out / 'stages'}): only the report was rewritten. To run the study "
+                "from scratch, give a new --out folder (--fresh checks that it is one).")
 
     def stage(self, name: str, work: Callable[[], object],
               keep: bool = False) -> dict[str, Any] | None:  # fmt: skip
@@ -88,6 +114,7 @@ class Stages:
         if self.only is not None and not any(part in name for part in self.only):
             return None
         print(f"{self.prefix} {name} ...", flush=True)
+        self.ran.append(name)
         marker.parent.mkdir(parents=True, exist_ok=True)
         with StageClock(marker.with_suffix(".running")) as clock:
             result = work()

@@ -306,6 +306,7 @@ class Study(Stages, Generic[ScaleT]):
         lines += ["The intervals resample the test images (paired across methods).", ""]
         lines += self.report_notes()
         lines += ["", *_sizing(self, done, counts)]
+        lines += ["", *self.reproduce_lines()]
         lines += ["", "Stage wall times (s):", ""]
         lines += [f"- {name}: {seconds:.0f}" for name, seconds in self.times.items()]
         (self.out / "README.md").write_text("\n".join(lines) + "\n")
@@ -335,6 +336,17 @@ class Study(Stages, Generic[ScaleT]):
                     },
                 }
         return lines
+
+    #: The command that runs this study (set by its ``run_*`` function).
+    command: str = "smoothapi experiment"
+
+    def reproduce_lines(self) -> list[str]:
+        """How to run the study again from scratch, and how long its stages took."""
+        hours = sum(self.times.values()) / 3600
+        return [f"To reproduce from scratch: `{self.command} --out NEW_FOLDER --fresh` (every "
+                f"stage reruns; here they took {hours:.1f} h of wall time in all, each summed "
+                "over its runs, on 2 CPU cores). A run into this folder resumes: with every "
+                "stage finished it only rewrites this report."]  # fmt: skip
 
     def extra_sections(self) -> list[str]:
         """Report lines a study adds after the gaps (none here)."""
