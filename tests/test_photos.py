@@ -79,3 +79,23 @@ def test_train_crops_are_reproducible_and_vary():
     c = photos.train_crops(images, 20, 24, seed=4)
     assert a.shape == (20, 3, 24, 24) and np.array_equal(a, b) and not np.array_equal(a, c)
     assert len({tile.tobytes() for tile in a}) == 20
+
+
+def test_exported_photos_are_found_elsewhere_as_load_photo_reads_them(tmp_path, monkeypatch):
+    """A machine without the Debian packages reads the exported copies through
+    SMOOTHAPI_PHOTOS, upright and at most MAX_SIDE on the shorter side."""
+    kleiber = next(p for p in photos.PHOTOS if p.name == "lomiri-kleiber")
+    source = tmp_path / "debian"
+    (source / kleiber.file).parent.mkdir(parents=True)
+    rows, cols = np.mgrid[0:700, 0:1000]
+    smooth = [127 + 100 * np.sin(rows / 37 + k) * np.cos(cols / 53 - k) for k in range(3)]
+    pixels = np.stack(smooth, axis=-1).astype(np.uint8)  # smooth, as photos are
+    Image.fromarray(pixels).save(source / kleiber.file, quality=98)
+    monkeypatch.setattr(photos, "_debian_roots", lambda: [source])
+    original = photos.load_photo(kleiber)
+    [written] = photos.export_photos(tmp_path / "export")
+    assert written == tmp_path / "export" / kleiber.file
+    monkeypatch.setattr(photos, "_debian_roots", lambda: [tmp_path / "export"])
+    copy = photos.load_photo(kleiber)
+    assert copy.shape == original.shape == (512, 731, 3)
+    assert np.abs(copy.astype(int) - original.astype(int)).mean() < 2  # JPEG at quality 95

@@ -43,6 +43,7 @@ __all__ = [
     "VALIDATION_PHOTOS",
     "Photo",
     "available_photos",
+    "export_photos",
     "load_photo",
     "manifest",
     "photo_path",
@@ -227,6 +228,23 @@ def load_photo(photo: Photo, max_side: int = MAX_SIDE) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8).copy()
 
 
+def export_photos(dest: str | os.PathLike, split: str | None = "train",
+                  max_side: int = MAX_SIDE) -> list[Path]:  # fmt: skip
+    """Copy the Debian photos of ``split`` on this machine to ``dest``, each as
+    :func:`load_photo` reads it (upright RGB, shorter side at most ``max_side``) saved as a
+    JPEG (quality 95) under its own relative path, so ``SMOOTHAPI_PHOTOS=dest`` finds them
+    on a machine without the packages (a lent GPU machine, say). Returns the files written."""
+    written = []
+    for photo in available_photos(split):
+        if photo.source in ("skimage", "sklearn", "matplotlib"):
+            continue  # shipped by pip packages: present wherever those are installed
+        target = Path(dest) / photo.file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(load_photo(photo, max_side)).save(target, format="JPEG", quality=95)
+        written.append(target)
+    return written
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -301,3 +319,13 @@ def test_crops(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, lis
             tiles.append(_crop(image, top, left, side, size))
             where.append((index, top, left, side))
     return np.stack(tiles), where
+
+
+if __name__ == "__main__":  # python -m smoothapi.photos export DEST
+    import sys
+
+    if sys.argv[1:2] != ["export"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m smoothapi.photos export DEST")
+    files = export_photos(sys.argv[2])
+    print(f"{len(files)} photos written under {sys.argv[2]}"
+          f" ({sum(f.stat().st_size for f in files) / 1e6:.1f} MB)")
