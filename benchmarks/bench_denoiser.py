@@ -1,9 +1,13 @@
-"""How fast a photo denoiser runs in float32 and in bfloat16, and what bfloat16 costs in PSNR.
+"""Photo denoisers' quality against cost: PSNR and images/s in float32 and bfloat16.
 
-For the shipped photo denoiser (DnCNN-8, width 32) and the GPU-scale one (DnCNN-17,
-width 64, random weights: only its speed is measured), at several image sizes: images
-per second through the denoiser alone in each precision, and for the shipped one the PSNR
-of held-out noisy photo crops denoised in each precision. Certifying through a denoiser
+For every trained photo denoiser at hand (the shipped ``photo-sigma0.25``, DnCNN-8 width
+32; ``results/photo-mse/photo-mse.safetensors``, the noise-level-aware MSE denoiser, when
+it has been trained; any ``--weights NAME=PATH``) and every architecture of the photo MSE
+bake-off (``smoothapi.studies.photo_mse.CANDIDATES``: FFDNet and DRUNet sizes, random
+weights, so only their speed) and the GPU-scale DnCNN-17 width 64, at several image
+sizes: images per second through the denoiser alone in each precision, and for the
+trained ones the PSNR (mean over crops, output clamped to [0, 1]) of the held-out test
+photos' noisy crops denoised in each precision. Certifying through a denoiser
 costs one denoiser pass per noisy sample, so on a CPU this is most of a certificate's
 time; ``load_denoiser(name, dtype="bfloat16")`` (CLI: ``--denoiser-dtype bfloat16``)
 takes the faster column.
@@ -19,12 +23,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from smoothapi import photos
 from smoothapi._checkpoint import as_module_input
 from smoothapi.denoisers import create_denoiser, load_denoiser
+from smoothapi.denoisers.noise_level import denoise
+from smoothapi.studies.photo_mse import CANDIDATES, psnr
+
+TRAINED_MSE = Path(__file__).resolve().parents[1] / "results/photo-mse/photo-mse.safetensors"
 
 SIGMA = 0.25
 
@@ -34,10 +43,10 @@ def images_per_second(model: torch.nn.Module, size: int, device: torch.device,
     x = as_module_input(model, torch.rand(batch, 3, size, size, device=device))
     done, start = 0, None
     with torch.inference_mode():
-        model(x)  # warm-up
+        denoise(model, x, SIGMA)  # warm-up
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
-            model(x)
+            denoise(model, x, SIGMA)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             done += batch
@@ -45,15 +54,16 @@ def images_per_second(model: torch.nn.Module, size: int, device: torch.device,
 
 
 def psnr_of(model: torch.nn.Module, size: int, device: torch.device) -> float:
-    """PSNR (dB) of denoised noisy held-out crops, in the model's own dtype."""
+    """Mean PSNR (dB) of denoised noisy held-out crops, in the model's own dtype."""
     held_out = [photos.load_photo(p) for p in photos.available_photos("test")]
     tiles, _ = photos.test_crops(held_out, size)
     clean = (torch.from_numpy(tiles[::3]).float() / 255).to(device)
     generator = torch.Generator(device).manual_seed(0)
     noisy = clean + SIGMA * torch.randn(clean.shape, generator=generator, device=device)
     with torch.inference_mode():
-        denoised = torch.cat([model(as_module_input(model, c)).float() for c in noisy.split(16)])
-    return (-10 * torch.log10((denoised - clean).pow(2).mean())).item()
+        denoised = torch.cat([denoise(model, as_module_input(model, c), SIGMA).float()
+                              for c in noisy.split(16)])  # fmt: skip
+    return psnr(denoised.cpu(), clean.cpu()).mean().item()
 
 
 def seconds_per_step(model: torch.nn.Module, device: torch.device, batch: int = 32,
@@ -64,7 +74,7 @@ def seconds_per_step(model: torch.nn.Module, device: torch.device, batch: int = 
 
     def step() -> None:
         optimizer.zero_grad()
-        denoised = model(clean + SIGMA * torch.randn_like(clean))
+        denoised = denoise(model, clean + SIGMA * torch.randn_like(clean), SIGMA)
         (denoised - clean).pow(2).mean().backward()
         optimizer.step()
 
@@ -83,29 +93,40 @@ def training_table(device: torch.device) -> None:
     print()
     print(f"{'training step (32 x 96 px)':<30} {'s/step':>8} {'vs DnCNN-8 w32':>15}")
     base = None
-    for depth, width in [(8, 32), (12, 32), (8, 48), (12, 48), (17, 64)]:
+    archs = {f"DnCNN-{d} w{w}": ("dncnn", {"depth": d, "width": w})
+             for d, w in [(8, 32), (12, 32), (8, 48), (12, 48), (17, 64)]}  # fmt: skip
+    for name, (arch, kwargs) in {**archs, **CANDIDATES}.items():
         torch.manual_seed(0)
-        model = create_denoiser("dncnn", in_channels=3, depth=depth, width=width).to(device)
+        model = create_denoiser(arch, in_channels=3, **kwargs).to(device)
         took = seconds_per_step(model, device)
         base = base or took
-        print(f"{f'DnCNN-{depth} w{width}':<30} {took:>8.3f} {took / base:>14.1f}x")
+        print(f"{name:<30} {took:>8.3f} {took / base:>14.1f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 160, 224])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[160, 224])
+    parser.add_argument("--weights", nargs="*", default=[], metavar="NAME=PATH",
+                        help="more trained denoisers to measure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    models = {
-        "photo-sigma0.25 (DnCNN-8 w32)": lambda: load_denoiser("photo-sigma0.25", device),
-        "DnCNN-17 w64 (GPU scale)": lambda: create_denoiser(
-            "dncnn", in_channels=3, depth=17, width=64).to(device).eval().to(
-            memory_format=torch.channels_last),
-    }
+    trained = {"photo-sigma0.25 (DnCNN-8 w32)": "photo-sigma0.25"}
+    if TRAINED_MSE.exists():
+        trained["photo-mse"] = str(TRAINED_MSE)
+    trained.update(item.split("=", 1) for item in args.weights)
+    models = {name: (lambda p=path: load_denoiser(p, device)) for name, path in trained.items()}
+
+    def untrained(arch: str, kwargs: dict):
+        return lambda: create_denoiser(arch, in_channels=3, **kwargs).to(device).eval().to(
+            memory_format=torch.channels_last)
+
+    for name, (arch, kwargs) in CANDIDATES.items():
+        models[f"{name} (untrained)"] = untrained(arch, kwargs)
+    models["DnCNN-17 w64 (GPU scale)"] = untrained("dncnn", {"depth": 17, "width": 64})
     print(f"device {device}, {args.threads} threads, batch {args.batch}, sigma {SIGMA}")
     print(f"{'denoiser':<30} {'size':>5} {'fp32 img/s':>11} {'bf16 img/s':>11} {'speed-up':>9} "
           f"{'fp32 dB':>8} {'bf16 dB':>8}")
@@ -115,7 +136,7 @@ def main() -> None:
             half = build().to(torch.bfloat16)
             fast = [images_per_second(m, size, device, args.batch) for m in (full, half)]
             quality = ["", ""]
-            if name.startswith("photo"):
+            if name in trained:
                 quality = [f"{psnr_of(m, size, device):.2f}" for m in (full, half)]
             print(f"{name:<30} {size:>5} {fast[0]:>11.1f} {fast[1]:>11.1f} "
                   f"{fast[1] / fast[0]:>8.1f}x {quality[0]:>8} {quality[1]:>8}")
