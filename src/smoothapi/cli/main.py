@@ -59,6 +59,7 @@ from ..runs import (
 from ..smoothing import DEFAULT_BATCH_SIZE, SmoothedClassifier
 from .api import add_api_options, check_local_options, resolve_counts, run_api
 from .demo import run_demo, run_denoised_demo
+from .loopback import add_loopback_command
 from .training import add_training_commands
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageEntry", "find_images", "main"]
@@ -465,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_cmd_predict)
 
     _add_demo_command(commands)
+    add_loopback_command(commands)
 
     analyze = commands.add_parser(
         "analyze", help="certified accuracy, average radius and best-sigma tables from logs",
