@@ -6,6 +6,7 @@ default; the timing in the README was taken with a DnCNN-8 of the shipped size).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -30,7 +31,11 @@ def test_demo_photos_certifies_both_columns_and_draws_the_grid(capsys, tmp_path,
     assert lines[-1] == f"picture: {grid.resolve()}"
     with Image.open(grid) as image:
         side = photo_demo.SIZE * 2  # each tile drawn twice its size
-        assert image.width == 3 * side and image.height > 2 * side
+        assert image.width > 3 * side and image.height > 2 * side  # + a column of photo names
+        grey = np.asarray(image.convert("L"))
+    label_width = image.width - 3 * side
+    assert (grey[:40] < 100).any()  # the title says sigma, n and what r means
+    assert (grey[:, :label_width] < 100).sum(axis=0).any()  # each row's photo name
 
 
 def test_demo_photos_without_a_shipped_denoiser_says_how_in_one_line(capsys, tmp_path,

@@ -6,7 +6,8 @@ scikit-learn's, never seen by the denoiser) are certified with no denoiser and b
 the shipped query-access photo denoiser, side by side. The labels certified are the
 API's own answers on the clean photos, as in the paper's vision-API experiments. A PNG
 grid shows each photo clean, one noisy sample, and that sample denoised, with the
-certified label and radius under each column.
+certificate under each column beside the API's clean answer, and a title saying what the
+radius means.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..adapters.encoding import to_pil
 from ..adapters.http import HTTPAdapter
 from ..certification import Certification, max_certifiable_radius
 from ..denoisers import load_denoiser
+from ..denoisers.noise_level import denoise
 from ..smoothing import RateLimits, SmoothedClassifier
 from ..testing import LoopbackProvider
 from ..zoo import load_classifier
@@ -41,27 +43,44 @@ def _photo_crops(count: int) -> tuple[list[str], torch.Tensor]:
     return [p.name for p in chosen], torch.from_numpy(tiles[first]).float() / 255
 
 
-def _grid(names, answers, clean, noisy, denoised, results, path: Path) -> None:
-    """One row per photo: clean, noisy, denoised (x2); under the clean photo the API's
-    answer, under the noisy and denoised ones the certificate without and with the
-    denoiser."""
-    zoom, text = 2, 34
+COLUMNS = ("clean photo: the API's answer", "one noisy sample: certified\nwith no denoiser",
+           "that sample denoised: certified\nbehind the photo denoiser")
+
+
+def _grid(names, answers, clean, noisy, denoised, results, path: Path, title: str) -> None:
+    """The picture: a title saying what r means, column headers, one row per photo (its
+    name on the left): the clean photo with the API's answer on it, one noisy sample with
+    the certificate without the denoiser, that sample denoised with the certificate behind
+    it; each certificate beside the API's clean answer, marked where they differ."""
+    zoom, caption, label_width = 2, 36, 110
     cell = SIZE * zoom
-    font = ImageFont.load_default(size=12)
-    sheet = Image.new("RGB", (3 * cell, len(names) * (cell + text)), "white")
+    font, bold = ImageFont.load_default(size=12), ImageFont.load_default(size=15)
+    head, header = 48, 34
+    width = label_width + 3 * cell
+    sheet = Image.new("RGB", (width, head + header + len(names) * (cell + caption)), "white")
     draw = ImageDraw.Draw(sheet)
+    draw.multiline_text((8, 6), title, fill="black", font=bold, spacing=4)
+    for col, text in enumerate(COLUMNS):
+        draw.multiline_text((label_width + col * cell + 4, head + 2), text, fill="black",
+                            font=font)  # fmt: skip
     for row, name in enumerate(names):
-        top = row * (cell + text)
-        captions = [(name, f"API: {answers[row]}")]
-        for column, cert in results[row].items():
-            verdict = "abstain" if cert.abstained else f"{cert.label}, r = {cert.radius:.2f}"
-            captions.append((column, verdict))
+        top = head + header + row * (cell + caption)
+        draw.text((6, top + cell // 2 - 8), name, fill="black", font=bold)
+        answer = str(answers[row])
+        captions = [(f"API: {answer}", "")]
+        for cert in results[row].values():
+            if cert.abstained:
+                captions.append(("abstains (no certificate)", ""))
+                continue
+            same = "= the clean answer" if cert.label == answers[row] else f"≠ clean: {answer}"
+            captions.append((f"{cert.label}, r = {cert.radius:.2f}", same))
         for col, image in enumerate((clean[row], noisy[row], denoised[row])):
+            left = label_width + col * cell
             tile = to_pil(image.clamp(0, 1)).resize((cell, cell), Image.Resampling.NEAREST)
-            sheet.paste(tile, (col * cell, top))
-            for line, caption in enumerate(captions[col]):
-                draw.text((col * cell + 3, top + cell + 2 + 15 * line), caption[:30], fill="black",
-                          font=font)
+            sheet.paste(tile, (left, top))
+            for line, text in enumerate(captions[col]):
+                draw.text((left + 3, top + cell + 2 + 16 * line), text[:44], fill="black",
+                          font=font)  # fmt: skip
     sheet.save(path)
 
 
@@ -114,9 +133,12 @@ def run_photo_demo(
             smoothed.close()
     noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
-        denoised = shipped(noisy)
+        denoised = denoise(shipped, noisy, sigma)
     results = [{c: columns[c][i] for c in columns} for i in range(len(names))]
-    _grid(names, answers, clean, noisy, denoised, results, Path(out_png))
+    title = (f"EfficientNet-Lite2 as a vision API; sigma = {sigma:g}, n0 = {n0}, n = {n}, "
+             f"alpha = {alpha:g}.\nr: no image within l2 distance r (pixels in [0, 1]) of the "
+             f"photo changes the certified answer, with probability >= {1 - alpha:g}.")
+    _grid(names, answers, clean, noisy, denoised, results, Path(out_png), title)
     for column, certs in columns.items():
         kept = sum(not c.abstained and c.label == a for c, a in zip(certs, answers, strict=True))
         print(f"{column}: {kept}/{len(certs)} certified with the API's own answer, mean radius "
