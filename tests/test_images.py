@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
+import struct
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from smoothapi import InvalidInputError, LocalModelAdapter, SmoothedClassifier
 from smoothapi._image_files import scan_images
@@ -29,6 +34,50 @@ GIB = 2**30
 def _gradient16(height: int = 32, width: int = 64) -> np.ndarray:
     """A uint16 left-to-right ramp over the full 0..65535 range: mean exactly 0.5 of full scale."""
     return np.tile(np.linspace(0, 65535, width).round().astype(np.uint16), (height, 1))
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png(path: Path, size: tuple[int, int], depth: int, colour_type: int, rows: Iterable[bytes],
+         *, interlace: bool = False, chunks: bytes = b"") -> None:
+    """A PNG written by hand (PIL writes no 16-bit colour), ``rows`` its filtered scanlines,
+    compressed as they come, the data split over IDAT chunks of 1000 bytes."""
+    compressor = zlib.compressobj()
+    data = b"".join(compressor.compress(row) for row in rows) + compressor.flush()
+    header = struct.pack(">IIBBBBB", *size, depth, colour_type, 0, 0, int(interlace))
+    idat = b"".join(_chunk(b"IDAT", data[i:i + 1000]) for i in range(0, len(data), 1000))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + chunks + idat
+                     + _chunk(b"IEND", b""))
+
+
+def _filtered(values: np.ndarray) -> bytes:
+    """The big-endian scanlines of ``(H, W, C)`` 16-bit ``values``, row y with PNG filter y % 5
+    (none, sub, up, average, Paeth), so that decoders undo every filter."""
+    rows = values.astype(">u2").view(np.uint8).reshape(values.shape[0], -1).astype(np.int32)
+    step = 2 * values.shape[2]  # bytes per pixel: the filters predict from the pixel to the left
+    up = np.vstack([np.zeros_like(rows[:1]), rows[:-1]])
+    left = np.hstack([np.zeros_like(rows[:, :step]), rows[:, :-step]])
+    up_left = np.hstack([np.zeros_like(up[:, :step]), up[:, :-step]])
+    guess = left + up - up_left
+    off = [np.abs(guess - near) for near in (left, up, up_left)]
+    paeth = np.where((off[0] <= off[1]) & (off[0] <= off[2]), left,
+                     np.where(off[1] <= off[2], up, up_left))
+    predicted = [np.zeros_like(rows), left, up, (left + up) // 2, paeth]
+    return b"".join(bytes([y % 5]) + ((row - predicted[y % 5][y]) % 256).astype(np.uint8).tobytes()
+                    for y, row in enumerate(rows))
+
+
+def _png16(path: Path, values: np.ndarray, *, interlace: bool = False,
+           chunks: bytes = b"") -> None:
+    """``(H, W, C)`` uint16 ``values`` as a 16-bit PNG: grey, grey + alpha, RGB or RGBA."""
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[values.shape[2]]
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+              (0, 1, 1, 2)] if interlace else [(0, 0, 1, 1)]  # Adam7's (x, y, step x, step y)
+    images = [values[y::dy, x::dx] for x, y, dx, dy in passes]
+    rows = [_filtered(image) for image in images if image.size]
+    _png(path, values.shape[1::-1], 16, colour_type, rows, interlace=interlace, chunks=chunks)
 
 
 # --- depth -------------------------------------------------------------------------------
@@ -70,6 +119,54 @@ def test_float_images_are_read_as_is_and_refused_outside_0_1(tmp_path):
         as_image_tensor(Image.fromarray(values * 255))
     with pytest.raises(InvalidInputError, match="NaN"):
         as_image_tensor(Image.fromarray(np.full((2, 2), math.nan, dtype=np.float32)))
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])  # grey, grey + alpha, RGB, RGBA
+def test_16_bit_pngs_of_every_colour_type_are_read_at_full_depth(
+    tmp_path, recwarn, channels, interlace
+):
+    values = np.random.default_rng(channels).integers(0, 65536, (21, 13, channels), np.uint16)
+    path = tmp_path / "deep.png"
+    _png16(path, values, interlace=interlace)
+    expected = values.astype(np.float32) / np.float32(65535)  # PIL alone: the high byte only
+    if channels in (2, 4):  # alpha composited over white, as at 8 bits
+        expected = expected[..., :-1] * expected[..., -1:] + (1 - expected[..., -1:])
+    expected_tensor = torch.from_numpy(expected.transpose(2, 0, 1).copy())
+    with Image.open(path) as opened, path.open("rb") as file:
+        images = [load_image(path), as_image_tensor(opened), as_image_tensor(opened),
+                  as_image_tensor(Image.open(file))]
+        assert np.asarray(opened).shape[:2] == (21, 13)  # the caller's image still loads
+    for image in images:
+        assert image.shape == (1 if channels <= 2 else 3, 21, 13)  # grey + alpha stays grey
+        assert torch.allclose(image, expected_tensor, rtol=0, atol=1e-7)
+    warned = {str(w.message).split(":")[0] for w in recwarn if w.category is ImageWarning}
+    assert warned == ({str(path), "image"} if channels in (2, 4) else set())
+
+
+def test_a_16_bit_transparent_colour_is_matched_at_16_bits(tmp_path):
+    rgb = np.array([[[1000, 2000, 3000], [1000, 2000, 3001]]], dtype=np.uint16)
+    _png16(tmp_path / "rgb.png", rgb, chunks=_chunk(b"tRNS", struct.pack(">3H", 1000, 2000, 3000)))
+    grey16 = np.array([[[1000], [1001]]], dtype=np.uint16)  # in each pair, the high bytes match
+    _png16(tmp_path / "grey.png", grey16, chunks=_chunk(b"tRNS", struct.pack(">H", 1000)))
+    with pytest.warns(ImageWarning, match="over white"):
+        colour, grey = load_image(tmp_path / "rgb.png"), load_image(tmp_path / "grey.png")
+    assert colour.shape == (3, 1, 2) and grey.shape == (1, 1, 2)
+    assert colour[:, 0, 0].tolist() == [1.0, 1.0, 1.0]  # exactly the key: transparent
+    assert torch.allclose(colour[:, 0, 1], torch.tensor([1000, 2000, 3001]) / 65535)  # low byte
+    assert torch.allclose(grey[0, 0], torch.tensor([1.0, 1001 / 65535]))
+
+
+def test_a_16_bit_colour_png_is_turned_upright(tmp_path):
+    values = np.random.default_rng(0).integers(0, 65536, (4, 6, 3), np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "phone.png"
+    _png16(path, values, chunks=_chunk(b"eXIf", exif.tobytes()[6:]))  # less "Exif\0\0"
+    upright = np.rot90(values, -1).astype(np.float32) / np.float32(65535)
+    image = load_image(path)
+    assert image.shape == (3, 6, 4)
+    assert torch.allclose(image, torch.from_numpy(upright.transpose(2, 0, 1).copy()), atol=1e-7)
 
 
 def test_uint16_arrays_are_scaled_like_16_bit_files():
@@ -201,6 +298,32 @@ def test_batch_memory_is_estimated_and_refused_before_allocating():
     suggested = int(raised.value.args[0].rsplit("batch_size=", 1)[1].split()[0])
     assert suggested == 8 * GIB // per_sample
     check_batch_memory((3, 1000, 1000), suggested, "cpu", available=8 * GIB)
+
+
+def test_a_huge_png_is_refused_from_its_header_never_decoded(tmp_path, monkeypatch, recwarn):
+    path = tmp_path / "huge.png"
+    row = bytes(1 + 3 * 10_000)  # filter "none", then a black RGB row
+    _png(path, (10_000, 10_000), 8, 2, itertools.repeat(row, 10_000))
+    assert path.stat().st_size < 2**20  # 300 MB of pixels, 3.6 GB at the peak of reading them
+    assert Image.MAX_IMAGE_PIXELS < 10_000**2 < 2 * Image.MAX_IMAGE_PIXELS  # PIL only warns
+
+    def decode(*args, **kwargs):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+    monkeypatch.setattr(Image.Image, "load", decode)
+    reason = ("the image (100,000,000 pixels) is over PIL's decompression-bomb limit of "
+              f"{Image.MAX_IMAGE_PIXELS:,} pixels")
+    with pytest.raises(InvalidInputError, match=re.escape(f"huge.png: {reason}")) as raised:
+        load_image(path)
+    assert isinstance(raised.value.__cause__, Image.DecompressionBombWarning)
+    unreadable = scan_images(tmp_path).unreadable
+    assert [u.name for u in unreadable] == ["huge.png"] and reason in unreadable[0].reason
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    with pytest.warns(Image.DecompressionBombWarning):
+        opened = Image.open(path)  # by the caller, who saw PIL's warning
+    with opened, pytest.raises(InvalidInputError, match=re.escape(reason)):
+        as_image_tensor(opened)
 
 
 # --- a folder with unreadable files ---------------------------------------------------------

@@ -7,12 +7,18 @@ for image files and PIL images (README, "Image inputs"):
 * samples are read at their real depth: 8-bit / 255, 16-bit (``I;16``, ``I;16B``) /
   65535; 32-bit integer (``I``, what PIL also uses for 16-bit files) / 65535, refused
   outside 0..65535; float (``F``) as is, refused outside [0, 1] or when not finite;
+  16-bit PNGs with colour or alpha, which PIL decodes to their high byte, are decoded
+  with raw modes that keep every byte (:func:`_png16_pixels`) and read / 65535 too;
 * the EXIF orientation is applied, so a phone photo is certified upright;
 * transparency is composited over white (:data:`ALPHA_BACKGROUND`), with an
-  :class:`ImageWarning` when any pixel is not fully opaque;
-* grey (``1``, ``L``, ``I``, ``F``, and palettes whose colours are all grey) stays one
-  channel; everything else (palette, CMYK, YCbCr, LAB, HSV ...) becomes RGB;
-* of an animated image, the current frame (the first, for a file) is used, with a warning.
+  :class:`ImageWarning` when any pixel is not fully opaque; the transparent colour of a
+  16-bit image (PNG's ``tRNS``) is matched at 16 bits;
+* grey (``1``, ``L``, ``I``, ``F``, grey with alpha at 8 or 16 bits, and palettes whose
+  colours are all grey) stays one channel; everything else (palette, CMYK, YCbCr, LAB,
+  HSV ...) becomes RGB;
+* of an animated image, the current frame (the first, for a file) is used, with a warning;
+* an image over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is refused
+  from its header, before any pixel is decoded (PIL itself only warns below twice the limit).
 
 Before any batch is built, :func:`check_batch_memory` refuses an image and batch size whose
 noisy batch would not fit in the device's memory.
@@ -20,14 +26,17 @@ noisy batch would not fit in the device's memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
 import warnings
+from collections.abc import Iterator
+from typing import IO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 from .errors import InvalidInputError
 
@@ -60,6 +69,17 @@ _DECODE_ERRORS = (
     struct.error,
     Image.DecompressionBombError,
 )
+# Over PIL's MAX_IMAGE_PIXELS: an error from twice the limit, a warning below (made an error).
+_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+# 16-bit PNGs that PIL decodes to 8 bits, the high byte of each sample (it has no 16-bit RGB,
+# RGBA or grey-with-alpha mode), by PIL's raw mode for them, and the raw modes that decode
+# the same data into every byte: the high bytes, then the low bytes, of RGB and RGBA; for
+# grey with alpha, the four bytes of a pixel at once (grey high, grey low, alpha high, low).
+_PNG16_RAWMODES = {
+    "RGB;16B": ("RGB;16B", "RGB;16L"),
+    "RGBA;16B": ("RGBA;16B", "RGBA;16L"),
+    "LA;16B": ("RGBA",),
+}
 
 
 class ImageWarning(UserWarning):
@@ -96,30 +116,54 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image file (its first frame) into the tensor :func:`as_image_tensor` returns.
 
     Every failure, a missing, truncated, undecodable or oversized file included, is an
-    :class:`InvalidInputError` naming the file, with the decoder's error as its cause.
+    :class:`InvalidInputError` naming the file, with the decoder's error as its cause. A
+    file over PIL's decompression-bomb limit is refused from its header, never decoded.
     """
     try:
-        with Image.open(path) as image:
+        with _bombs_refused(), Image.open(path) as image:
             return _from_pil(image, str(path))
     except InvalidInputError:
         raise
     except FileNotFoundError:
         raise InvalidInputError(f"image not found: {path}") from None
-    except Image.DecompressionBombError as exc:
-        raise InvalidInputError(
-            f"{path}: {_pixels(exc)} is over PIL's decompression-bomb limit of "
-            f"{Image.MAX_IMAGE_PIXELS:,} pixels; resize it first"
-        ) from exc
+    except _BOMBS as exc:
+        raise _too_many_pixels(str(path), _pixels(exc)) from exc
     except _DECODE_ERRORS as exc:
         raise InvalidInputError(f"cannot read image {path}: {exc}") from exc
 
 
-def _pixels(exc: Exception) -> str:
+@contextlib.contextmanager
+def _bombs_refused() -> Iterator[None]:
+    """PIL's warning for an image between its pixel limit and twice it raised, as its error is."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _pixels(exc: Exception) -> int | None:
     found = re.search(r"\((\d+) pixels\)", str(exc))
-    return f"the image ({int(found.group(1)):,} pixels)" if found else "the image"
+    return int(found.group(1)) if found else None
+
+
+def _too_many_pixels(source: str, pixels: int | None) -> InvalidInputError:
+    image = f"the image ({pixels:,} pixels)" if pixels else "the image"
+    return InvalidInputError(
+        f"{source}: {image} is over PIL's decompression-bomb limit of "
+        f"{Image.MAX_IMAGE_PIXELS or 0:,} pixels; resize it first"
+    )
+
+
+def _check_pixels(image: Image.Image, source: str) -> None:
+    """Refuse an image over PIL's decompression-bomb limit by its size alone, which a file's
+    header gives: before anything is decoded."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.width * image.height
+    if limit is not None and pixels > limit:
+        raise _too_many_pixels(source, pixels)
 
 
 def _from_pil(image: Image.Image, source: str) -> torch.Tensor:
+    _check_pixels(image, source)
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
         warnings.warn(
@@ -128,38 +172,86 @@ def _from_pil(image: Image.Image, source: str) -> torch.Tensor:
             stacklevel=3,
         )
     try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        pixels = _pil_pixels(image, source)
+        pixels = _png16_pixels(image, source)
+        if pixels is None:
+            image.load()
+            pixels = _pil_pixels(ImageOps.exif_transpose(image), source)
     except InvalidInputError:
         raise
+    except _BOMBS as exc:
+        raise _too_many_pixels(source, _pixels(exc)) from exc
     except _DECODE_ERRORS as exc:
         raise InvalidInputError(f"cannot read {source}: {exc}") from exc
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
+def _png16_pixels(image: Image.Image, source: str) -> np.ndarray | None:
+    """``(H, W, C)`` float32 in [0, 1] of a 16-bit PNG that PIL decodes to 8 bits and has not
+    decoded yet, at full depth, grey with alpha staying grey; None for every other image.
+    ``image`` itself is left as it is."""
+    if not isinstance(image, PngImagePlugin.PngImageFile) or image.fp is None:
+        return None
+    if image.tell() != 0 or len(image.tile) != 1 or image.tile[0].args not in _PNG16_RAWMODES:
+        return None
+    rawmodes = _PNG16_RAWMODES[str(image.tile[0].args)]
+    decoded = [np.asarray(_decoded(image.fp, rawmode)) for rawmode in rawmodes]
+    data = np.concatenate(decoded, axis=2).astype(np.uint16)
+    if len(rawmodes) == 1:  # grey with alpha: grey high, grey low, alpha high, alpha low
+        data = data[:, :, [0, 2, 1, 3]]
+    half = data.shape[2] // 2
+    values = _with_key((data[:, :, :half] << 8) | data[:, :, half:], image.info.get("transparency"))
+    pixels = _scaled(values, 65535)
+    return _composite(pixels, source) if values.shape[2] in (2, 4) else pixels
+
+
+def _decoded(file: IO[bytes], rawmode: str) -> Image.Image:
+    """The PNG in ``file`` decoded with PIL's ``rawmode`` for its data, upright."""
+    with Image.open(file, formats=["PNG"]) as image:  # leaves the file open: its owner closes it
+        image.tile = [tile._replace(args=rawmode) for tile in image.tile]
+        image.load()
+        return ImageOps.exif_transpose(image)
+
+
 def _pil_pixels(image: Image.Image, source: str) -> np.ndarray:
     """``(H, W, C)`` float32 in [0, 1] by the module's rules."""
     mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = _with_key(_sixteen_bits(image, source), image.info.get("transparency"))
+        pixels = _scaled(values, 65535)
+        return _composite(pixels, source) if values.shape[2] == 2 else pixels
     if mode in _ALPHA_MODES or "transparency" in image.info:
-        return _composite(image, source)
+        grey = mode in ("LA", "La", "L") or (mode in ("P", "PA") and _grey_palette(image))
+        rgba = np.asarray(image.convert("LA" if grey else "RGBA"))
+        return _composite(_scaled(rgba, 255), source)
     if mode in ("1", "L"):
         return _scaled(np.asarray(image.convert("L")), 255)
-    if mode.startswith("I;16"):
-        return _scaled(np.asarray(image), 65535)
-    if mode == "I":
-        values = np.asarray(image)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise InvalidInputError(
-                f"{source}: 32-bit integer pixels are read as 16-bit (0..65535), got "
-                f"values in [{values.min()}, {values.max()}]"
-            )
-        return _scaled(values, 65535)
     if mode == "F":
         return _scaled(_unit_floats(np.asarray(image), source), 1)
     if mode == "P" and _grey_palette(image):
         return _scaled(np.asarray(image.convert("L")), 255)
     return _scaled(np.asarray(image if mode == "RGB" else image.convert("RGB")), 255)
+
+
+def _sixteen_bits(image: Image.Image, source: str) -> np.ndarray:
+    """The samples of a 16-bit (``I;16``, ``I;16B``) or 32-bit integer (``I``) image, the
+    latter refused outside 0..65535."""
+    values = np.asarray(image)
+    if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+        raise InvalidInputError(
+            f"{source}: 32-bit integer pixels are read as 16-bit (0..65535), got "
+            f"values in [{values.min()}, {values.max()}]"
+        )
+    return values
+
+
+def _with_key(values: np.ndarray, key: object) -> np.ndarray:
+    """16-bit ``values`` as ``(H, W, C)``; with a transparent colour ``key`` (PNG's tRNS: an int
+    for grey, a tuple for RGB), an alpha channel is appended, 0 where a pixel is that colour."""
+    values = values[:, :, None] if values.ndim == 2 else values
+    if not isinstance(key, int | tuple) or np.size(key) != values.shape[2]:
+        return values
+    opaque = (values != np.asarray(key)).any(axis=2, keepdims=True)
+    return np.concatenate([values, np.where(opaque, 65535, 0).astype(values.dtype)], axis=2)
 
 
 def _scaled(values: np.ndarray, top: float) -> np.ndarray:
@@ -186,10 +278,9 @@ def _grey_palette(image: Image.Image) -> bool:
     return bool((colours == colours[:, :1]).all())
 
 
-def _composite(image: Image.Image, source: str) -> np.ndarray:
-    """Pixels over a white background; warns when any pixel is not fully opaque."""
-    grey = image.mode in ("LA", "La", "L") or (image.mode in ("P", "PA") and _grey_palette(image))
-    values = np.asarray(image.convert("LA" if grey else "RGBA")).astype(np.float32) / 255
+def _composite(values: np.ndarray, source: str) -> np.ndarray:
+    """``(H, W, C + 1)`` pixels in [0, 1], alpha last, over a white background; warns when any
+    pixel is not fully opaque."""
     colour, alpha = values[:, :, :-1], values[:, :, -1:]
     if alpha.size and alpha.min() < 1:
         warnings.warn(
