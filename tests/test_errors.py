@@ -65,3 +65,37 @@ def test_retry_after_lives_on_every_provider_error_and_secrets_are_redacted():
                                None)
     assert RedactingFilter().filter(record) and record.getMessage() == "key=<redacted>"
     assert not ServerError("x").possibly_billed
+
+
+def test_redirect_and_too_large_errors_in_the_tree():
+    assert issubclass(errors.RedirectError, errors.ProviderError)
+    assert not errors.RedirectError("x").retryable  # it would redirect again
+    assert issubclass(errors.ResponseTooLargeError, errors.ServerError)
+    assert errors.ResponseTooLargeError("x").retryable
+    assert not errors.ResponseTooLargeError("x").possibly_billed
+    for name in ("RedirectError", "ResponseTooLargeError"):
+        assert name in errors.__all__ and name in errors.__doc__
+
+
+def test_an_error_pickles_with_its_redacted_cause_and_no_sdk_object():
+    import pickle
+
+    from smoothapi._redaction import describe_cause, register_secret
+
+    register_secret("cause-secret-0099")
+    error = errors.AuthenticationError("denied", provider="p", status=401)
+
+    class SDKError(Exception):
+        def __init__(self, message):
+            super().__init__(message)
+            self.response = {"Error": {"Message": message}}  # where SDKs keep the echo
+
+    error.cause_type, error.cause_message = describe_cause(SDKError("bad key cause-secret-0099"))
+    assert error.cause_type.endswith("SDKError")
+    assert error.cause_message == "bad key <redacted>"
+    data = pickle.dumps(error)
+    assert b"cause-secret-0099" not in data
+    restored = pickle.loads(data)
+    assert (type(restored), restored.status, restored.cause_message) == (
+        errors.AuthenticationError, 401, "bad key <redacted>")
+    assert errors.ProviderError("x").cause_type is None

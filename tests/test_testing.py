@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.request
 
 import pytest
@@ -132,3 +133,14 @@ def test_each_provider_adapter_certifies_through_its_sdk_against_a_faulty_server
             if setting is faults:
                 assert api.stats.faults["malformed"] > 0 and api.stats.faults["5xx"] > 0
     assert results[1] == results[0] and results[0].label == "bright"
+
+
+def test_a_dripping_answer_arrives_whole_a_byte_at_a_time():
+    png = encode_image(torch.full((1, 8, 8), 0.9))
+    with LoopbackProvider(brightness, faults=Faults(drip=1.0, drip_seconds=0.002)) as api:
+        assert _post(api.url("generic"), png)["labels"][0]["label"] == "bright"
+        assert api.stats.faults["drip"] == 1
+        until = time.monotonic() + 5
+        while api.stats.in_flight and time.monotonic() < until:  # its last bookkeeping
+            time.sleep(0.01)
+        assert api.stats.in_flight == 0

@@ -5,8 +5,10 @@ AWS secret keys and session tokens, query-string keys). From then on:
 
 * :func:`redact` replaces each of them in a string with ``<redacted>``; every
   :class:`~smoothapi.errors.ProviderError` message goes through it;
-* :func:`safe_cause` scrubs an SDK exception (and its chain) before it is chained
-  under a ``ProviderError``, or drops it when it cannot be scrubbed;
+* :func:`describe_cause` is what a ``ProviderError`` keeps of an SDK exception: its type
+  and redacted message. The exception itself is never kept (nor chained): its attributes
+  (a parsed error body, a signed request, gRPC trailing metadata) may hold an echoed
+  key anywhere, and reach logs through ``repr`` or pickling;
 * :func:`install_log_redaction` makes every log record of the SDK loggers the
   adapters drive (botocore, msrest, urllib3, google, grpc, aiohttp ...) and of
   smoothapi itself redacted when it is created, child loggers included.
@@ -23,10 +25,10 @@ from typing import Any
 __all__ = [
     "SDK_LOGGERS",
     "RedactingFilter",
+    "describe_cause",
     "install_log_redaction",
     "redact",
     "register_secret",
-    "safe_cause",
 ]
 
 REDACTED = "<redacted>"
@@ -76,37 +78,18 @@ def _contains_secret(text: str) -> bool:
     return any(secret in text for secret in _secrets)
 
 
-def _scrub_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, bytes):
-        text = value.decode("utf-8", "replace")
-        return redact(text).encode() if _contains_secret(text) else value
-    return value
-
-
-def safe_cause(exc: BaseException | None) -> BaseException | None:
-    """``exc`` with secrets scrubbed from its arguments and attributes (and those of its
-    own causes), ready to chain; ``None`` if a secret would still show."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        try:
-            current.args = tuple(_scrub_value(a) for a in current.args)
-            for name, value in list(vars(current).items()):
-                if isinstance(value, (str, bytes)):
-                    setattr(current, name, _scrub_value(value))
-        except (AttributeError, TypeError):
-            pass
-        try:
-            shown = f"{current!s} {current!r}"
-        except Exception:  # noqa: BLE001 (a broken __str__ must not hide the real error)
-            shown = ""
-        if _contains_secret(shown):
-            return None
-        current = current.__cause__ or current.__context__
-    return exc
+def describe_cause(exc: BaseException) -> tuple[str, str]:
+    """``(type, message)`` to keep of an SDK exception instead of the exception: its
+    qualified type name, and its message on one line, every registered secret redacted."""
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        name = f"{kind.__module__}.{name}"
+    try:
+        message = " ".join(str(exc).split())
+    except Exception:  # noqa: BLE001 (a broken __str__ must not hide the real error)
+        message = ""
+    return name, redact(message)[:500]  # redacted whole, then cut: no half secret is left
 
 
 class RedactingFilter(logging.Filter):

@@ -21,7 +21,11 @@ so ``except smoothapi.SmoothAPIError`` catches all of them::
         ├── RateLimitError         429: too many requests (retryable)
         ├── BadRequestError        400, 404, 413, 415, 422: the request itself is wrong
         │   └── InvalidImageError  the image was rejected (format, size, dimensions)
-        ├── ServerError            5xx (retryable)
+        ├── RedirectError          a 3xx not followed: to another origin (credentials never
+        │                          go there), or one that would drop the request's body
+        ├── ServerError            5xx, or a malformed answer (retryable)
+        │   └── ResponseTooLargeError  an answer over the adapter's max_response_bytes
+        │                              (retryable)
         └── APIConnectionError     no answer: refused, reset, DNS (retryable)
             └── APITimeoutError    no answer in time (retryable)
 
@@ -33,7 +37,10 @@ stopped a run), so ``except Exception`` never swallows it.
 ``possibly_billed`` whether the request reached the provider and was abandoned unanswered
 (a timeout), so the provider may have billed it. HTTP statuses map to classes through one
 table, :data:`STATUS_ERRORS`. Errors never carry credentials: messages name the setting,
-not its value, and every configured secret is redacted from them.
+not its value, and every configured secret is redacted from them. Nor do they carry the
+vendor SDK's exception (whose attributes may hold an echoed key or a signed request): an
+adapter's error has no ``__cause__``, and keeps ``cause_type`` and a redacted
+``cause_message`` of what the SDK raised instead.
 """
 
 from __future__ import annotations
@@ -61,7 +68,9 @@ __all__ = [
     "PermissionDeniedError",
     "ProviderError",
     "RateLimitError",
+    "RedirectError",
     "ReplayMissError",
+    "ResponseTooLargeError",
     "ServerError",
     "SmoothAPIError",
     "UsageError",
@@ -145,11 +154,15 @@ class ProviderError(SmoothAPIError):
     the same request may succeed if sent again, ``retry_after`` is the wait in seconds
     the server asked for (``Retry-After``, gRPC ``RetryInfo``), if it sent one, and
     ``possibly_billed`` is true when the request was sent and then abandoned without an
-    answer: the provider may have counted (and billed) it.
+    answer: the provider may have counted (and billed) it. ``cause_type`` (e.g.
+    ``"botocore.exceptions.ClientError"``) and ``cause_message`` (secrets redacted) say what
+    the vendor SDK raised, if anything; the SDK's exception itself is not kept.
     """
 
     retryable = False
     possibly_billed = False
+    cause_type: str | None = None
+    cause_message: str | None = None
     #: On a per-image error of a batch response only: that image's index in the batch
     #: (set by the remote adapters; absent on other errors).
     image_index: int
@@ -191,10 +204,24 @@ class InvalidImageError(BadRequestError):
     """The provider rejected the image (format, bytes or pixel dimensions)."""
 
 
+class RedirectError(ProviderError):
+    """A redirect that was not followed (not retryable: it would redirect again). One to
+    another origin (scheme, host, port) would hand that origin the credentials, so none is
+    followed; the message names its host. One that would resend the request without its
+    body (301, 302 or 303 turn a POST into a GET) is refused too: its answer would not be
+    this image's. Same-origin 307 and 308, which keep the method and body, are followed
+    where the adapter says so."""
+
+
 class ServerError(ProviderError):
-    """The provider failed (HTTP 5xx); retryable."""
+    """The provider failed (HTTP 5xx), or answered without its documented shape; retryable."""
 
     retryable = True
+
+
+class ResponseTooLargeError(ServerError):
+    """An answer larger than the adapter's ``max_response_bytes``: it is not read past that
+    (the server's fault, like a malformed answer, so retryable)."""
 
 
 class APIConnectionError(ProviderError):

@@ -34,10 +34,14 @@ Above ``rate_limit`` requests per second (a one-second sliding window) it answer
 each provider does (429 with ``Retry-After``, ``ThrottlingException``,
 ``RESOURCE_EXHAUSTED``, ``CONN_THROTTLED``). :class:`Faults` injects, with seeded
 probabilities: refused credentials whose error echoes the credential received (as some
-servers do), 5xx answers, answers slower than any sane timeout, dropped connections,
+servers do; over gRPC in the trailing metadata too), 5xx answers, answers slower than any
+sane timeout, answers that drip in a byte every ``drip_seconds`` (each byte well within a
+read timeout, the whole far beyond it; over gRPC simply that slow), dropped connections,
 malformed bodies (truncated, not JSON, empty, a JSON list, the wrong schema; undecodable
 protobuf over gRPC), and per-image errors inside batch answers (google, clarifai).
-``stats.max_in_flight`` is the most requests it was serving at once. It binds 127.0.0.1
+``stats.max_in_flight`` is the most requests it was serving at once, ``stats.in_flight``
+those it is serving now (a dripping answer until its last byte, or until the client
+hangs up). It binds 127.0.0.1
 on ephemeral ports, runs in a thread of its own, and stops with the context manager.
 """
 
@@ -48,6 +52,7 @@ import base64
 import collections
 import io
 import json
+import math
 import random
 import re
 import threading
@@ -99,8 +104,10 @@ class Faults:
     malformed: float = 0.0
     per_image: float = 0.0
     unauthorized: float = 0.0
+    drip: float = 0.0
     malformed_kind: str | None = None  # one of MALFORMED_KINDS; None: any, drawn each time
     timeout_seconds: float = 30.0
+    drip_seconds: float = 0.5  # between two bytes of a dripping answer
     seed: int = 0
 
 
@@ -120,7 +127,8 @@ class ServerStats:
 
 @dataclass
 class _Outcome:
-    """What one request gets: ``kind`` is "ok", "429", "401", "drop", "5xx" or "malformed"."""
+    """What one request gets: ``kind`` is "ok", "429", "401", "drop", "5xx", "malformed"
+    or "drip" (a good answer, sent a byte at a time)."""
 
     kind: str
     ranked: Ranked = ()
@@ -287,7 +295,29 @@ class LoopbackProvider:
         ranked = await asyncio.to_thread(self.rank, torch.stack(list(decoded)))
         failed = [self._roll(faults.per_image) for _ in ranked]
         stats.faults["per_image"] += sum(failed)
+        if self._roll(faults.drip):
+            stats.faults["drip"] += 1
+            return _Outcome("drip", ranked, failed)
         return _Outcome("ok", ranked, failed)
+
+    async def _drip(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Send a good answer's headers at once, then its body a byte every ``drip_seconds``;
+        the request counts as in flight until the last byte, or until the client hangs up."""
+        reply = web.StreamResponse(headers={"Content-Type": "application/json"})
+        reply.content_length = len(body)
+        self.stats.in_flight += 1
+        try:
+            await reply.prepare(request)
+            for index in range(len(body)):
+                if index:
+                    await asyncio.sleep(self.faults.drip_seconds)
+                await reply.write(body[index : index + 1])
+            await reply.write_eof()
+        except (ConnectionError, RuntimeError):  # the client hung up
+            pass
+        finally:
+            self.stats.in_flight -= 1
+        return reply
 
     # --- REST ---------------------------------------------------------------------------
 
@@ -300,6 +330,8 @@ class LoopbackProvider:
                 request.transport.close()
                 return web.Response()
             status, payload, headers = _rest_answer(api, outcome, _credential(request))
+            if outcome.kind == "drip":
+                return await self._drip(request, json.dumps(payload).encode())
             if outcome.kind == "429":
                 headers["Retry-After"] = f"{self.retry_after:g}"
             if isinstance(payload, (bytes, str)):
@@ -414,23 +446,30 @@ def _grpc_handlers(provider: LoopbackProvider) -> list:
             if outcome.kind in statuses:
                 if outcome.kind == "429":
                     context.set_trailing_metadata((("retry-after", f"{provider.retry_after:g}"),))
-                detail = f"invalid credential {credential!r}" if outcome.kind == "401" else ""
+                detail = ""
+                if outcome.kind == "401":
+                    detail = f"invalid credential {credential!r}"
+                    context.set_trailing_metadata((("x-rejected-credential", credential),))
                 await context.abort(statuses[outcome.kind], detail or "injected")
             if outcome.kind == "malformed":
                 return b"\xff\xff\xff\xff not a protobuf"
-            return render(_rest_body(api, outcome.ranked, outcome.failed))
+            answer: bytes = render(_rest_body(api, outcome.ranked, outcome.failed))
+            if outcome.kind == "drip":  # gRPC frames a message whole: it is simply that slow
+                await asyncio.sleep(provider.faults.drip_seconds * len(answer))
+            return answer
 
         return grpc.unary_unary_rpc_method_handler(
             handle, request_deserializer=request_type, response_serializer=lambda b: b
         )
 
     def google(body: dict) -> bytes:
-        answer = vision.BatchAnnotateImagesResponse.from_json(json.dumps(body))
+        answer = vision.BatchAnnotateImagesResponse.from_json(json.dumps(_proto_json(body)))
         return vision.BatchAnnotateImagesResponse.serialize(answer)
 
     def clarifai(body: dict) -> bytes:
         answer = service_pb2.MultiOutputResponse()
-        return json_format.ParseDict(body, answer, ignore_unknown_fields=True).SerializeToString()
+        parsed = json_format.ParseDict(_proto_json(body), answer, ignore_unknown_fields=True)
+        return parsed.SerializeToString()
 
     return [
         grpc.method_handlers_generic_handler("google.cloud.vision.v1.ImageAnnotator", {
@@ -442,6 +481,18 @@ def _grpc_handlers(provider: LoopbackProvider) -> list:
                 "clarifai", service_pb2.PostModelOutputsRequest.FromString,
                 lambda r: [_decode(item.data.image.base64) for item in r.inputs], clarifai)}),
     ]
+
+
+def _proto_json(value: Any) -> Any:
+    """``value`` with non-finite floats spelled as proto3 JSON wants them ("NaN", "Infinity"),
+    so a model's NaN or infinite score reaches the client as it is."""
+    if isinstance(value, dict):
+        return {k: _proto_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_proto_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def _decode(data: bytes) -> torch.Tensor:

@@ -77,7 +77,7 @@ def server():
 
 
 def _adapter(url, kind="raw", **options):
-    return HTTPAdapter(f"{url}/classify?kind={kind}", labels_path="out.predictions",
+    return HTTPAdapter(f"{url}/classify", query={"kind": kind}, labels_path="out.predictions",
                        label_key="class", score_key="p", headers={"Authorization": TOKEN},
                        **options)
 
@@ -97,7 +97,7 @@ def test_each_way_of_sending_gets_labels(server, kind):
 def test_batched_json_requests(server):
     url, state = server
     state["fail"] = None
-    adapter = HTTPAdapter(f"{url}/classify?kind=batch", send="json", field="images",
+    adapter = HTTPAdapter(f"{url}/classify", query={"kind": "batch"}, send="json", field="images",
                           json_extra={"model": "v2"}, max_batch=3, batch_path="results",
                           labels_path="out.predictions", headers={"Authorization": TOKEN})
     before = state["requests"]
@@ -212,7 +212,7 @@ def test_a_secret_in_the_url_query_is_refused_and_query_env_keeps_it_out_of_ever
 def test_retry_after_is_kept_on_any_status_that_sends_it(echo, status):
     url, _ = echo
     with pytest.raises((RateLimitError, ServerError)) as caught:
-        HTTPAdapter(f"{url}?status={status}").top_labels(torch.rand(1, 1, 8, 8))
+        HTTPAdapter(url, query={"status": str(status)}).top_labels(torch.rand(1, 1, 8, 8))
     assert caught.value.retry_after == 3.0 and caught.value.retryable
 
 
@@ -239,5 +239,37 @@ def test_a_4xx_that_says_the_image_is_bad_is_an_invalid_image_error(echo, status
 
     url, _ = echo
     with pytest.raises(BadRequestError) as caught:
-        HTTPAdapter(f"{url}?status={status}&say={say}").top_labels(torch.rand(1, 1, 8, 8))
+        HTTPAdapter(url, query={"status": str(status), "say": say}).top_labels(
+            torch.rand(1, 1, 8, 8))
     assert isinstance(caught.value, InvalidImageError) == bad_image
+
+
+@pytest.mark.parametrize("query", [
+    "key=abcdef123456", "client_secret=abcdef123456", "private_token=abcdef123456",
+    "hapikey=abcdef123456", "X-Amz-Signature=abcdef123456", "kind=raw"])
+def test_the_url_takes_no_query_string_at_all(query):
+    """Before, only ?key= and a few names were refused: client_secret, private_token,
+    hapikey, X-Amz-Signature went into repr and identity() (the journal's run key)."""
+    with pytest.raises(InvalidInputError, match="query=") as caught:
+        HTTPAdapter(f"http://127.0.0.1:1/classify?{query}")
+    assert "abcdef123456" not in str(caught.value)
+
+
+def test_query_is_shown_and_keyed_query_env_is_neither(monkeypatch):
+    monkeypatch.setenv("MODEL_SECRET", "query-secret-0042")
+    adapter = HTTPAdapter("http://127.0.0.1:1/classify", query={"kind": "raw"},
+                          query_env={"client_secret": "MODEL_SECRET"})
+    shown = repr(adapter) + json.dumps(adapter.identity()) + json.dumps(adapter.request_params())
+    assert "query-secret-0042" not in shown and "client_secret" in repr(adapter)
+    assert "'kind': 'raw'" in repr(adapter)
+    # the run key is the one a URL with ?kind=raw used to give, so journals still resume
+    assert adapter.identity()["params"]["url"] == "/classify?kind=raw"
+    assert HTTPAdapter("http://h/classify").identity()["params"]["url"] == "/classify"
+    other = HTTPAdapter("http://127.0.0.1:1/classify", query={"kind": "multipart"})
+    assert other.identity() != adapter.identity()
+
+
+@pytest.mark.parametrize("name", ["key", "api_key", "client_secret", "access_token", "sig"])
+def test_a_secret_looking_name_in_query_is_refused(name):
+    with pytest.raises(InvalidInputError, match="query_env"):
+        HTTPAdapter("http://127.0.0.1:1/classify", query={name: "abcdef123456"})

@@ -110,3 +110,47 @@ def test_bad_options_are_refused():
         FakeAdapter(jpeg_quality=0)
     with pytest.raises(InvalidInputError):
         FakeAdapter(small_images="ignore")
+
+
+def test_checked_entries_and_the_answer_size_option():
+    from smoothapi.adapters.remote import checked
+
+    assert checked("cat", 1) == ("cat", 1.0) and checked(7, 0.5) == ("7", 0.5)
+    for label, score in [("", 0.5), (" ", 0.5), (None, 0.5), (True, 0.5), ("cat", None),
+                         ("cat", "0.5"), ("cat", True), ("cat", float("nan")),
+                         ("cat", float("-inf"))]:
+        with pytest.raises((TypeError, ValueError)):
+            checked(label, score)
+    assert FakeAdapter(max_response_bytes=1000).max_response_bytes == 1000
+    for bad in (0, -1, 1.5, True, "1"):
+        with pytest.raises(InvalidInputError, match="max_response_bytes"):
+            FakeAdapter(max_response_bytes=bad)
+
+
+def test_a_blocking_call_that_never_got_a_thread_is_not_billed_one_that_did_may_be():
+    """The deadline's verdict: sent (a thread took it) or not (still waiting for one); a
+    call that timed out waiting never runs."""
+    import concurrent.futures
+    import threading
+
+    release, ran = threading.Event(), []
+
+    def call():
+        ran.append(1)
+        release.wait(5)
+
+    adapter = FakeAdapter(timeout=0.3)
+    with pytest.raises(APITimeoutError) as sent:
+        asyncio.run(adapter._with_timeout(adapter.in_thread(call)))
+    assert sent.value.possibly_billed and ran == [1]
+
+    adapter = FakeAdapter(timeout=0.3)
+    adapter._executor = concurrent.futures.ThreadPoolExecutor(1)  # its only thread busy,
+    adapter._executor.submit(release.wait, 5)
+    adapter.threads = 100  # while the adapter thinks it has room: the next call waits
+    with pytest.raises(APITimeoutError) as waiting:
+        asyncio.run(adapter._with_timeout(adapter.in_thread(call)))
+    assert not waiting.value.possibly_billed
+    release.set()
+    adapter._executor.shutdown(wait=True)
+    assert ran == [1]  # the call that waited was dropped, never sent

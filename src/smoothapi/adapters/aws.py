@@ -9,6 +9,7 @@ or from a boto3 client you pass in. boto3 is imported when the adapter is built
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -30,8 +31,9 @@ from ..errors import (
     error_for_status,
     parse_retry_after,
 )
+from ._transport import read_body
 from .encoding import ImageLimits
-from .remote import Ranked, RemoteAdapter, import_optional
+from .remote import Ranked, RemoteAdapter, checked, import_optional
 
 __all__ = ["ERRORS", "RekognitionAdapter", "map_error"]
 
@@ -172,9 +174,13 @@ class RekognitionAdapter(RemoteAdapter):
     The client this adapter builds makes one attempt per request (the smoothing
     client does the retrying), uses ``timeout`` for connecting and reading, and keeps
     as many pooled connections (``max_pool_connections``) as threads in the adapter's
-    pool, ``max_in_flight``. The access key id, secret key and session token are
-    redacted from every error and from every botocore log record; a filter on
-    ``botocore.auth`` and ``botocore.endpoint`` also redacts signed-request values.
+    pool (``max_in_flight`` at first; the client is rebuilt when the pool grows). It
+    reads each answer's body itself, at most ``max_response_bytes`` (8 MiB by default),
+    and lets go of it when ``timeout`` has passed (a server dripping the answer in).
+    A client you pass keeps its own configuration. The access key id, secret key and
+    session token are redacted from every error and from every botocore log record; a
+    filter on ``botocore.auth`` and ``botocore.endpoint`` also redacts signed-request
+    values.
     """
 
     name = "aws"
@@ -212,6 +218,7 @@ class RekognitionAdapter(RemoteAdapter):
         self._exceptions = import_optional("botocore.exceptions", "aws", package="botocore")
         _redact_signing_logs()
         self._client = client
+        self._client_pool = 0  # max_pool_connections of the client built here (0: none)
         self._lock = threading.Lock()
         if client is not None:
             self._register_credentials(client)
@@ -219,7 +226,7 @@ class RekognitionAdapter(RemoteAdapter):
     @property
     def max_pool_connections(self) -> int:
         """botocore's connection pool: one connection per thread of the adapter's pool."""
-        return max(10, self.max_in_flight)
+        return max(10, self.threads)
 
     def _register_credentials(self, client: Any) -> None:
         signer = getattr(client, "_request_signer", None)
@@ -245,19 +252,17 @@ class RekognitionAdapter(RemoteAdapter):
     def parse(raw: Mapping[str, Any]) -> Ranked:
         """A ``DetectLabels`` answer -> ranked labels; ``ValueError`` (or ``TypeError``,
         ``KeyError``) if it lacks the documented shape: a ``Labels`` list of objects
-        with a ``Name`` string and a numeric ``Confidence``."""
+        with a non-empty ``Name`` string and a finite ``Confidence``."""
         labels = raw["Labels"]
         if not isinstance(labels, list):
             raise TypeError(f"Labels is a {type(labels).__name__}, not a list")
         scores: dict[str, float] = {}
         parents: dict[str, set[str]] = {}
         for label in labels:
-            name, confidence = label["Name"], label["Confidence"]
-            if not isinstance(name, str) or isinstance(confidence, bool):
+            if not isinstance(label["Name"], str):
                 raise TypeError(f"malformed label {label!r:.100}")
-            score = min(1.0, max(0.0, float(confidence) / 100))
-            if not name:
-                continue
+            name, confidence = checked(label["Name"], label["Confidence"])
+            score = min(1.0, max(0.0, confidence / 100))
             scores[name] = max(score, scores.get(name, 0.0))
             parents.setdefault(name, set()).update(
                 p["Name"] for p in label.get("Parents") or [] if p.get("Name")
@@ -294,12 +299,30 @@ class RekognitionAdapter(RemoteAdapter):
         session = self._boto3.session.Session(region_name=region)
         client = session.client("rekognition", config=config, endpoint_url=self.endpoint_url)
         self._register_credentials(client)
+        # botocore's own send (its pool, proxies and TLS settings) with the body left unread,
+        # read by _send_bounded instead. ``_endpoint`` is private, but has been stable for
+        # years; "before-send" is botocore's documented way to supply the response.
+        http_session = client._endpoint.http_session
+        client.meta.events.register(
+            "before-send.rekognition", functools.partial(self._send_bounded, http_session)
+        )
+        self._client_pool = self.max_pool_connections
         return client
+
+    def _send_bounded(self, http_session: Any, request: Any, **_: Any) -> Any:
+        """Send ``request`` and read its answer's body: at most ``max_response_bytes``,
+        and no longer than the request's deadline (see :func:`read_body`)."""
+        awsrequest = import_optional("botocore.awsrequest", "aws", package="botocore")
+        request.stream_output = True  # the status and headers only: the body is read below
+        response = http_session.send(request)
+        body = read_body(self, response.raw)
+        return awsrequest.AWSResponse(request.url, response.status_code, response.headers,
+                                      _Read(body))
 
     def _detect_labels(self, image: bytes) -> dict[str, Any]:
         with self._lock:
-            if self._client is None:
-                self._client = self._make_client()
+            if self._client is None or 0 < self._client_pool < self.max_pool_connections:
+                self._client = self._make_client()  # none yet, or the thread pool grew
             client = self._client
         params: dict[str, Any] = {"Image": {"Bytes": image}}
         if self.max_labels is not None:
@@ -325,3 +348,13 @@ class RekognitionAdapter(RemoteAdapter):
         if isinstance(exc, (self._exceptions.ClientError, self._exceptions.BotoCoreError)):
             return map_error(exc, self.name)
         return super().map_exception(exc)
+
+
+class _Read:
+    """An answer body already read, as botocore's ``AWSResponse`` reads its ``raw``."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        yield self.body

@@ -10,9 +10,14 @@ Credentials: ``endpoint=`` and ``key=``, or the environment variables
 
 ``api="v3.2"`` calls ``POST {endpoint}/vision/v3.2/tag`` through the SDK
 ``azure-cognitiveservices-vision-computervision`` (msrest-based, deprecated upstream;
-``pip install 'smoothapi-certified[azure]'``), with msrest's retries and HTTP logging
-off. ``api="4.0"`` calls ``POST {endpoint}/computervision/imageanalysis:analyze``
+``pip install 'smoothapi-certified[azure]'``), with msrest's retries, redirects and HTTP
+logging off. ``api="4.0"`` calls ``POST {endpoint}/computervision/imageanalysis:analyze``
 with aiohttp and needs no extra.
+
+Redirects: the key never goes to another origin. v3.2 follows no redirect; 4.0 follows a
+same-origin 307 or 308 only (the method and body kept); any other redirect is a
+:class:`~smoothapi.errors.RedirectError`. Answers over ``max_response_bytes`` (8 MiB by
+default) are not read further (:class:`~smoothapi.errors.ResponseTooLargeError`).
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from ..errors import (
     error_for_status,
     parse_retry_after,
 )
+from ._transport import fetch, read_body, redirect_error
 from .encoding import ImageLimits
-from .remote import Ranked, RemoteAdapter, import_optional, rank
+from .remote import Ranked, RemoteAdapter, checked, import_optional, rank
 
 __all__ = ["API_VERSIONS", "ENDPOINT_ENV", "ERRORS", "KEY_ENV", "AzureVisionAdapter", "map_error"]
 
@@ -201,8 +207,9 @@ class AzureVisionAdapter(RemoteAdapter):
     def parse(raw: Mapping[str, Any]) -> Ranked:
         """v3.2 ``{"tags": [...]}`` or 4.0 ``{"tagsResult": {"values": [...]}}`` -> ranked.
 
-        An answer without that shape (no tag list, a tag without a ``name`` string or a
-        numeric ``confidence``) raises ``KeyError`` / ``TypeError``: a malformed answer.
+        An answer without that shape (no tag list, a tag without a non-empty ``name``
+        string or a finite ``confidence``) raises ``KeyError`` / ``TypeError`` /
+        ``ValueError``: a malformed answer.
         """
         tags = raw["tagsResult"]["values"] if "tagsResult" in raw else raw["tags"]
         if not isinstance(tags, list):
@@ -210,10 +217,10 @@ class AzureVisionAdapter(RemoteAdapter):
         pairs = []
         for tag in tags:
             name, confidence = tag["name"], tag["confidence"]
-            if not isinstance(name, str) or isinstance(confidence, (bool, str)):
+            if not isinstance(name, str):
                 raise TypeError(f"malformed tag {tag!r:.100}")
-            if name:
-                pairs.append((name, min(1.0, max(0.0, float(confidence)))))
+            name, confidence = checked(name, confidence)
+            pairs.append((name, min(1.0, max(0.0, confidence))))
         return rank(pairs)
 
     async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:
@@ -248,10 +255,28 @@ class AzureVisionAdapter(RemoteAdapter):
         retry.read, retry.status_forcelist = False, frozenset()
         retry.raise_on_status, retry.respect_retry_after_header = False, False
         client.config.connection.timeout = self.timeout
+        # No redirects: requests would take the key header to another origin (it only drops
+        # Authorization there). A response hook runs once the headers are in, before
+        # requests reads the body: it refuses a 3xx, and reads the body itself, bounded in
+        # size and cut at the deadline.
+        client.config.redirect_policy.allow = False
+        client.config.hooks.append(self._read_bounded)
         # msrest's HTTP logger prints request headers at DEBUG level. The key is a session
         # header there, not among them, but keep the logger off regardless.
         client.config.enable_http_logger = False
         return client
+
+    def _read_bounded(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        """A requests response hook: a redirect refused (none is followed here), else the
+        body read by :func:`read_body` and kept in memory."""
+        if 300 <= response.status_code < 400:
+            response.close()
+            location = response.headers.get("Location")
+            error = redirect_error(response.status_code, response.url, location, self.name,
+                                   followed=())
+            if error is not None:  # always, with nothing followed
+                raise error
+        response.raw = io.BytesIO(read_body(self, response.raw, decode_content=True))
 
     def _tag_v32(self, image: bytes) -> dict[str, Any]:
         """One blocking v3.2 tag call through the SDK; the REST JSON body."""
@@ -298,9 +323,10 @@ class AzureVisionAdapter(RemoteAdapter):
         }
         url = f"{self.endpoint}/computervision/imageanalysis:analyze"
         try:
-            async with session.post(url, params=params, data=image, headers=headers) as reply:
-                body = await reply.read()
-                status, reply_headers = reply.status, reply.headers
+            status, reply_headers, body = await fetch(
+                self, session, "POST", url, lambda: {"data": image, "headers": headers},
+                params=params,
+            )
         except asyncio.TimeoutError as exc:  # aiohttp.ServerTimeoutError included
             raise _no_answer(exc, timed_out=True) from exc
         except aiohttp.ClientError as exc:

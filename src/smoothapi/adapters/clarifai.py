@@ -51,18 +51,20 @@ from ..errors import (
     parse_retry_after,
 )
 from .encoding import ImageLimits
-from .remote import Ranked, RemoteAdapter, import_optional, rank
+from .remote import Ranked, RemoteAdapter, checked, import_optional, rank
 
 __all__ = ["ERRORS", "REQUESTS_PER_SECOND", "ClarifaiAdapter", "error_for_code", "split_outputs"]
 
 DEFAULT_TARGET = "api.clarifai.com:443"
+#: What gRPC says when an answer is over the channel's receive limit (RESOURCE_EXHAUSTED).
+TOO_LARGE = "received message larger than max"
 PAT_ENV = "CLARIFAI_PAT"
 #: Clarifai's default per-account throughput (about; check your plan).
 REQUESTS_PER_SECOND = 15
 
 SUCCESS, MIXED_STATUS, FAILURE = 10000, 10010, 10020
 _KEEP = ("id", "status", "created_at", "data")
-_MAX_MESSAGE = 1024 * 1024 * 1024
+_MAX_SEND = 1024 * 1024 * 1024
 
 #: Clarifai status code (int) or gRPC status name (str) -> error class. Codes not
 #: listed fall back to the ranges in :data:`ERROR_RANGES`.
@@ -213,9 +215,12 @@ def _sdk() -> SimpleNamespace:
 class ClarifaiAdapter(RemoteAdapter):
     """A Clarifai model (by default ``clarifai/main/general-image-recognition``) as ``f``.
 
-    Labels are the concepts' ``name`` (``id`` when a concept has no name), scored by
-    ``value`` in [0, 1]. Concepts are re-ranked here by value, highest first, not taken
-    in the answer's order; equal values go to the name that sorts first alphabetically.
+    Labels are the concepts' ``name`` (``id`` when a concept has no name; neither makes
+    the answer malformed), scored by ``value`` in [0, 1]. Concepts are re-ranked here by
+    value, highest first, not taken in the answer's order; equal values go to the name
+    that sorts first alphabetically. Answers over ``max_response_bytes`` (32 MiB by
+    default: up to 128 images an answer) are refused by gRPC before they are received
+    (``ResponseTooLargeError``).
 
     Args:
         pat: a Clarifai personal access token; default: the ``CLARIFAI_PAT`` variable.
@@ -236,6 +241,7 @@ class ClarifaiAdapter(RemoteAdapter):
     requests_per_second = float(REQUESTS_PER_SECOND)
     max_in_flight = 16
     limits = ImageLimits(max_bytes=20_000_000, max_pixels=85_000_000)
+    max_response_bytes = 32 * 1024 * 1024
 
     def __init__(
         self,
@@ -283,18 +289,20 @@ class ClarifaiAdapter(RemoteAdapter):
         """One output (``{"data": {"concepts": [...]}}``) -> ranked ``[(name, value), ...]``.
 
         No ``data`` or ``concepts`` is an image without labels (proto3 JSON leaves them
-        out when empty); concepts that are not a list of objects with a string name (or
-        id) and a numeric value raise ``TypeError``: a malformed answer.
+        out when empty, and a zero value); concepts that are not a list of objects with a
+        non-empty string name (or id) and a finite value raise ``TypeError`` /
+        ``ValueError``: a malformed answer.
         """
         concepts = raw.get("data", {}).get("concepts", [])
         if not isinstance(concepts, list):
             raise TypeError(f"concepts is a {type(concepts).__name__}, not a list")
         pairs = []
         for concept in concepts:
-            name, value = concept.get("name") or concept.get("id", ""), concept.get("value", 0.0)
-            if not isinstance(name, str) or isinstance(value, (bool, str)):
+            name = concept.get("name") or concept.get("id")
+            if not isinstance(name, str):
                 raise TypeError(f"malformed concept {concept!r:.100}")
-            pairs.append((name, min(1.0, max(0.0, float(value)))))
+            name, value = checked(name, concept.get("value", 0.0))
+            pairs.append((name, min(1.0, max(0.0, value))))
         return rank(pairs)
 
     def _channel(self) -> Any:
@@ -302,8 +310,8 @@ class ClarifaiAdapter(RemoteAdapter):
         grpc = self._sdk.grpc
         options = [
             ("grpc.enable_retries", 0),
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", self.max_response_bytes),
+            ("grpc.max_send_message_length", _MAX_SEND),
         ]
         if self.insecure:
             return grpc.aio.insecure_channel(self.target, options=options)
@@ -353,6 +361,9 @@ class ClarifaiAdapter(RemoteAdapter):
         """A gRPC status by its name through :data:`ERRORS` (``retry-after`` metadata
         kept); anything else (a protobuf that does not parse) as the base class does."""
         if isinstance(exc, self._sdk.grpc.aio.AioRpcError):
+            details = (exc.details() or "").lower()
+            if exc.code().name == "RESOURCE_EXHAUSTED" and TOO_LARGE in details:
+                return self.too_large()  # over max_response_bytes, not a quota
             return error_for_code(
                 exc.code().name,
                 f"gRPC {exc.code().name}: {(exc.details() or '')[:200]}",

@@ -30,11 +30,12 @@ from ..errors import (
     PermissionDeniedError,
     ProviderError,
     RateLimitError,
+    ResponseTooLargeError,
     ServerError,
     error_for_status,
 )
 from .encoding import ImageLimits
-from .remote import Ranked, RemoteAdapter, import_optional, rank
+from .remote import Ranked, RemoteAdapter, checked, import_optional, rank
 
 __all__ = ["GRPC_ERRORS", "GoogleVisionAdapter", "map_error", "map_exception"]
 
@@ -68,10 +69,9 @@ _NO_CREDENTIALS = (
     "'gcloud auth application-default login') or GOOGLE_API_KEY, or pass api_key"
 )
 
-_MESSAGE_SIZES = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
+_MAX_SEND = 64 * 1024 * 1024
+#: What gRPC says when an answer is over the channel's receive limit (RESOURCE_EXHAUSTED).
+TOO_LARGE = "received message larger than max"
 
 # The documented limits: 16 images, 20 MB per image, 10 MB per JSON request (base64).
 MAX_REQUEST_BYTES = 10_000_000
@@ -99,6 +99,8 @@ def map_error(
         cls = InvalidImageError
     if code == 14 and any(marker in message.lower() for marker in _NO_CONNECTION):
         cls = APIConnectionError
+    if code == 8 and TOO_LARGE in message.lower():  # over max_response_bytes, not a quota
+        cls = ResponseTooLargeError
     text = f"{name}: {message}"
     error = cls(text, provider=provider, status=status, code=name, retry_after=retry_after)
     if code == 4 and not per_image:  # DEADLINE_EXCEEDED: sent, abandoned, maybe billed
@@ -136,7 +138,12 @@ class GoogleVisionAdapter(RemoteAdapter):
 
     Ranking: labels by ``score``, highest first; equal scores go to the ``description``
     that sorts first alphabetically (the response order is not trusted, ``topicality``
-    is ignored). An image with no ``labelAnnotations`` has no label.
+    is ignored). An image with no ``labelAnnotations`` has no label; an annotation
+    without a ``description`` makes the answer malformed.
+
+    Answers over ``max_response_bytes`` (8 MiB by default) raise ``ResponseTooLargeError``:
+    on the plaintext channel (``insecure``) gRPC refuses to receive them; the SDK's default
+    channel sets no receive limit, so there the size is checked once received.
 
     Size limits: an image may be 20 MB, but a whole JSON request only 10 MB after
     base64 (4/3 of the bytes). Images are therefore kept to ``max_bytes`` = 7.3 MB, so
@@ -219,19 +226,20 @@ class GoogleVisionAdapter(RemoteAdapter):
         """One image's ``AnnotateImageResponse`` (REST JSON) -> ranked labels.
 
         No ``labelAnnotations`` is an image without labels (proto3 JSON leaves an empty
-        list out); one that is not a list of objects with a string ``description`` and
-        a numeric ``score`` raises ``TypeError``: a malformed answer.
+        list out, and a zero ``score``); one that is not a list of objects with a non-empty
+        ``description`` string and a finite ``score`` raises ``TypeError`` / ``ValueError``:
+        a malformed answer.
         """
         annotations = raw.get("labelAnnotations", [])
         if not isinstance(annotations, list):
             raise TypeError(f"labelAnnotations is a {type(annotations).__name__}, not a list")
         pairs = []
         for item in annotations:
-            description, score = item.get("description", ""), item.get("score", 0.0)
-            if not isinstance(description, str) or isinstance(score, (bool, str)):
+            description = item.get("description")
+            if not isinstance(description, str):
                 raise TypeError(f"malformed label annotation {item!r:.100}")
-            if description:
-                pairs.append((description, min(1.0, max(0.0, float(score)))))
+            description, score = checked(description, item.get("score", 0.0))
+            pairs.append((description, min(1.0, max(0.0, score))))
         return rank(pairs)
 
     @staticmethod
@@ -275,9 +283,11 @@ class GoogleVisionAdapter(RemoteAdapter):
                 "google",
                 "google-cloud-vision",
             )
-            channel = grpc.aio.insecure_channel(
-                self.endpoint, options=[("grpc.enable_retries", 0)] + _MESSAGE_SIZES
-            )
+            channel = grpc.aio.insecure_channel(self.endpoint, options=[
+                ("grpc.enable_retries", 0),
+                ("grpc.max_send_message_length", _MAX_SEND),
+                ("grpc.max_receive_message_length", self.max_response_bytes),
+            ])
             transport = transports.ImageAnnotatorGrpcAsyncIOTransport(channel=channel)
             return self._vision.ImageAnnotatorAsyncClient(transport=transport)
         options: dict[str, str] = {}
@@ -327,7 +337,8 @@ class GoogleVisionAdapter(RemoteAdapter):
         authentication errors, a gRPC status the SDK left unwrapped by its code; anything
         else (a protobuf that does not parse) as the base class does."""
         if isinstance(exc, self._api_core.GoogleAPICallError):
-            return map_exception(exc, self.name)
+            error = map_exception(exc, self.name)
+            return self.too_large() if isinstance(error, ResponseTooLargeError) else error
         if isinstance(exc, self._auth_errors.DefaultCredentialsError):
             return AuthenticationError(_NO_CREDENTIALS, provider=self.name)
         if isinstance(exc, self._auth_errors.GoogleAuthError):
@@ -338,7 +349,8 @@ class GoogleVisionAdapter(RemoteAdapter):
         code, details = getattr(exc, "code", None), getattr(exc, "details", None)
         if callable(code) and callable(details):  # a raw grpc.RpcError
             value = getattr(code(), "value", (None,))
-            return map_error(value[0], str(details() or ""), provider=self.name)
+            error = map_error(value[0], str(details() or ""), provider=self.name)
+            return self.too_large() if isinstance(error, ResponseTooLargeError) else error
         return super().map_exception(exc)
 
     async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:
@@ -374,7 +386,10 @@ class GoogleVisionAdapter(RemoteAdapter):
                 raise ServerError(
                     "malformed answer: the response did not decode", provider=self.name
                 )
-            body = self._json_format.MessageToDict(type(reply).pb(reply))
+            message = type(reply).pb(reply)
+            if message.ByteSize() > self.max_response_bytes:  # a channel without the limit
+                raise self.too_large()
+            body = self._json_format.MessageToDict(message)
             part = self.split_batch(body, self.name)
             if len(part) != len(group):
                 raise ServerError(

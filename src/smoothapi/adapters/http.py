@@ -27,12 +27,21 @@ are filled in, and with ``*`` every image gets a copy of the template's first it
 ``max_batch > 1`` the answer holds one result per image at ``batch_path``, each read
 with ``labels_path``.
 
+Query parameters: the URL takes no query string (any of its values could be a secret,
+and the URL is shown and keyed). Plain parameters go in ``query={"version": "2"}``: sent,
+shown in ``repr`` and part of the journal's run key, since they may decide the answers
+(a name that looks like a credential, such as ``key``, ``token`` or ``client_secret``, is
+refused there). Secret ones go in ``query_env={"key": "ENV_VARIABLE"}``, read from the
+environment.
+
 Secrets: header values (``headers``, or better environment variables named in
-``header_env``) and query parameters (``query`` / ``query_env``) are sent, never
-logged, shown in ``repr``, recorded or journaled, and are redacted from errors. A URL
-whose query holds a secret-looking parameter (``?key=...``) is refused: pass it with
-``query_env`` instead. A 400, 415 or 422 whose body says the image is bad (matched by
-``invalid_image``) is an :class:`~smoothapi.errors.InvalidImageError`.
+``header_env``) and ``query_env`` values are sent, never logged, shown in ``repr``,
+recorded or journaled, and are redacted from errors. Redirects: a same-origin 307 or 308
+(the method and body kept) is followed; any other redirect, and every one to another
+origin (which would get the credentials), is a :class:`~smoothapi.errors.RedirectError`.
+An answer over ``max_response_bytes`` (8 MiB by default) is not read further
+(:class:`~smoothapi.errors.ResponseTooLargeError`). A 400, 415 or 422 whose body says the
+image is bad (matched by ``invalid_image``) is an :class:`~smoothapi.errors.InvalidImageError`.
 """
 
 from __future__ import annotations
@@ -59,16 +68,16 @@ from ..errors import (
     error_for_status,
     parse_retry_after,
 )
-from .remote import Ranked, RemoteAdapter, rank
+from ._transport import fetch
+from .remote import Ranked, RemoteAdapter, checked, rank
 
 __all__ = ["INVALID_IMAGE", "SECRET_QUERY", "HTTPAdapter"]
 
 SEND_MODES = ("raw", "multipart", "json")
-#: Query parameter names that hold secrets: refused in a URL (use ``query_env``).
+#: Query parameter names that look like credentials: refused in ``query=`` (whose values
+#: are shown and journaled); pass them with ``query_env``.
 SECRET_QUERY = re.compile(
-    r"^(key|api[-_]?key|apikey|code|sig|signature|token|access[-_]?token|auth|secret"
-    r"|password|pat|x-api-key|subscription[-_]?key)$",
-    re.IGNORECASE,
+    r"key|secret|token|passw|signature|credential|auth|^(code|sig|pat|session)$", re.IGNORECASE
 )
 #: Header names whose values are secrets even when given directly (``headers=``).
 SECRET_HEADER = re.compile(r"auth|key|token|secret|password|signature|cookie", re.IGNORECASE)
@@ -113,12 +122,6 @@ def _put(body: Any, path: Sequence[str], value: Any) -> None:
         body = body[key]
 
 
-def _secret_query(url: str) -> list[str]:
-    query = urllib.parse.urlsplit(url).query
-    return [name for name, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)
-            if SECRET_QUERY.match(name)]
-
-
 class HTTPAdapter(RemoteAdapter):
     """A vision model behind a generic HTTP API (see the module docstring for the options)."""
 
@@ -153,11 +156,19 @@ class HTTPAdapter(RemoteAdapter):
             raise InvalidInputError("max_batch > 1 needs send='json' (a list of images)")
         if "*" in field and (send != "json" or field.count("*") > 1):
             raise InvalidInputError("a '*' in field needs send='json' and may appear once")
-        secret = _secret_query(url)
-        if secret:
+        given = urllib.parse.urlsplit(url).query
+        if given:
+            names = [n for n, _ in urllib.parse.parse_qsl(given, keep_blank_values=True)]
             raise InvalidInputError(
-                f"the URL carries a secret in its query ({', '.join(secret)}); it would be "
-                f"stored and shown: pass it with query_env={{{secret[0]!r}: 'ENV_VARIABLE'}}"
+                f"the URL takes no query string (its values could be secrets, and the URL is "
+                f"shown and journaled; got {', '.join(names)[:200]}): pass plain parameters "
+                f"with query={{...}} and secret ones with query_env={{'NAME': 'ENV_VARIABLE'}}"
+            )
+        secret_names = [name for name in query or {} if SECRET_QUERY.search(name)]
+        if secret_names:
+            raise InvalidInputError(
+                f"query= values are shown and journaled, and {secret_names[0]!r} looks like a "
+                f"credential: pass it with query_env={{{secret_names[0]!r}: 'ENV_VARIABLE'}}"
             )
         envs = {**(header_env or {}), **(query_env or {})}
         missing = [env for env in envs.values() if not os.environ.get(env)]
@@ -170,26 +181,30 @@ class HTTPAdapter(RemoteAdapter):
         self.invalid_image = re.compile(invalid_image) if invalid_image else None
         self._headers = {**(headers or {}),
                          **{k: os.environ[env] for k, env in (header_env or {}).items()}}
-        self._query = {**(query or {}),
-                       **{k: os.environ[env] for k, env in (query_env or {}).items()}}
+        self.query = {str(k): str(v) for k, v in (query or {}).items()}
+        self._secret_query = {k: os.environ[env] for k, env in (query_env or {}).items()}
         secret = [v for k, v in self._headers.items() if k in (header_env or {})
-                  or SECRET_HEADER.search(k)] + list(self._query.values())
+                  or SECRET_HEADER.search(k)] + list(self._secret_query.values())
         self.secrets(*secret, *(word for v in secret for word in v.split()[1:]))  # "Bearer x"
 
     def __repr__(self) -> str:
         return (f"HTTPAdapter({self.url!r}, send={self.send!r}, headers={sorted(self._headers)}, "
-                f"query={sorted(self._query)})")
+                f"query={self.query}, query_env={sorted(self._secret_query)})")
+
+    def _with_query(self, url: str) -> str:
+        """``url`` with the plain ``query`` parameters (never the ``query_env`` ones)."""
+        return url + ("?" + urllib.parse.urlencode(self.query) if self.query else "")
 
     def identity(self) -> dict:
-        """The base identity, with the URL's path and query but not its scheme, host or
-        port: the same model served elsewhere gives the same answers, so the same run."""
+        """The base identity, with the URL's path and the plain ``query`` but not its scheme,
+        host or port: the same model served elsewhere gives the same answers, so the same run."""
         identity = super().identity()
-        where = urllib.parse.urlsplit(self.url)
-        what = urllib.parse.urlunsplit(("", "", where.path, where.query, ""))
+        what = self._with_query(urllib.parse.urlsplit(self.url).path)
         return {**identity, "params": {**identity["params"], "url": what}}
 
     def request_params(self) -> dict[str, Any]:
-        return {"url": self.url, "send": self.send, "field": self.field, "extra": self.json_extra}
+        return {"url": self._with_query(self.url), "send": self.send, "field": self.field,
+                "extra": self.json_extra}
 
     def parse(self, raw: Mapping[str, Any]) -> Ranked:  # type: ignore[override]  # per-instance layout
         try:
@@ -205,9 +220,9 @@ class HTTPAdapter(RemoteAdapter):
         else:
             raise TypeError(f"the labels are a {type(found).__name__}")
         for pair in pairs:
-            if len(pair) != 2 or isinstance(pair[1], (bool, str)) or pair[1] is None:
+            if len(pair) != 2:
                 raise TypeError(f"malformed (label, score): {pair!r:.100}")
-        return rank(pairs)
+        return rank([checked(label, score) for label, score in pairs])
 
     def _json_body(self, images: Sequence[bytes]) -> dict[str, Any]:
         encoded = [base64.b64encode(image).decode("ascii") for image in images]
@@ -245,8 +260,8 @@ class HTTPAdapter(RemoteAdapter):
             return {"data": form}
         return {"json": self._json_body(images)}
 
-    def _error(self, status: int, text: str, reason: str, headers: Mapping[str, str]):
-        message = " ".join(text.split())[:200] or reason
+    def _error(self, status: int, text: str, headers: Mapping[str, str]) -> ProviderError:
+        message = " ".join(text.split())[:200] or f"HTTP {status}"
         retry_after = parse_retry_after(headers.get("Retry-After"))
         if (status in (400, 415, 422) and self.invalid_image is not None
                 and self.invalid_image.search(text[:2000])):
@@ -254,15 +269,19 @@ class HTTPAdapter(RemoteAdapter):
                                      retry_after=retry_after)
         return error_for_status(status, message, provider=self.name, retry_after=retry_after)
 
+    def _request(self, images: Sequence[bytes]) -> dict[str, Any]:
+        """The body and headers of one request (made afresh for each redirect hop)."""
+        body = self._body(images)
+        return {**body, "headers": {**self._headers, **body.get("headers", {})}}
+
     async def _send(self, images: Sequence[bytes]) -> list[Mapping[str, Any] | ProviderError]:
         session = self.loop_local("session", aiohttp.ClientSession)
-        body = self._body(images)
-        headers = {**self._headers, **body.pop("headers", {})}
-        async with session.request(self.method, self.url, headers=headers,
-                                   params=self._query or None, **body) as reply:
-            text = await reply.text()
-            if reply.status >= 400:
-                raise self._error(reply.status, text, reply.reason or "", reply.headers)
+        params = {**self.query, **self._secret_query}
+        status, headers, raw = await fetch(self, session, self.method, self.url,
+                                           lambda: self._request(images), params=params or None)
+        text = raw.decode("utf-8", "replace")
+        if status >= 400:
+            raise self._error(status, text, headers)
         try:
             answer = json.loads(text)
             results = _at(answer, self.batch_path) if self.max_batch > 1 else [answer]
