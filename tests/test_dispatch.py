@@ -7,6 +7,11 @@ function of the sample index, so every answer is known in advance.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -20,7 +25,13 @@ from smoothapi.dispatch import (
     all_or_nothing,
     run_sync,
 )
-from smoothapi.errors import APITimeoutError, BadRequestError, RateLimitError, ServerError
+from smoothapi.errors import (
+    APITimeoutError,
+    BadRequestError,
+    RateLimitError,
+    ServerError,
+    parse_retry_after,
+)
 
 from .adapters.fake import FakeAdapter, brightness_response
 
@@ -166,11 +177,43 @@ def test_retry_after_is_honoured():
                 raise RateLimitError("wait", provider="fake", retry_after=0.3)
             return await super()._send(images)
 
-    dispatcher = Dispatcher(SlowDown(), BATCH, retry=FAST)
+    patient = RetryPolicy(max_attempts=8, initial_wait=0.001, max_wait=1)  # 0.3 s is allowed
+    dispatcher = Dispatcher(SlowDown(), BATCH, retry=patient)
     started = time.perf_counter()
     assert _collect(dispatcher, 4) == expected(4)
     assert time.perf_counter() - started >= 0.3
     assert dispatcher.stats.rate_limited == 1
+
+
+def _in_400_days() -> tuple[float | None, str]:
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=400)
+    return parse_retry_after(email.utils.format_datetime(when, usegmt=True)), f"{when:%Y-%m-%d}"
+
+
+@pytest.mark.parametrize(
+    "retry_after, resume",
+    [(86_400.0, None), (float("inf"), "when the provider allows"), _in_400_days()],
+    ids=["a day", "inf", "a date in 400 days"],
+)
+def test_a_retry_after_beyond_max_wait_stops_and_says_when_to_resume(retry_after, resume):
+    # It used to sleep for a day, or forever: max_wait did not apply to Retry-After.
+    class Closed(FakeAdapter):
+        async def _send(self, images):
+            self.requests.append(list(images))
+            raise RateLimitError("quota", provider="fake", status=429, retry_after=retry_after)
+
+    adapter = Closed()
+    dispatcher = Dispatcher(adapter, BATCH, limits=RateLimits(max_in_flight=1))  # max_wait 60
+    if resume is None:
+        day = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=86_400)
+        resume = f"{day:%Y-%m-%d}"
+    started = time.monotonic()
+    with pytest.raises(RateLimitError, match="longer than RetryPolicy.max_wait") as caught:
+        asyncio.run(asyncio.wait_for(dispatcher.counts(produce, 4), 10))
+    assert time.monotonic() - started < 5 and len(adapter.requests) == 1  # not retried
+    assert resume in str(caught.value) and not caught.value.retryable
+    assert caught.value.retry_after == retry_after
+    assert isinstance(caught.value.__cause__, RateLimitError)
 
 
 def test_requests_per_second_and_in_flight_are_respected():
@@ -384,3 +427,62 @@ def test_a_second_cancellation_does_not_drop_the_answers_in_flight():
 
     asyncio.run(main())
     assert sum(map(len, store.commits)) == sum(adapter.sent) > 0
+
+
+def _sigint_when(condition, then=()) -> None:
+    """From a timer thread: SIGINT this process once ``condition()`` holds, then once more
+    after each delay in ``then``."""
+
+    def fire():
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGINT)
+        for delay in then:
+            time.sleep(delay)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=fire, daemon=True).start()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_counts_what_it_abandons_as_possibly_billed():
+    # After a second Ctrl-C, 8 images sent and none answered showed possibly_billed 0.
+    adapter = Slow(latency=5)  # the answers would come long after the two Ctrl-Cs
+    dispatcher = Dispatcher(adapter, BATCH)
+    bridge = SyncBridge(adapter, dispatcher.stats)
+    _sigint_when(lambda: len(adapter.sent) >= 4, then=[0.2])
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        bridge.run(dispatcher.counts(produce, 4_000, MemoryStore()))
+    assert time.monotonic() - started < 4  # at once: not after the 5 s answers
+    stats = dispatcher.stats
+    assert stats.images == sum(adapter.sent) > 0 and stats.answered == 0
+    assert stats.possibly_billed == stats.images
+    assert not asyncio.all_tasks(bridge.loop)  # nothing left on the loop to send later
+    bridge.close()
+
+
+def test_a_keyboard_interrupt_from_the_callers_own_handler_leaves_nothing_to_resume():
+    # A SIGINT handler of the caller's (IPython's, say) is left in place, and its
+    # KeyboardInterrupt used to leave the call pending on the bridge's loop: the next call
+    # ran it on, sending the rest of it.
+    def callers_handler(signum, frame):
+        raise KeyboardInterrupt
+
+    adapter, store = Slow(latency=0.05), MemoryStore()
+    dispatcher = Dispatcher(adapter, BATCH)
+    bridge = SyncBridge(adapter, dispatcher.stats)
+    previous = signal.signal(signal.SIGINT, callers_handler)
+    try:
+        _sigint_when(lambda: len(adapter.sent) >= 8)
+        with pytest.raises(KeyboardInterrupt):
+            bridge.run(dispatcher.counts(produce, 4_000, store))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    sent = len(adapter.sent)
+    assert sent <= 8 + 2 * adapter.max_in_flight
+    assert not asyncio.all_tasks(bridge.loop)
+    assert sum(map(len, store.commits)) == sum(adapter.sent)  # the answers in flight kept
+    assert bridge.run(dispatcher.counts(produce, 8)) == {"bright": 3, "dark": 5}
+    assert len(adapter.sent) == sent + 2  # the next call sent its own requests, no more
+    bridge.close()

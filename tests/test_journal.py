@@ -29,7 +29,7 @@ from smoothapi.errors import (
 from smoothapi.journal import Journal, RepeatedAttemptWarning
 from smoothapi.testing import LoopbackProvider
 
-from .adapters.fake import Crash, CrashingAdapter
+from .adapters.fake import Crash, CrashingAdapter, brightness_response
 from .conftest import linear_adapter
 
 IMAGE = torch.full((1, 12, 12), 0.7)
@@ -68,7 +68,8 @@ def test_interrupted_run_resumes_without_resending(tmp_path):
 def test_other_seed_is_another_run(tmp_path):
     _certify(Flaky(), tmp_path / "j.sqlite", seed=1)
     other = Flaky()
-    _certify(other, tmp_path / "j.sqlite", seed=2)
+    with pytest.warns(RepeatedAttemptWarning, match="another seed"):  # the same image again
+        _certify(other, tmp_path / "j.sqlite", seed=2)
     assert sum(map(len, other.requests)) == 96
     assert len(Journal(tmp_path / "j.sqlite").runs()) == 2
 
@@ -254,8 +255,9 @@ def test_ctrl_c_under_asyncio_run_cancels_at_once_and_keeps_the_answers_in_fligh
 # --- one writer per journal; runs keyed by what decides the answers ------------------------
 
 
-def test_a_second_process_writing_to_the_journal_is_refused_naming_the_holder(tmp_path):
-    path = tmp_path / "j.sqlite"
+def _holder(path) -> subprocess.Popen:
+    """Another process that writes to the journal ``path`` (it registers a run) and holds
+    it until a line comes on its stdin."""
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
@@ -267,8 +269,14 @@ def test_a_second_process_writing_to_the_journal_is_refused_naming_the_holder(tm
         """)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_a_second_process_writing_to_the_journal_is_refused_naming_the_holder(tmp_path):
+    path = tmp_path / "j.sqlite"
+    holder = _holder(path)
     try:
-        assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(JournalLockedError, match=f"pid {holder.pid}, host ") as caught:
             SmoothedClassifier(Flaky(), 0.3, device="cpu", seed=3, journal=path)
         assert caught.value.holder["pid"] == holder.pid and "since" in caught.value.holder
@@ -277,6 +285,97 @@ def test_a_second_process_writing_to_the_journal_is_refused_naming_the_holder(tm
         holder.communicate("\n", timeout=60)
     reference = _certify(Flaky(), None)
     assert _certify(Flaky(), path) == reference  # the holder is gone: the lock went with it
+
+
+def test_no_file_beside_the_journal_can_be_deleted_to_let_a_second_writer_in(tmp_path):
+    # Deleting `j.sqlite.lock` while a run wrote let a second process write the same
+    # journal (2,656 answers bought twice): the lock is now on the journal file itself.
+    path = tmp_path / "j.sqlite"
+    holder = _holder(path)
+    try:
+        for beside in tmp_path.iterdir():
+            if beside != path and not beside.name.endswith(("-wal", "-shm")):
+                beside.unlink()  # what a user cleaning up "stale" lock files would do
+        with pytest.raises(JournalLockedError, match=f"pid {holder.pid}, host ") as caught:
+            SmoothedClassifier(Flaky(), 0.3, device="cpu", seed=3, journal=path)
+        assert caught.value.holder["pid"] == holder.pid and "since" in caught.value.holder
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert _certify(Flaky(), path) == _certify(Flaky(), None)  # free again once it is gone
+
+
+class _Vanishing(Flaky):
+    """Deletes the journal file (or puts another SQLite file in its place) once it has
+    answered ``after`` requests, as a user cleaning up a folder mid-run would."""
+
+    def __init__(self, path, replace, after=5):
+        super().__init__()
+        self.path, self.replace, self.after = path, replace, after
+
+    async def _send(self, images):
+        if len(self.requests) == self.after:
+            if self.replace:
+                other = self.path.with_name("other.sqlite")
+                Journal(other).close()
+                os.replace(other, self.path)
+            else:
+                self.path.unlink()
+        return await super()._send(images)
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_journal_deleted_or_replaced_mid_run_stops_the_run(tmp_path, replace):
+    # It used to go on writing to the deleted file and exit 0: the rerun paid for all again.
+    path = tmp_path / "j.sqlite"
+    adapter = _Vanishing(path, replace)
+    smoothed = _classifier(adapter, path)
+    outcomes = smoothed.certify_many([IMAGE, DARK], n0=16, n=80, alpha=0.01)
+    with pytest.raises(JournalError, match="was replaced" if replace else "was deleted"):
+        list(outcomes)
+    # Stopped at the first commit after it, short of the first image's 96 samples, and the
+    # second (dark) image was never sent.
+    assert len(adapter.requests) < (16 + 80) // Flaky.max_batch
+    assert all(brightness_response(image)["labels"][0]["score"] > 0.5
+               for request in adapter.requests for image in request)  # fmt: skip
+    assert smoothed.stats.answered <= adapter.after * Flaky.max_batch  # those kept
+    assert smoothed.stats.billable == smoothed.stats.images  # the rest possibly billed
+
+
+class _FullDisk:
+    """A journal's connection whose commits of answers fail as on a full disk once ``room``
+    of them went through."""
+
+    def __init__(self, db, room):
+        self.db, self.room = db, room
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def __enter__(self):
+        return self.db.__enter__()
+
+    def __exit__(self, *exc):
+        return self.db.__exit__(*exc)
+
+    def executemany(self, sql, rows):
+        if self.room == 0:
+            raise sqlite3.OperationalError("database or disk is full")
+        self.room -= 1
+        return self.db.executemany(sql, rows)
+
+
+def test_answers_that_could_not_be_journaled_count_as_possibly_billed(tmp_path):
+    # On a full disk 432 images were sent and 424 answered, and possibly_billed said 0.
+    path = tmp_path / "j.sqlite"
+    adapter = Flaky()
+    smoothed = _classifier(adapter, path)
+    smoothed.journal._db = _FullDisk(smoothed.journal._db, room=5)
+    with pytest.raises(JournalError, match="disk is full"):
+        smoothed.certify(IMAGE, n0=16, n=80, alpha=0.01)
+    stats = smoothed.stats
+    assert stats.images == sum(map(len, adapter.requests)) > 5 * 4
+    assert stats.answered == 5 * 4 == _journaled(path)  # counted: those that were kept
+    assert stats.possibly_billed == stats.images - stats.answered  # paid, answer lost
 
 
 def test_one_process_may_open_its_journal_twice_and_writes_after_a_failed_run(tmp_path):
@@ -419,6 +518,26 @@ def test_more_samples_for_the_same_image_are_a_fresh_attempt_and_say_so(tmp_path
         warnings.simplefilter("error", RepeatedAttemptWarning)
         replay = _classifier(Flaky(budget=0), path).certify(IMAGE, n0=16, n=128, alpha=0.01)
     assert replay.n == 128 and len(journal.attempts(run)) == 2
+
+
+@pytest.mark.parametrize("seed, image_id", [(4, None), (3, "again"), (4, "again")],
+                         ids=["other seed", "other image_id", "both"])
+def test_the_same_pixels_tried_again_under_another_seed_or_id_are_a_repeated_attempt(
+    tmp_path, seed, image_id
+):
+    # Another seed is another run, another id another image: both escaped the k * alpha
+    # accounting. Attempts are counted by the pixels, whatever the run or the id.
+    path = tmp_path / "j.sqlite"
+    _classifier(Flaky(), path).certify(IMAGE, n0=16, n=64, alpha=0.01)
+    _classifier(Flaky(), path).certify(DARK, n0=16, n=64, alpha=0.01, image_id="dark")
+    with pytest.warns(RepeatedAttemptWarning, match="tried before"):
+        _classifier(Flaky(), path, seed=seed).certify(IMAGE, n0=16, n=64, alpha=0.01,
+                                                      image_id=image_id)  # fmt: skip
+    journal = Journal(path)
+    tried = sorted((r.key.content, r.attempts) for run in journal.runs()
+                   for r in journal.recertify(run, alpha=0.01))  # fmt: skip
+    assert sorted(k for _, k in tried) == [1, 2, 2]
+    assert journal.tries()["certify"] == {content: k for content, k in tried}
 
 
 def test_a_radius_test_may_be_extended_on_its_own_stream(tmp_path):

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import time
 
 import pytest
 import torch
 
-from smoothapi import Adapter, SmoothedClassifier
+from smoothapi import Adapter, RateLimits, SmoothedClassifier
+from smoothapi.adapters.http import HTTPAdapter
 from smoothapi.analysis import read_log
-from smoothapi.errors import BadRequestError, BudgetExceededError, InvalidInputError
+from smoothapi.errors import (
+    BadRequestError,
+    BudgetExceededError,
+    InvalidInputError,
+    RateLimitError,
+)
 from smoothapi.runs import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
@@ -21,6 +29,7 @@ from smoothapi.runs import (
     read_log_rows,
     write_log,
 )
+from smoothapi.testing import LoopbackProvider
 
 from .adapters.fake import FakeAdapter
 from .test_dispatch import FAST, Faulty
@@ -156,3 +165,28 @@ def test_any_exception_is_kept_for_its_image_and_the_run_goes_on():
     assert [o.index for o in outcomes] == [0, 1, 2]
     assert isinstance(outcomes[1].error, RuntimeError) and outcomes[1].result is None
     assert outcomes[0].error is None and outcomes[2].error is None
+
+
+def _brightness(images):
+    means = images.flatten(1).mean(1).tolist()
+    return [[("bright", m), ("dark", 1 - m)] for m in means]
+
+
+def test_a_run_stops_when_the_provider_asks_to_wait_longer_than_max_wait():
+    # A real server's 429 with Retry-After: 86400 made the run sleep for a day. Now it stops
+    # with the time to resume, and does not go on to the next images (each would wait too).
+    with LoopbackProvider(_brightness, rate_limit=3, retry_after=86_400) as api:
+        adapter = HTTPAdapter(api.url("generic"))
+        smoothed = SmoothedClassifier(adapter, 0.25, batch_size=4, device="cpu", seed=0,
+                                      limits=RateLimits(requests_per_second=50, max_in_flight=1))
+
+        async def run():
+            async with smoothed:
+                return [o async for o in smoothed.acertify_many(IMAGES, 4, 8, 0.05)]
+
+        started = time.monotonic()
+        with pytest.raises(RateLimitError, match="resume after") as caught:
+            asyncio.run(asyncio.wait_for(run(), 30))
+        assert time.monotonic() - started < 15
+        assert caught.value.retry_after == 86_400
+        assert api.stats.rate_limited == 1  # one refusal, then nothing more was sent

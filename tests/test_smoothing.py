@@ -410,3 +410,127 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_it_is_drawn():
         smoothed.certify(torch.zeros(3, 64, 64), n0=10**9, n=10**9)
     assert recorder.batches == []
     assert smoothed.certify(torch.zeros(3, 64, 64), n0=2, n=2).n == 2  # batches of 2 fit
+
+
+# --- Ctrl-C in IPython: each cell runs with run_until_complete on one persistent loop ------
+
+
+class _Slow(Recorder):
+    """Answers after ``latency`` seconds; counts its requests as they are sent."""
+
+    max_in_flight = 4
+    max_batch = 4
+
+    def __init__(self, latency):
+        super().__init__(answer="cat")
+        self.latency, self.sent = latency, 0
+
+    async def atop_labels(self, images):
+        self.sent += 1
+        await asyncio.sleep(self.latency)
+        return self.top_labels(images)
+
+
+def _interrupt_when(loop, condition):
+    """Raise KeyboardInterrupt out of ``loop.run_until_complete`` once ``condition()`` holds,
+    as Ctrl-C does when a handler other than smoothapi's turns it into KeyboardInterrupt."""
+
+    def check():
+        if not condition():
+            loop.call_later(0.002, check)
+            return
+        raise KeyboardInterrupt
+
+    loop.call_soon(check)
+
+
+def test_ctrl_c_of_an_awaited_call_in_a_cell_neither_resumes_nor_blocks_later_calls():
+    adapter = _Slow(latency=0.05)
+    smoothed = SmoothedClassifier(adapter, 0.25, batch_size=16, device="cpu", seed=0)
+    image = torch.zeros(1, 4, 4)
+    loop = asyncio.new_event_loop()  # IPython's, kept from cell to cell
+    try:
+        _interrupt_when(loop, lambda: adapter.sent >= 8)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(smoothed.acertify(image, n0=16, n=100_000))
+        # The next cell calls the classifier: it used to raise UsageError ("another event loop").
+        assert smoothed.predict(image, n=8).n == 8
+        sent = adapter.sent
+        loop.run_until_complete(asyncio.sleep(0.3))  # a later cell runs the loop again
+        assert adapter.sent == sent  # the interrupted call sent nothing more
+        assert loop.run_until_complete(smoothed.apredict(image, n=8)).n == 8
+        assert adapter.sent == sent + 2
+    finally:
+        loop.close()
+    smoothed.close()
+
+
+def test_ctrl_c_in_a_cell_awaiting_a_call_stops_it_there_and_then():
+    import os
+    import signal
+    import time
+
+    from smoothapi.errors import Interrupted
+
+    adapter = _Slow(latency=0.05)
+    smoothed = SmoothedClassifier(adapter, 0.25, batch_size=16, device="cpu", seed=0)
+    image = torch.zeros(1, 4, 4)
+
+    def interrupt():  # Python's own handler is in place, as in IPython
+        while adapter.sent < 8:
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    loop = asyncio.new_event_loop()
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(Interrupted, match="sent in all"):
+            loop.run_until_complete(smoothed.acertify(image, n0=16, n=100_000))
+        sent = adapter.sent
+        loop.run_until_complete(asyncio.sleep(0.3))  # the next cell: nothing of it resumes
+        assert adapter.sent == sent <= 8 + 2 * _Slow.max_in_flight
+    finally:
+        loop.close()
+    assert smoothed.predict(image, n=8).n == 8 and adapter.sent == sent + 2
+    smoothed.close()
+
+
+def test_ctrl_c_of_a_sync_call_in_a_cell_stops_it_before_returning_to_the_prompt():
+    import os
+    import signal
+    import time
+
+    def ipython_handler(signum, frame):  # not Python's: smoothapi leaves it in place
+        raise KeyboardInterrupt
+
+    adapter = _Slow(latency=0.5)
+    smoothed = SmoothedClassifier(adapter, 0.25, batch_size=16, device="cpu", seed=0)
+    image = torch.zeros(1, 4, 4)
+
+    async def cell():  # a cell with an await runs on the loop; the sync call in it, in a thread
+        return smoothed.certify(image, n0=16, n=100_000)
+
+    def interrupt():
+        while adapter.sent < 8:
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    loop = asyncio.new_event_loop()
+    previous = signal.signal(signal.SIGINT, ipython_handler)
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(cell())
+        sent = adapter.sent
+        # At once, the next cell: the interrupted call has stopped (it used to still be
+        # settling in its thread, and this raised UsageError), and sends nothing more.
+        assert loop.run_until_complete(_sync_in_a_cell(smoothed.predict, image, n=8)).n == 8
+        assert adapter.sent == sent + 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        loop.close()
+    smoothed.close()
+
+
+async def _sync_in_a_cell(method, *args, **kwargs):
+    return method(*args, **kwargs)

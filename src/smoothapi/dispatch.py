@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import random
 import signal
 import threading
@@ -50,6 +51,7 @@ __all__ = [
     "RetryPolicy",
     "SyncBridge",
     "all_or_nothing",
+    "interruptible",
     "run_sync",
 ]
 
@@ -66,7 +68,10 @@ class RetryPolicy:
     Only retryable errors (rate limits, 5xx, timeouts, dropped connections) are
     retried, at most ``max_attempts`` tries in all, waiting a random time up to
     ``initial_wait * 2**k`` seconds (capped at ``max_wait``) before try ``k + 2``, and at
-    least the server's ``Retry-After``. Only the images that failed are sent again.
+    least the server's ``Retry-After``. Only the images that failed are sent again. A
+    ``Retry-After`` longer than ``max_wait`` (a day, ``inf``, a date next month) is not
+    waited for: the request fails at once with a :class:`~smoothapi.errors.RateLimitError`
+    that is not retried and says when the provider allows the next try.
     """
 
     max_attempts: int = 6
@@ -93,10 +98,13 @@ class ClientStats:
     """What a classifier has sent so far.
 
     ``images`` counts every image sent, retries included (what a query cap limits);
-    ``answered`` the images that came back with an answer; ``possibly_billed`` the images
-    of requests that reached the provider and were abandoned unanswered (a timeout): the
-    provider may charge for them although no answer was used. :attr:`billable` is what
-    cost figures count: answered plus possibly billed.
+    ``answered`` the images that came back with an answer that was kept (committed to the
+    journal, with one); ``possibly_billed`` every other image of a request that left: still
+    in flight, abandoned unanswered (a timeout, Ctrl-C, a failure elsewhere), or answered
+    with an answer that could not be kept (the journal's disk full); only an error that
+    says the provider did not take the image (a 429, a 5xx, a refused connection) takes it
+    off. The provider may charge for them although no answer was used. :attr:`billable` is
+    what cost figures count: answered plus possibly billed.
     """
 
     requests: int = 0
@@ -196,27 +204,40 @@ class Dispatcher:
         self.stats = ClientStats()
         self._throttles: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._guard = threading.Lock()
-        self._busy_loop: asyncio.AbstractEventLoop | None = None
-        self._busy = 0
+        self._calls: list[tuple[asyncio.Future, asyncio.AbstractEventLoop]] = []
 
     @contextlib.contextmanager
     def one_loop(self) -> Iterator[None]:
         """Admit a call: any number at once on one event loop, none from a second loop while
-        the first is busy (the rate limits hold per loop), else :class:`UsageError`."""
-        loop = asyncio.get_running_loop()
+        the first is busy (the rate limits hold per loop), else :class:`UsageError`.
+
+        A call left behind on a loop that no longer runs (Ctrl-C out of that loop's
+        ``run_until_complete``, as in IPython, where each cell runs the same loop again) is
+        cancelled instead: it sends nothing more when its loop runs again, and does not
+        block this call."""
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None  # called from a coroutine
         with self._guard:
-            if self._busy and self._busy_loop is not loop:
-                raise UsageError(
-                    "this classifier is already sending from another event loop (another "
-                    "thread); await its async methods on one loop, or call the sync ones, "
-                    "which take turns"
-                )
-            self._busy_loop, self._busy = loop, self._busy + 1
+            for other, other_loop in list(self._calls):
+                if other_loop is loop:
+                    continue
+                if other_loop.is_running():
+                    raise UsageError(
+                        "this classifier is already sending from another event loop (another "
+                        "thread); await its async methods on one loop, or call the sync ones, "
+                        "which take turns"
+                    )
+                with contextlib.suppress(RuntimeError):  # a closed loop: nothing left there
+                    other_loop.call_soon_threadsafe(other.cancel)
+                self._calls.remove((other, other_loop))
+            call = (task, loop)
+            self._calls.append(call)
         try:
             yield
         finally:
             with self._guard:
-                self._busy -= 1
+                if call in self._calls:
+                    self._calls.remove(call)
 
     async def counts(
         self, produce: BatchProducer, num: int, store: AnswerStore = UNRECORDED
@@ -287,46 +308,83 @@ class Dispatcher:
         todo = list(range(len(indices)))
         throttle = self._throttle()
         retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
+            retry=retry_if_exception(
+                lambda e: isinstance(e, ProviderError) and e.retryable and not self._too_long(e)
+            ),
             stop=stop_after_attempt(self.retry.max_attempts),
             wait=self._retry_wait,
             before_sleep=self._count_retry,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                async with throttle.request(len(todo)):
-                    self.stats.requests += 1
-                    self.stats.images += len(todo)
-                    sent = [indices[i] for i in todo]
-                    outcomes = await _paid(self._send(images[todo], sent, store))
-                done = [(i, o) for i, o in zip(todo, outcomes, strict=True)
-                        if not isinstance(o, ProviderError)]  # fmt: skip
-                answers.update((i, label) for i, (label, _) in done)
-                failed = [(i, o) for i, o in zip(todo, outcomes, strict=True)
-                          if isinstance(o, ProviderError)]  # fmt: skip
-                if failed:
-                    todo = [i for i, _ in failed]
-                    errors = [error for _, error in failed]
-                    raise next((e for e in errors if not e.retryable), errors[0])
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with throttle.request(len(todo)):
+                        self.stats.requests += 1
+                        self.stats.images += len(todo)
+                        sent = [indices[i] for i in todo]
+                        outcomes = await _paid(self._send(images[todo], sent, store))
+                    done = [(i, o) for i, o in zip(todo, outcomes, strict=True)
+                            if not isinstance(o, ProviderError)]  # fmt: skip
+                    answers.update((i, label) for i, (label, _) in done)
+                    failed = [(i, o) for i, o in zip(todo, outcomes, strict=True)
+                              if isinstance(o, ProviderError)]  # fmt: skip
+                    if failed:
+                        todo = [i for i, _ in failed]
+                        errors = [error for _, error in failed]
+                        raise next((e for e in errors if not e.retryable), errors[0])
+        except ProviderError as error:
+            if error.retryable and self._too_long(error):
+                raise self._not_waiting(error) from error
+            raise
         return [answers[i] for i in range(len(indices))]
+
+    def _too_long(self, error: ProviderError) -> bool:
+        """Whether the server asked to wait longer than :attr:`RetryPolicy.max_wait`."""
+        return error.retry_after is not None and not error.retry_after <= self.retry.max_wait
+
+    def _not_waiting(self, error: ProviderError) -> RateLimitError:
+        """The error that stops a request whose server asked to wait too long: not retried,
+        saying when to resume."""
+        wait = error.retry_after or 0.0
+        try:
+            when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=wait)
+            resume = f"resume after {when:%Y-%m-%d %H:%M:%S} UTC"
+        except (OverflowError, ValueError):  # inf, nan, or past the year 9999
+            resume = "resume when the provider allows it again"
+        stop = RateLimitError(
+            f"{error}; it asked to wait {wait:g} s before the next try (Retry-After), longer "
+            f"than RetryPolicy.max_wait ({self.retry.max_wait:g} s): stopped instead of "
+            f"waiting, {resume}",
+            status=error.status, code=error.code, retry_after=error.retry_after,
+        )  # fmt: skip
+        stop.provider, stop.retryable = error.provider, False  # never retried
+        return stop
 
     async def _send(self, images: torch.Tensor, indices: list[int], store: AnswerStore) -> list:
         """One request; the answers that came back are committed to ``store`` at once, and
-        counted as answered; images of a request abandoned unanswered as possibly billed."""
+        counted as answered. Its images count as possibly billed from the moment it leaves
+        until an answer is kept or an error says the provider did not take them: so a
+        request cancelled (Ctrl-C), left unanswered, or whose answers could not be kept stays
+        counted, however the call ends."""
+        self.stats.possibly_billed += len(indices)
         try:
             outcomes = await self.adapter.ascored_or_errors(images)
         except ProviderError as error:
-            self.stats.possibly_billed += len(indices) * error.possibly_billed
+            self.stats.possibly_billed -= len(indices) * (not error.possibly_billed)
             raise
+        except Exception:  # refused before it was sent (an invalid image, a replay miss)
+            self.stats.possibly_billed -= len(indices)
+            raise
+        self.stats.possibly_billed -= sum(
+            isinstance(o, ProviderError) and not o.possibly_billed for o in outcomes
+        )
         done = [(i, *o) for i, o in zip(indices, outcomes, strict=True)
                 if not isinstance(o, ProviderError)]  # fmt: skip
         if done:
             store.record(done)
         self.stats.answered += len(done)
-        self.stats.possibly_billed += sum(
-            isinstance(o, ProviderError) and o.possibly_billed for o in outcomes
-        )
+        self.stats.possibly_billed -= len(done)
         return outcomes
 
     async def _produce(self, produce: BatchProducer, index: int, size: int) -> torch.Tensor:
@@ -400,7 +458,10 @@ async def _first_done(pending: dict[asyncio.Future, list[int]]) -> set[asyncio.F
 # instead of raising wherever the interpreter happens to be: the dispatcher then sends
 # nothing more, awaits the requests in flight and commits their answers, and the caller
 # gets :class:`~smoothapi.errors.Interrupted` with what was spent. A second Ctrl-C raises
-# KeyboardInterrupt at once. Nothing is left on the loop to resume at the next call.
+# KeyboardInterrupt at once, the requests in flight abandoned (possibly billed). However a
+# KeyboardInterrupt comes (a second Ctrl-C, or a SIGINT handler of the caller's, as
+# IPython's, that we leave in place), the call's tasks are cancelled and awaited before it is
+# raised: nothing is left on the loop to send at the next call.
 
 
 def _overridable(handler: Any) -> bool:
@@ -439,6 +500,24 @@ def _cancel_on_interrupt(loop: asyncio.AbstractEventLoop, task: asyncio.Task) ->
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def interruptible(stats: ClientStats | None) -> Iterator[None]:
+    """Around an async call awaited in the main thread (an IPython cell, ``asyncio.run``):
+    the first Ctrl-C cancels the call's task, so that it sends nothing more and keeps the
+    answers in flight, and the call raises :class:`~smoothapi.errors.Interrupted`. Python's
+    own KeyboardInterrupt would stop the loop instead, leaving the call suspended on it to
+    send on whenever the loop runs again (the next cell)."""
+    task = asyncio.current_task()
+    assert task is not None  # called from a coroutine
+    with _cancel_on_interrupt(asyncio.get_running_loop(), task) as interrupted:
+        try:
+            yield
+        except asyncio.CancelledError:
+            if interrupted:
+                raise _interrupted(stats) from None
+            raise
+
+
 def _interrupted(stats: ClientStats | None) -> Interrupted:
     spent = ""
     if stats is not None:
@@ -461,6 +540,20 @@ def _run_here(loop: asyncio.AbstractEventLoop, coroutine: Awaitable[T],
             if interrupted:
                 raise _interrupted(stats) from None
             raise
+        except KeyboardInterrupt:  # not turned into a cancellation: stop the call, then raise
+            _stop(loop, task, at_once=bool(interrupted))
+            raise
+
+
+def _stop(loop: asyncio.AbstractEventLoop, task: asyncio.Future, at_once: bool) -> None:
+    """Cancel the call ``task`` and run ``loop`` until it has stopped, then cancel whatever it
+    left behind: nothing of it is left to send when the loop runs again. Its requests in
+    flight are awaited and their answers kept, unless ``at_once`` (a second Ctrl-C): then
+    they are abandoned (and stay counted as possibly billed)."""
+    if not at_once:
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+    _drain(loop)
 
 
 def _run_in_thread(coroutine: Awaitable[T], stats: ClientStats | None) -> T:
@@ -468,35 +561,57 @@ def _run_in_thread(coroutine: Awaitable[T], stats: ClientStats | None) -> T:
     Ctrl-C cancels the worker's task cleanly."""
     loop = asyncio.new_event_loop()
     task = asyncio.ensure_future(coroutine, loop=loop)
-    worker = threading.Thread(target=_run_to_end, args=(loop, task), name="smoothapi-sync")
+    finished = threading.Event()  # not join(): after a KeyboardInterrupt in join(), Python
+    # 3.11 may take the thread for finished while it still runs
+    worker = threading.Thread(target=_run_to_end, args=(loop, task, finished),
+                              name="smoothapi-sync")  # fmt: skip
     with _cancel_on_interrupt(loop, task) as interrupted:
         worker.start()
         try:
-            worker.join()
-        except KeyboardInterrupt:  # not ours to turn into a cancellation: stop sending anyway
+            finished.wait()
+        except KeyboardInterrupt:  # not turned into a cancellation: stop the call, then raise
             with contextlib.suppress(RuntimeError):  # the loop may just have closed
-                loop.call_soon_threadsafe(task.cancel)
+                if interrupted:  # a second Ctrl-C: what is in flight is abandoned too
+                    loop.call_soon_threadsafe(_cancel_all, loop)
+                else:
+                    loop.call_soon_threadsafe(task.cancel)
+            finished.wait()  # until the call has stopped: nothing of it is left to send
             raise
     if interrupted and task.cancelled():
         raise _interrupted(stats) from None
     return task.result()
 
 
-def _run_to_end(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
-    with contextlib.suppress(BaseException):  # the caller reads the task's outcome
-        loop.run_until_complete(task)
-    _close_loop(loop)
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task]:
+    """Cancel every task of ``loop`` not done yet; those tasks."""
+    leftover = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in leftover:
+        task.cancel()
+    return leftover
+
+
+def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel every task left on ``loop`` and run it until they are done."""
+    leftover = _cancel_all(loop)
+    if leftover:
+        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+
+
+def _run_to_end(loop: asyncio.AbstractEventLoop, task: asyncio.Task,
+                finished: threading.Event) -> None:  # fmt: skip
+    try:
+        with contextlib.suppress(BaseException):  # the caller reads the task's outcome
+            loop.run_until_complete(task)
+        _close_loop(loop)
+    finally:
+        finished.set()
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Close ``loop`` as ``asyncio.run`` does: cancel and await what is left, finish async
     generators and worker threads, so that nothing complains when it is collected."""
     try:
-        leftover = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in leftover:
-            task.cancel()
-        if leftover:
-            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        _drain(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.run_until_complete(loop.shutdown_default_executor())
     finally:

@@ -23,12 +23,16 @@ certificates. A call with other settings for the same image (more samples, anoth
 ``alpha``) is another attempt: it draws fresh noise rather than extending the earlier
 answers, and warns (:class:`RepeatedAttemptWarning`). Every attempt is recorded with its
 settings and result (:meth:`Journal.attempts`), so repeated tries can be accounted for:
-reporting the best of ``k`` attempts at level ``alpha`` holds at ``k * alpha``. The journal
+reporting the best of ``k`` attempts at level ``alpha`` holds at ``k * alpha``. Attempts are
+counted by the pixels' digest across the whole journal (:meth:`Journal.tries`), so the same
+image tried under another seed (another run) or another ``image_id`` counts too. The journal
 holds labels and the provider's score for each (when the adapter gives one), digests of
 images, never credentials, and never image bytes.
 
-One process writes to a journal at a time (a lock file beside it names the holder), so
-two runs never buy the same answer twice.
+One process writes to a journal at a time (an OS lock on the journal file itself; the
+journal names the holder), so two runs never buy the same answer twice. A journal file
+deleted or replaced while a process writes to it stops that process at its next commit
+(:class:`~smoothapi.errors.JournalError`) instead of writing on to a file no rerun finds.
 
 SQLite in WAL mode; ``durability="full"`` (default) fsyncs every commit, so even a
 power cut loses nothing committed; ``"normal"`` survives a killed process but may lose
@@ -92,13 +96,19 @@ CREATE TABLE IF NOT EXISTS attempts (
     method TEXT NOT NULL, settings TEXT NOT NULL, started REAL NOT NULL, result TEXT,
     PRIMARY KEY (run, image, attempt, occurrence)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS images_by_content ON images (content);
+CREATE TABLE IF NOT EXISTS writer (
+    one INTEGER PRIMARY KEY CHECK (one = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
+    since TEXT NOT NULL
+);
 """
 
 
 class RepeatedAttemptWarning(UserWarning):
-    """An image is certified again in a journal run with other settings (or again with the
+    """An image is certified again in a journal with other settings (or again with the
     same): the new attempt draws fresh noise, and each attempt may be wrong with
-    probability ``alpha``."""
+    probability ``alpha``. An image is known by its pixels, whatever the run (seed) or
+    ``image_id``."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,8 @@ class Recertified:
     fewer); ``answered`` how many of them the journal holds. An incomplete attempt (a
     crash before all its answers came) has ``certification=None``: a bound from fewer
     samples than were asked for would be another test. ``attempts`` counts this image's
-    CERTIFY attempts in the run: when it is above 1, keeping the best of them holds only at
+    CERTIFY attempts in the journal, by its pixels (in any run, so under any seed, and under
+    any ``image_id``): when it is above 1, keeping the best of them holds only at
     ``attempts * alpha``."""
 
     key: ImageKey
@@ -156,12 +167,14 @@ class Journal:
     """An SQLite file of answers and attempts; see the module docstring.
 
     A journal has one writing process at a time: the first write (registering a run)
-    takes an exclusive lock on ``<path>.lock``, held until :meth:`close` or the process
-    ends (a killed process releases it too). Another process that writes to it gets
+    takes an exclusive OS lock on the journal file itself, held until :meth:`close` or the
+    process ends (a killed process releases it too); no file beside it can be deleted to get
+    around it. Another process that writes to it gets
     :class:`~smoothapi.errors.JournalLockedError` naming the holder (pid, host, since);
     reading (:meth:`runs`, :meth:`recertify`) needs no lock. A path that is a folder, cannot be
     written, or holds no SQLite database, and a damaged file, are
-    :class:`~smoothapi.errors.JournalError`. One object may serve several threads.
+    :class:`~smoothapi.errors.JournalError`; so is every write once the file was deleted or
+    replaced under this object. One object may serve several threads.
     """
 
     def __init__(self, path: str | os.PathLike, durability: str = "full") -> None:
@@ -188,6 +201,7 @@ class Journal:
                     "answers cannot be replayed; keep it for its records and start a new journal"
                 )
             self._db.executescript(_SCHEMA)
+            self._file = _identity(self.path)
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise JournalError(f"cannot use {self.path} as a journal: {reason}") from exc
@@ -209,16 +223,53 @@ class Journal:
 
     @contextlib.contextmanager
     def _sql(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """The connection, one thread at a time; SQLite's errors as JournalError."""
+        """The connection, one thread at a time; SQLite's errors as JournalError. Writing
+        takes the writer's lock first, and checks that the file is still the journal."""
         with self._lock:
             if self._db is None:
                 raise UsageError(f"the journal {self.path} is closed")
             try:
+                if write:
+                    self._check_file()
                 if write and self._writer is None:
-                    self._writer = _WriterLock.acquire(self.path)
+                    self._writer = self._take_writer(self._db)
                 yield self._db
             except (OSError, sqlite3.Error) as exc:
                 raise JournalError(f"the journal {self.path} cannot be used: {exc}") from exc
+
+    def _check_file(self) -> None:
+        """Refuse to write once the journal's file was deleted or replaced under this object:
+        SQLite would go on writing to a file that no rerun finds."""
+        try:
+            same: bool | None = _identity(self.path) == self._file
+        except FileNotFoundError:
+            same = None
+        if not same:
+            what = "deleted" if same is None else "replaced by another file"
+            raise JournalError(
+                f"the journal {self.path} was {what} while this process was writing to it: "
+                "its answers are gone with it and no more can be kept, so the run stopped "
+                "(restore the file to resume, or start again with a new journal)"
+            )
+
+    def _take_writer(self, db: sqlite3.Connection) -> _WriterLock:
+        """The writer's lock; the journal then names this process as the holder."""
+        try:
+            lock, taken = _WriterLock.acquire(self.path, self._file)
+        except BlockingIOError:  # held by another process
+            row = db.execute("SELECT pid, host, since FROM writer").fetchone()
+            holder = dict(zip(("pid", "host", "since"), row or (), strict=False))
+            who = ", ".join(f"{k} {v}" for k, v in holder.items()) or "holder unknown"
+            raise JournalLockedError(
+                f"the journal {self.path} is being written by another process ({who}); a "
+                "journal has one writer at a time: wait for it, or give this run another one",
+                holder,
+            ) from None
+        if taken:
+            since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            db.execute("INSERT OR REPLACE INTO writer VALUES (1, ?, ?, ?)",
+                       (os.getpid(), socket.gethostname(), since))  # fmt: skip
+        return lock
 
     def start_run(self, run: str, config: Mapping[str, Any]) -> None:
         """Register a run (idempotent): ``config`` is kept to show what the run was."""
@@ -304,6 +355,15 @@ class Journal:
             for run_, image, occ, attempt, content, method, settings, started, result in rows
         ]  # fmt: skip
 
+    def tries(self) -> dict[str, Counter]:
+        """Method -> the digest of an image's pixels -> its attempts in the whole journal,
+        whatever the run (another seed is another run) or ``image_id``: keeping the best of
+        an image's ``k`` attempts holds only at ``k * alpha``."""
+        tries: dict[str, Counter] = {}
+        for attempt in self.attempts():
+            tries.setdefault(attempt.method, Counter())[_pixels(attempt.key)] += 1
+        return tries
+
     def recertify(
         self, run: str, alpha: float, n0: int | None = None, n: int | None = None
     ) -> list[Recertified]:
@@ -314,7 +374,8 @@ class Journal:
         default, never more); no query is sent. Attempts whose answers stop short (a crash)
         are reported incomplete, without a certificate. As with any re-analysis, choosing
         ``alpha`` or ``n`` after looking at the results voids the guarantee, and so does
-        keeping the best of an image's repeated attempts (see :attr:`Recertified.attempts`).
+        keeping the best of an image's repeated attempts, in this run or any other of the
+        journal (see :attr:`Recertified.attempts`).
         """
         runs = self.runs()
         if run not in runs:
@@ -322,7 +383,7 @@ class Journal:
             raise JournalError(f"no run {run!r} in the journal {self.path} (runs: {known})")
         sigma = runs[run]["sigma"]
         tried = [a for a in self.attempts(run) if a.method == "certify"]
-        per_image = Counter(a.key.digest for a in tried)
+        per_image = self.tries().get("certify", Counter())
         results = []
         for attempt in tried:
             want = (min(n0 or attempt.settings["n0"], attempt.settings["n0"]),
@@ -334,13 +395,13 @@ class Journal:
             if answered == want:
                 certification = certify_counts(Counter(used[0]), Counter(used[1]), sigma, alpha)
             results.append(Recertified(attempt.key, *want, answered, certification,
-                                       per_image[attempt.key.digest]))  # fmt: skip
+                                       per_image[_pixels(attempt.key)]))  # fmt: skip
         return results
 
     def _begin(self, run: str, key: ImageKey, method: str, settings: Mapping[str, Any]) -> int:
         """Bind the image's id to its pixels and record the attempt; how many other attempts
-        of ``method`` this image has in ``run`` if the attempt is new (0 for a rerun of it).
-        Raises :class:`ImageMismatchError`."""
+        of ``method`` these pixels have in the journal (any run, any id) if the attempt is new
+        (0 for a rerun of it). Raises :class:`ImageMismatchError`."""
         with self._sql(write=True) as db:
             return self._begin_locked(db, run, key, method, settings)
 
@@ -348,19 +409,17 @@ class Journal:
     def _begin_locked(
         db: sqlite3.Connection, run: str, key: ImageKey, method: str, settings: Mapping[str, Any]
     ) -> int:
-        if key.content:
-            db.execute(
-                "INSERT OR IGNORE INTO images VALUES (?, ?, ?)", (run, key.digest, key.content)
+        pixels = _pixels(key)
+        db.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?)", (run, key.digest, pixels))
+        (stored,) = db.execute(
+            "SELECT content FROM images WHERE run=? AND image=?", (run, key.digest)
+        ).fetchone()
+        if stored != pixels:
+            raise ImageMismatchError(
+                "this journal run holds answers for other pixels under the same image_id "
+                f"(stored image digest {stored[:12]}..., given {pixels[:12]}...); "
+                "give every image its own id, or use another journal"
             )
-            (stored,) = db.execute(
-                "SELECT content FROM images WHERE run=? AND image=?", (run, key.digest)
-            ).fetchone()
-            if stored != key.content:
-                raise ImageMismatchError(
-                    "this journal run holds answers for other pixels under the same image_id "
-                    f"(stored image digest {stored[:12]}..., given {key.content[:12]}...); "
-                    "give every image its own id, or use another journal"
-                )
         inserted = db.execute(
             "INSERT OR IGNORE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
             (run, key.digest, key.attempt, key.occurrence, method,
@@ -368,10 +427,11 @@ class Journal:
         ).rowcount  # fmt: skip
         if not inserted:  # a rerun of this very attempt: it replays its own answers
             return 0
-        (others,) = db.execute(
-            "SELECT COUNT(*) FROM attempts WHERE run=? AND image=? AND method=? "
-            "AND NOT (attempt=? AND occurrence=?)",
-            (run, key.digest, method, key.attempt, key.occurrence),
+        (others,) = db.execute(  # by the pixels: in any run (seed), under any id
+            "SELECT COUNT(*) FROM attempts a JOIN images i ON i.run = a.run AND i.image = a.image "
+            "WHERE i.content=? AND a.method=? "
+            "AND NOT (a.run=? AND a.image=? AND a.attempt=? AND a.occurrence=?)",
+            (pixels, method, run, key.digest, key.attempt, key.occurrence),
         ).fetchone()
         return others
 
@@ -386,74 +446,80 @@ class Journal:
 
 
 class _WriterLock:
-    """An exclusive lock on ``<journal>.lock`` (``flock``, or ``msvcrt`` on Windows), one per
-    process and file, shared by the ``Journal`` objects of that process that write to it. The
-    OS drops it when the process ends, however it ends. The file says who holds it."""
+    """An exclusive ``flock`` on the journal file itself, one per process and file, shared by
+    the ``Journal`` objects of that process that write to it. The OS drops it when the process
+    ends, however it ends, and no file can be deleted to get around it but the journal itself
+    (which stops its writer: :meth:`Journal._check_file`). On Windows, ``msvcrt`` locks
+    ``<journal>.lock``, which cannot be deleted while it is open.
 
-    _held: dict[Path, _WriterLock] = {}
+    The descriptor stays open while the process lives, unlocked when no ``Journal`` writes:
+    closing a descriptor of an SQLite file would drop the POSIX locks that SQLite's own
+    connections hold on it in this process."""
+
+    _held: dict[tuple[int, ...], _WriterLock] = {}
+    _files: dict[tuple[int, ...], int] = {}
     _guard = threading.Lock()
 
-    def __init__(self, path: Path, file: Any) -> None:
-        self.path, self.file, self.users = path, file, 0
+    def __init__(self, key: tuple[int, ...], fd: int) -> None:
+        self.key, self.fd, self.users = key, fd, 0
 
     @classmethod
-    def acquire(cls, journal: Path) -> _WriterLock:
-        path = journal.resolve().with_name(journal.name + ".lock")
+    def acquire(cls, journal: Path, identity: tuple[int, int]) -> tuple[_WriterLock, bool]:
+        """The lock of the journal file ``identity`` (device, inode), and whether this call
+        took it from the OS; BlockingIOError if another process holds it."""
+        key = (os.getpid(), *identity)  # a forked child does not hold its parent's lock
         with cls._guard:
-            lock = cls._held.get(path) or cls(path, cls._take(path, journal))
-            cls._held[path] = lock
+            lock = cls._held.get(key)
+            if lock is None:
+                if key not in cls._files:
+                    cls._files[key] = _lock_file(journal)
+                _lock(cls._files[key], True)
+                lock = cls._held[key] = cls(key, cls._files[key])
             lock.users += 1
-            return lock
-
-    @staticmethod
-    def _take(path: Path, journal: Path) -> Any:
-        file = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (kept open while held)
-        try:
-            _lock(file)
-        except OSError:
-            file.seek(0)
-            holder = _holder(file.read())
-            file.close()
-            who = ", ".join(f"{k} {v}" for k, v in holder.items()) or "holder unknown"
-            raise JournalLockedError(
-                f"the journal {journal} is being written by another process ({who}); a "
-                "journal has one writer at a time: wait for it, or give this run another one",
-                holder,
-            ) from None
-        since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        file.seek(0)
-        file.truncate()
-        file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}))
-        file.flush()
-        return file
+            return lock, lock.users == 1
 
     def release(self) -> None:
         with self._guard:
             self.users -= 1
             if self.users == 0:
-                del self._held[self.path]
-                self.file.close()  # closing the descriptor drops the lock
+                del self._held[self.key]
+                _lock(self.fd, False)  # the descriptor stays open: see the class docstring
 
 
-def _holder(text: str) -> dict[str, Any]:
-    try:
-        holder = json.loads(text)
-    except ValueError:
-        return {}
-    return holder if isinstance(holder, dict) else {}
+def _identity(path: Path) -> tuple[int, int]:
+    """Which file ``path`` is: its device and inode."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
 
 
-def _lock(file: Any) -> None:
-    """Take an exclusive lock on ``file`` without waiting; OSError if another holds it."""
+def _pixels(key: ImageKey) -> str:
+    """The digest of an image's pixels (or its key's digest, for a key made without them)."""
+    return key.content or key.digest
+
+
+def _lock_file(journal: Path) -> int:
+    """A descriptor to lock: of the journal itself, or on Windows (where a lock on it would
+    block SQLite's own reads) of ``<journal>.lock``, which cannot be deleted while open."""
+    if os.name == "nt":
+        return os.open(journal.with_name(journal.name + ".lock"), os.O_RDWR | os.O_CREAT)
+    return os.open(journal, os.O_RDWR)
+
+
+def _lock(fd: int, take: bool) -> None:
+    """Take an exclusive lock on ``fd`` without waiting (BlockingIOError if another process
+    holds it), or drop it."""
     try:
         import fcntl
     except ImportError:  # Windows
         import msvcrt
 
-        file.seek(0)
-        msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows-only stubs
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]  # Windows-only stubs
+        except OSError as exc:
+            raise BlockingIOError(exc.errno, exc.strerror) from exc
         return
-    fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if take else fcntl.LOCK_UN)
 
 
 class JournalRun:
@@ -469,15 +535,17 @@ class JournalRun:
     def begin(self, image: ImageKey, method: str, settings: Mapping[str, Any]) -> None:
         """Record an attempt before any of its answers: checks that an ``image_id`` names
         the same pixels as before (else :class:`~smoothapi.errors.ImageMismatchError`), and
-        warns (:class:`RepeatedAttemptWarning`) when the image was tried before in this run
-        with other settings, or with the same ones (another occurrence)."""
+        warns (:class:`RepeatedAttemptWarning`) when these pixels were tried before in the
+        journal: in this run with other settings or the same ones (another occurrence), or
+        in another run (another seed), or under another ``image_id``."""
         others = self.journal._begin(self.key, image, method, settings)
         if others:
             warnings.warn(
-                f"image {image.digest[:12]}... was tried before in this journal run ({method}; "
-                "Journal.attempts() lists the attempts); this attempt draws fresh noise. Each "
-                "attempt may be wrong with probability alpha: keeping the best of k attempts "
-                "holds at k * alpha",
+                f"image {_pixels(image)[:12]}... (known by its pixels) was tried before in this "
+                f"journal ({method}: {others} other attempt(s), in this run or under another "
+                "seed or image_id; Journal.attempts() lists them); this attempt draws fresh "
+                "noise. Each attempt may be wrong with probability alpha: keeping the best of k "
+                "attempts holds at k * alpha",
                 RepeatedAttemptWarning,
                 stacklevel=4,
             )

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ._images import ImageLike
 from .adapters.base import Adapter
 from .certification import Certification, Prediction, check_alpha, check_count
-from .errors import BudgetExceededError, InvalidInputError
+from .errors import BudgetExceededError, InvalidInputError, JournalError, RateLimitError
 from .pricing import PRICES, plan_run
 from .sequential import RadiusCertification
 from .smoothing import SmoothedClassifier
@@ -312,7 +312,11 @@ async def acertify_many(
     """Certify images one after another, each with its requests fanned out.
 
     * An image whose request fails for good (a non-retryable error, or retries spent)
-      gets an outcome with ``error`` set, and the run goes on to the next image.
+      gets an outcome with ``error`` set, and the run goes on to the next image; but a
+      journal that can keep no more answers (:class:`~smoothapi.errors.JournalError`) and a
+      provider asking to wait longer than ``RetryPolicy.max_wait`` (a
+      :class:`~smoothapi.errors.RateLimitError` that is not retryable) stop the run: every
+      later image would meet them too.
     * ``max_queries`` and ``max_cost`` (USD, at ``price_per_1000``, by default the
       adapter's entry in :data:`smoothapi.pricing.PRICES`) cap what this run sends:
       before an image that could take it past a cap, the run stops with
@@ -399,6 +403,8 @@ async def _each_image(
             try:
                 result = await job(image, image_id)
             except Exception as exc:  # any failure is this image's; the run goes on
+                if _stops_the_run(exc):
+                    raise
                 error = exc
             queries = stats.images - before
             spent += queries
@@ -410,6 +416,15 @@ async def _each_image(
     finally:
         if bar is not None:
             bar.close()
+
+
+def _stops_the_run(error: Exception) -> bool:
+    """A failure that every later image would meet too, after paying for queries: a journal
+    that can keep no answer (deleted, replaced, its disk full), or a provider that asked to
+    wait longer than the retry policy allows."""
+    return isinstance(error, JournalError) or (
+        isinstance(error, RateLimitError) and not error.retryable
+    )
 
 
 def _length(images: Iterable[ImageLike]) -> int | None:

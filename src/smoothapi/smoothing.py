@@ -50,6 +50,7 @@ from .dispatch import (
     RetryPolicy,
     SyncBridge,
     all_or_nothing,
+    interruptible,
 )
 from .errors import InvalidInputError, UsageError
 from .journal import Journal, JournalRun
@@ -111,13 +112,14 @@ _Method = Callable[..., Coroutine[Any, Any, _T]]
 
 def _entry(method: _Method[_T]) -> _Method[_T]:
     """An async entry point: refused after ``close()``, and from a second event loop while
-    another is sending through this classifier (:meth:`Dispatcher.one_loop`)."""
+    another is sending through this classifier (:meth:`Dispatcher.one_loop`); Ctrl-C stops it
+    cleanly (:func:`~smoothapi.dispatch.interruptible`)."""
 
     @functools.wraps(method)
     async def guarded(self: SmoothedClassifier, *args: Any, **kwargs: Any) -> _T:
         if self._closed:
             raise UsageError("this SmoothedClassifier is closed; make a new one")
-        with self.dispatcher.one_loop():
+        with self.dispatcher.one_loop(), interruptible(self.stats):
             return await method(self, *args, **kwargs)
 
     return guarded

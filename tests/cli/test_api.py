@@ -287,6 +287,7 @@ def test_a_killed_run_resumes_from_its_journal(capsys, tmp_path, images, how):
         if how == signal.SIGINT:
             assert process.returncode == 130 and "Traceback" not in err
             assert "--journal" in err and "--seed 3" in err and "interrupted" in err
+            assert err.count("interrupted") == 1, err  # one line says it all
         with sqlite3.connect(tmp_path / "j.sqlite") as db:
             journaled = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
         assert 70 <= journaled < 3 * 70

@@ -2,6 +2,10 @@
 
 import sys
 
-from .main import main
+try:
+    from .main import main
+except KeyboardInterrupt:  # Ctrl-C while the command starts (importing torch ...): one line
+    print("smoothapi: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

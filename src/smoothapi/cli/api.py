@@ -30,7 +30,7 @@ from ..adapters.base import Adapter
 from ..adapters.remote import import_optional
 from ..certification import check_count, check_radius, max_certifiable_radius
 from ..denoisers import default_denoiser, load_denoiser
-from ..errors import AuthenticationError, InvalidInputError
+from ..errors import AuthenticationError, Interrupted, InvalidInputError
 from ..pricing import PRICES
 from ..recording import Recording
 from ..runs import (
@@ -368,9 +368,8 @@ def run_api(args: argparse.Namespace, certify: bool, entries: Sequence[Any], dev
     with smoothed, out_file(args.output) as out:
         try:
             _write_rows(args, certify, smoothed, images, entries, out, cost)
-        except KeyboardInterrupt:
-            say(_interrupted(args, smoothed, seed, certify))
-            raise
+        except KeyboardInterrupt:  # the one line the command prints for it says how to resume
+            raise Interrupted(_interrupted(args, smoothed, seed, certify), smoothed.stats) from None
     say(_spent(smoothed, args))
     return 0
 

@@ -46,6 +46,7 @@ from ..analysis import (
 from ..certification import check_alpha, check_count, check_sigma
 from ..denoisers import load_denoiser
 from ..errors import Interrupted, InvalidInputError, SmoothAPIError
+from ..journal import Journal
 from ..runs import (
     CERTIFY_COLUMNS,
     PREDICT_COLUMNS,
@@ -321,7 +322,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise InvalidInputError("give certification logs, --journal FILE, or both")
     if args.journal:
         print(f"attempts in {args.journal}:")
-        for line in attempts_summary(args.journal):
+        for line in attempts_summary(args.journal) + _tries_by_pixels(args.journal):
             print(f"  {line}")
         if not args.logs:
             return EXIT_OK
@@ -361,6 +362,29 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"\nsaved {plot_curves(logs, args.plot)}")
     return EXIT_OK
+
+
+def _tries_by_pixels(journal: str) -> list[str]:
+    """Repeated tries across the journal's runs, an image known by its pixels: under another
+    seed (another run) or another image_id it is still the same image, and the best of its
+    k tries holds at k x alpha."""
+    with Journal(journal) as opened:
+        tries, attempts = opened.tries(), opened.attempts()
+    lines = []
+    for method, per_image in tries.items():
+        repeated = [k for k in per_image.values() if k > 1]
+        line = (f"all runs, by the images' pixels (any seed or image_id): {method}: "
+                f"{len(per_image)} image(s), {sum(per_image.values())} attempt(s), "
+                f"{len(repeated)} image(s) tried more than once")
+        if repeated:
+            k = max(repeated)
+            alpha = max((a.settings["alpha"] for a in attempts
+                         if a.method == method and "alpha" in a.settings), default=None)
+            alpha_text = "alpha" if alpha is None else f"{alpha:g}"
+            line += (f" (up to {k} times: the best of {k} tries holds at {k} x {alpha_text}, "
+                     f"not {alpha_text})")
+        lines.append(line)
+    return lines
 
 
 # --- the parser ----------------------------------------------------------------------------
@@ -493,21 +517,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 on a usage or input error)."""
-    parser = build_parser()
+    """Run the command line; returns the exit status (0 ok, 2 on a usage or input error,
+    130 after Ctrl-C)."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_ERROR
-    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, or a usage error argparse printed
+            return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_ERROR
         return args.handler(args)
     except SmoothAPIError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt as exc:  # Interrupted says what was spent
+    except KeyboardInterrupt as exc:  # one line; Interrupted says what was spent
         print(f"{PROG}: {exc if isinstance(exc, Interrupted) else 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:
