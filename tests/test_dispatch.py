@@ -29,6 +29,7 @@ from smoothapi.errors import (
     APITimeoutError,
     BadRequestError,
     RateLimitError,
+    RetryAfterTooLongError,
     ServerError,
     parse_retry_after,
 )
@@ -208,11 +209,17 @@ def test_a_retry_after_beyond_max_wait_stops_and_says_when_to_resume(retry_after
         day = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=86_400)
         resume = f"{day:%Y-%m-%d}"
     started = time.monotonic()
-    with pytest.raises(RateLimitError, match="longer than RetryPolicy.max_wait") as caught:
+    with pytest.raises(RetryAfterTooLongError, match="longer than RetryPolicy.max_wait") as caught:
         asyncio.run(asyncio.wait_for(dispatcher.counts(produce, 4), 10))
     assert time.monotonic() - started < 5 and len(adapter.requests) == 1  # not retried
     assert resume in str(caught.value) and not caught.value.retryable
+    assert isinstance(caught.value, RateLimitError)  # a 429 still, for except clauses
     assert caught.value.retry_after == retry_after
+    if retry_after == float("inf"):
+        assert caught.value.resume_at is None
+    else:
+        ahead = caught.value.resume_at - datetime.datetime.now(datetime.timezone.utc)
+        assert abs(ahead.total_seconds() - retry_after) < 60
     assert isinstance(caught.value.__cause__, RateLimitError)
 
 

@@ -36,7 +36,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from .certification import Label, check_count
-from .errors import Interrupted, ProviderError, RateLimitError, UsageError
+from .errors import Interrupted, ProviderError, RateLimitError, RetryAfterTooLongError, UsageError
 
 if TYPE_CHECKING:
     from .adapters.base import Adapter
@@ -70,8 +70,9 @@ class RetryPolicy:
     ``initial_wait * 2**k`` seconds (capped at ``max_wait``) before try ``k + 2``, and at
     least the server's ``Retry-After``. Only the images that failed are sent again. A
     ``Retry-After`` longer than ``max_wait`` (a day, ``inf``, a date next month) is not
-    waited for: the request fails at once with a :class:`~smoothapi.errors.RateLimitError`
-    that is not retried and says when the provider allows the next try.
+    waited for: the request fails at once with a
+    :class:`~smoothapi.errors.RetryAfterTooLongError` that is not retried and says when the
+    provider allows the next try (``resume_at``).
     """
 
     max_attempts: int = 6
@@ -343,22 +344,23 @@ class Dispatcher:
         """Whether the server asked to wait longer than :attr:`RetryPolicy.max_wait`."""
         return error.retry_after is not None and not error.retry_after <= self.retry.max_wait
 
-    def _not_waiting(self, error: ProviderError) -> RateLimitError:
+    def _not_waiting(self, error: ProviderError) -> RetryAfterTooLongError:
         """The error that stops a request whose server asked to wait too long: not retried,
         saying when to resume."""
         wait = error.retry_after or 0.0
+        when: datetime.datetime | None
         try:
             when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=wait)
             resume = f"resume after {when:%Y-%m-%d %H:%M:%S} UTC"
         except (OverflowError, ValueError):  # inf, nan, or past the year 9999
-            resume = "resume when the provider allows it again"
-        stop = RateLimitError(
+            when, resume = None, "resume when the provider allows it again"
+        stop = RetryAfterTooLongError(
             f"{error}; it asked to wait {wait:g} s before the next try (Retry-After), longer "
             f"than RetryPolicy.max_wait ({self.retry.max_wait:g} s): stopped instead of "
             f"waiting, {resume}",
             status=error.status, code=error.code, retry_after=error.retry_after,
         )  # fmt: skip
-        stop.provider, stop.retryable = error.provider, False  # never retried
+        stop.provider, stop.resume_at = error.provider, when
         return stop
 
     async def _send(self, images: torch.Tensor, indices: list[int], store: AnswerStore) -> list:

@@ -19,6 +19,8 @@ so ``except smoothapi.SmoothAPIError`` catches all of them::
         ├── AuthenticationError    401: missing or wrong credentials
         ├── PermissionDeniedError  403: no access, or the quota is spent
         ├── RateLimitError         429: too many requests (retryable)
+        │   └── RetryAfterTooLongError  the provider asked to wait longer than max_wait:
+        │                          not retried; ``resume_at`` says when to try again
         ├── BadRequestError        400, 404, 413, 415, 422: the request itself is wrong
         │   └── InvalidImageError  the image was rejected (format, size, dimensions)
         ├── RedirectError          a 3xx not followed: to another origin (credentials never
@@ -68,6 +70,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProviderError",
     "RateLimitError",
+    "RetryAfterTooLongError",
     "RedirectError",
     "ReplayMissError",
     "ResponseTooLargeError",
@@ -194,6 +197,16 @@ class RateLimitError(ProviderError):
     """Too many requests (HTTP 429); ``retry_after`` is the server's wait in seconds, if sent."""
 
     retryable = True
+
+
+class RetryAfterTooLongError(RateLimitError):
+    """The provider asked to wait (``Retry-After``) longer than the client's
+    ``RetryPolicy.max_wait``: the request is stopped, not retried. ``resume_at`` is when
+    the wait ends (an aware UTC datetime), or ``None`` when it never does (``inf``) or
+    lies past the year 9999. Raise ``max_wait`` to wait instead."""
+
+    retryable = False
+    resume_at: datetime.datetime | None = None
 
 
 class BadRequestError(ProviderError):
