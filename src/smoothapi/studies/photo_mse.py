@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import photos as photo_data
-from ..denoisers import create_denoiser, save_denoiser
+from ..denoisers import create_denoiser, load_denoiser, save_denoiser
 from ..denoisers.noise_level import denoise
 from ..errors import InvalidInputError
 from ..training.data import ArrayDataset
@@ -83,6 +83,7 @@ class MSEScale:
     train_photos: tuple[str, ...] | None = None  # None: every available "train" photo
     val_photos: tuple[str, ...] = photo_data.VALIDATION_PHOTOS
     cpu_bfloat16: bool = True
+    test_report: bool = True  # the report's final test table (Lite2 on the test photos)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,7 +97,7 @@ MSE_SCALES: dict[str, MSEScale] = {
     "tiny": MSEScale(tile=48, tiles=32, crop_sizes=(32, 40), batch_size=8, lr_step=1,
                      epochs=2, bakeoff_tiles=16, bakeoff_epochs=1, val_size=32,
                      candidates=("ffdnet-w64", "drunet-16"), train_photos=("astronaut", "coffee"),
-                     val_photos=("chelsea",), cpu_bfloat16=False),  # fmt: skip
+                     val_photos=("chelsea",), cpu_bfloat16=False, test_report=False),  # fmt: skip
 }
 
 
@@ -276,7 +277,68 @@ class PhotoMSERun(Stages):
                       + "), shipped as `photo-mse.safetensors`.", "",
                       "![loss and validation PSNR](curves.png)", ""]  # fmt: skip
             _plot(history, self.out / "curves.png")
+        checkpoint = self.out / "photo-mse.safetensors"
+        if checkpoint.exists() and self.scale.test_report:
+            lines += test_lines(load_denoiser(checkpoint), self.scale.val_size)
         (self.out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def test_figures(model: nn.Module | None, size: int, draws: int = 4) -> dict[str, float]:
+    """On the held-out test photos' fixed crops (18 per photo) at ``size`` px: the mean PSNR
+    of ``model`` (``None``: no denoiser, the noisy crop itself) per sigma, and how often
+    EfficientNet-Lite2 (fed each crop at its own size) keeps its clean label on one
+    denoised noisy sample at ``CHOOSE_SIGMA`` (``draws`` fixed draws per crop)."""
+    from ..zoo import load_classifier
+
+    held_out = [photo_data.load_photo(p) for p in photo_data.available_photos("test")]
+    tiles, _ = photo_data.test_crops(held_out, size)
+    clean = torch.from_numpy(tiles).float() / 255
+    identity = _Identity()
+    figures = validation_psnr(model or identity, clean)
+    target = load_classifier("efficientnet_lite2", input_size=None, resize=False)
+    generator = torch.Generator().manual_seed(1)
+    kept = []
+    with torch.inference_mode():
+        labels = target.logits(clean).argmax(1)
+        for _ in range(draws):
+            noisy = clean + CHOOSE_SIGMA * torch.randn(clean.shape, generator=generator)
+            level = torch.full((len(clean),), CHOOSE_SIGMA)
+            out = torch.cat([denoise(model or identity, part, sigma).float() for part, sigma
+                             in zip(noisy.split(16), level.split(16), strict=True)])  # fmt: skip
+            kept.append((target.logits(out).argmax(1) == labels).float())
+    figures[f"label_kept@{CHOOSE_SIGMA:g}"] = round(torch.cat(kept).mean().item(), 4)
+    return figures
+
+
+class _Identity(nn.Module):
+    """No denoiser, as a module (for the figures' ``none`` row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_lines(model: nn.Module, size: int) -> list[str]:
+    """The report's test table: no denoiser and the shipped checkpoint (final figures only:
+    nothing is chosen on them)."""
+    rows = {"none": test_figures(None, size), "photo-mse": test_figures(model, size)}
+    meta = getattr(model, "checkpoint_metadata", {})
+    key = f"label_kept@{CHOOSE_SIGMA:g}"
+    lines = ["## Test photos (final figures; nothing is chosen on them)", "",
+             f"The 126 fixed crops of the 7 held-out test photos at {size} px; the checkpoint "
+             f"of epoch {meta.get('epochs')} (best on validation). Label kept: "
+             "EfficientNet-Lite2's top-1 on one denoised noisy sample equals its top-1 on the "
+             f"clean crop, at σ = {CHOOSE_SIGMA:g}, 4 draws per crop.", "",
+             "| denoiser | " + " | ".join(f"PSNR σ={s:g}" for s in EVAL_SIGMAS)
+             + f" | label kept σ={CHOOSE_SIGMA:g} |",
+             "|---|" + "---|" * (len(EVAL_SIGMAS) + 1)]  # fmt: skip
+    for name, f in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{f[f'psnr@{s:g}']:.2f}" for s in EVAL_SIGMAS)
+                     + f" | {f[key]:.0%} |")
+    return [*lines, ""]
 
 
 def _log(folder: Path) -> list[dict]:
