@@ -72,7 +72,7 @@ class Bernoulli(Adapter):
 def paid_queries(radius: float, p_a: float, per_request: int, trials: int) -> list[int]:
     """Queries paid per image (selection included) through the real client."""
     adapter = Bernoulli(p_a, per_request, in_flight=8)
-    with SmoothedClassifier(adapter, SIGMA, device="cpu", seed=15) as smoothed:
+    with SmoothedClassifier(adapter, SIGMA, None, device="cpu", seed=15) as smoothed:
         results = [
             smoothed.certify(IMAGE, n=BUDGET, alpha=ALPHA, radius=radius, selection="clean")
             for _ in range(trials)

@@ -124,13 +124,13 @@ def test_log_rows_round_trip_and_analysis_reads_them(tmp_path, fmt):
     assert log.correct.tolist() == [True, False, True] and (log.radius[[0, 2]] > 0).all()
 
 
-def test_predict_rows_report_sigma_and_abstain_as_minus_one():
+def test_predict_rows_report_sigma_and_abstain_as_null_in_json():
     smoothed = SmoothedClassifier(FakeAdapter(), 0.2, batch_size=8, device="cpu", seed=0)
     out = io.StringIO()
     write_log(predict_many(smoothed, IMAGES[:1], 2, 0.001), LogWriter(out, "json", PREDICT_COLUMNS),
               sigma=0.2)  # fmt: skip
     row = json.loads(out.getvalue())
-    assert row["predict"] == -1 and row["sigma"] == 0.2 and "radius" not in row
+    assert row["predict"] is None and row["sigma"] == 0.2 and "radius" not in row
 
 
 def test_a_failed_image_stops_the_log_with_its_error():
@@ -190,3 +190,25 @@ def test_a_run_stops_when_the_provider_asks_to_wait_longer_than_max_wait():
         assert time.monotonic() - started < 15
         assert caught.value.retry_after == 86_400
         assert api.stats.rate_limited == 1  # one refusal, then nothing more was sent
+
+
+def test_progress_moves_with_each_batch_of_answers_not_each_image(capsys, monkeypatch):
+    from smoothapi import runs
+
+    updates, totals = [], []
+
+    class Spy(runs.tqdm):
+        def update(self, n=1):
+            updates.append(n)
+            totals.append(self.total)
+            return super().update(n)
+
+    monkeypatch.setattr(runs, "tqdm", Spy)
+    smoothed = SmoothedClassifier(FakeAdapter(), 0.2, None, batch_size=4, device="cpu", seed=0)
+    outcomes = list(certify_many(smoothed, IMAGES, 8, 16, 0.05, progress=True))
+    assert len(outcomes) == len(IMAGES)
+    assert sum(updates) == len(IMAGES) * 24 and len(updates) >= len(IMAGES) * 24 // 4
+    assert totals[0] == len(IMAGES) * 24  # answers the run may take: the bar's ETA
+    err = capsys.readouterr().err
+    assert "answer" in err and "qps=" in err and f"{len(IMAGES) * 24}/{len(IMAGES) * 24}" in err
+    assert smoothed.answer_listeners == []

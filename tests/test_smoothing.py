@@ -534,3 +534,54 @@ def test_ctrl_c_of_a_sync_call_in_a_cell_stops_it_before_returning_to_the_prompt
 
 async def _sync_in_a_cell(method, *args, **kwargs):
     return method(*args, **kwargs)
+
+
+# --- issue 26, item 6: the same denoiser from Python as from the shell ------------------------
+
+
+def test_auto_denoiser_is_the_shipped_photo_one_for_a_vision_api_and_keeps_explicit_keys(caplog):
+    import logging
+
+    from smoothapi._checkpoint import module_digest
+    from smoothapi.denoisers import load_denoiser
+
+    from .adapters.fake import FakeAdapter
+
+    with caplog.at_level(logging.INFO, logger="smoothapi"):
+        auto = SmoothedClassifier(FakeAdapter(), 0.25, device="cpu", seed=0)
+    named = [r.getMessage() for r in caplog.records if r.name == "smoothapi"]
+    assert len(named) == 1 and "photo-sigma0.25" in named[0] and "denoiser=None" in named[0]
+    shipped = load_denoiser("photo-sigma0.25")
+    assert module_digest(auto.denoiser) == module_digest(shipped)
+    explicit = SmoothedClassifier(FakeAdapter(), 0.25, shipped, device="cpu", seed=0)
+    assert auto.run_key == explicit.run_key  # "auto" keys a run as passing the denoiser does
+    off = SmoothedClassifier(FakeAdapter(), 0.25, None, device="cpu", seed=0)
+    assert off.denoiser is None and off.run_config()["denoiser"] == module_digest(None)
+    assert off.run_key != auto.run_key
+    # RGB images only: a grey one goes to the API as it is.
+    grey = torch.rand(2, 1, 8, 8)
+    assert torch.equal(auto.sampler._denoise(grey, 0.25), grey)
+    rgb = torch.rand(2, 3, 16, 16)
+    assert not torch.equal(auto.sampler._denoise(rgb, 0.25), rgb)
+    # No shipped denoiser for the sigma: none; a local model: none (its users pass their own).
+    assert SmoothedClassifier(FakeAdapter(), 0.3, device="cpu", seed=0).denoiser is None
+    local = linear_adapter(torch.rand(1, 4, 4), 0.1)
+    assert SmoothedClassifier(local, 0.25, device="cpu", seed=0).denoiser is None
+    for s in (auto, explicit, off):
+        s.close()
+
+
+def test_clean_answer_is_one_journaled_query_on_the_clean_image(tmp_path):
+    from .adapters.fake import FakeAdapter
+
+    image = torch.full((1, 8, 8), 0.9)
+    journal = tmp_path / "j.sqlite"
+    with SmoothedClassifier(FakeAdapter(), 0.25, None, device="cpu", seed=0,
+                            journal=journal) as smoothed:  # fmt: skip
+        answer = smoothed.clean_answer(image)
+        assert smoothed.stats.images == 1
+    with SmoothedClassifier(FakeAdapter(), 0.25, None, device="cpu", seed=0,
+                            journal=journal) as again:  # fmt: skip
+        assert again.clean_answer(image) == answer
+        assert again.stats.images == 0  # found in the journal: not paid again
+    assert answer == FakeAdapter().top_labels(image[None])[0]

@@ -50,6 +50,8 @@ __all__ = [
     "available_memory",
     "batch_memory_bytes",
     "check_batch_memory",
+    "fit_batch_size",
+    "fit_side",
     "load_image",
 ]
 
@@ -394,6 +396,53 @@ def check_batch_memory(
         f"batch_size={batch_size} on a {size} image needs about {_gib(needed)}, more than the "
         f"{_gib(available)} free on {device}; use batch_size={available // per_sample} or less"
     )
+
+
+#: The share of free memory an automatically sized batch may take (the rest: the model, the
+#: process, other work on the machine).
+AUTO_BATCH_SHARE = 0.5
+
+
+def fit_batch_size(
+    shapes: list[tuple[int, ...]] | tuple[tuple[int, ...], ...],
+    largest: int,
+    device: str | torch.device,
+    *,
+    available: int | None = None,
+    floats_per_pixel: int = PEAK_FLOATS_PER_PIXEL,
+) -> int:
+    """The batch size for images of ``shapes``: ``largest``, or the largest power of two
+    below it whose batch of the biggest image takes at most half the free memory of
+    ``device`` (at least 1; ``largest`` when the free memory is unknown). A power of two, so
+    that the same machine picks the same size again (the batch size decides the noise)."""
+    available = available_memory(device) if available is None else available
+    if available is None or not shapes:
+        return int(largest)
+    per_sample = max(batch_memory_bytes(shape, 1, floats_per_pixel) for shape in shapes)
+    fits = int(available * AUTO_BATCH_SHARE) // max(per_sample, 1)
+    if fits >= largest:
+        return int(largest)
+    size = 1
+    while size * 2 <= fits:
+        size *= 2
+    return size
+
+
+def fit_side(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """``image`` (C, H, W) shrunk so that its longer side is at most ``max_side``, keeping
+    the aspect ratio (antialiased bilinear, clipped to [0, 1]); as it is when it fits or
+    ``max_side`` is ``None``. Certified radii are then in the shrunk image's pixel space."""
+    if max_side is None:
+        return image
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    if max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    resized = torch.nn.functional.interpolate(
+        image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False
+    )
+    return resized[0].clamp_(0, 1)
 
 
 def _gib(count: int) -> str:

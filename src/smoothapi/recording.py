@@ -93,10 +93,14 @@ class Recording:
     appends its response; ``"auto"`` replays what it has and records the rest.
     """
 
-    def __init__(self, path: str | os.PathLike, mode: str = "replay") -> None:
+    def __init__(
+        self, path: str | os.PathLike, mode: str = "replay", *, how_to_record: str | None = None
+    ) -> None:
         if mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
         self.path, self.mode = Path(path), mode
+        #: How a miss says to record what is missing (the command line says ``--record FILE``).
+        self.how_to_record = how_to_record or "mode='record' or 'auto'"
         self._entries: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         if self.path.exists():
@@ -106,7 +110,8 @@ class Recording:
                         entry = json.loads(line)
                         self._entries[entry["key"]] = entry["responses"]
         elif mode == "replay":
-            raise InvalidInputError(f"no recording at {self.path}; record one with mode='record'")
+            how = how_to_record or "mode='record'"
+            raise InvalidInputError(f"no recording at {self.path}; record one with {how}")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -117,7 +122,7 @@ class Recording:
             if self.mode == "replay":
                 raise ReplayMissError(
                     f"{provider}: request {key[:12]}… is not in {self.path}; "
-                    "record it with mode='record' or 'auto'"
+                    f"record it with {self.how_to_record}"
                 )
             return None
         return [

@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -45,6 +46,7 @@ from .smoothing import SmoothedClassifier
 __all__ = [
     "ABSTAIN_CODE",
     "CERTIFY_COLUMNS",
+    "CLEAN_COLUMNS",
     "PREDICT_COLUMNS",
     "RADIUS_COLUMNS",
     "ImageOutcome",
@@ -66,6 +68,9 @@ CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "file
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time", "file")
 #: The sequential mode's log (``radius=``): CERTIFY's columns and the test's outcome.
 RADIUS_COLUMNS = ("idx", "label", "predict", "radius", "outcome", "correct", "time", "file")
+#: With ``clean=True``, added at the end: the API's own answer on the clean image, and 1 where
+#: the certificate (or prediction) is not that answer (another label, or an abstention).
+CLEAN_COLUMNS = ("clean", "differs")
 ABSTAIN_CODE = -1  # what Cohen et al.'s logs write in the ``predict`` column on abstention
 
 
@@ -83,6 +88,9 @@ class ImageOutcome:
     queries: int
     seconds: float
     cost: float | None = None
+    #: With ``clean=True``: the base classifier's own answer on the clean image (one query).
+    clean: Any = None
+    clean_asked: bool = False
 
     @property
     def certification(self) -> Result | None:
@@ -177,7 +185,8 @@ def log_row(
 ) -> dict[str, Any]:
     """One image's row: Cohen et al.'s columns (``radius`` only for certificates), and with
     ``detail`` the bounds, sample sizes and counts our JSON Lines add. ``label`` is the true
-    label if known (``correct`` is then 0 or 1, else empty); an abstention predicts -1.
+    label if known (``correct`` is then 0 or 1, else empty); an abstention predicts -1 (Cohen
+    et al.'s TSV code), or ``None`` with ``detail`` (JSON: ``null`` among the label strings).
     ``sigma`` is the noise level to report (a prediction does not carry it)."""
     result = outcome.result
     if result is None:
@@ -185,7 +194,8 @@ def log_row(
     row: dict[str, Any] = {
         "idx": index,
         "label": label,
-        "predict": ABSTAIN_CODE if result.abstained else _json_label(result.label),
+        "predict": (None if detail else ABSTAIN_CODE) if result.abstained
+        else _json_label(result.label),
     }
     if not isinstance(result, Prediction):
         row["radius"] = float(result.radius)
@@ -195,6 +205,9 @@ def log_row(
     row["correct"] = None if label is None else correct
     row["time"] = format_elapsed(outcome.seconds)
     row["file"] = file
+    if outcome.clean_asked:
+        row["clean"] = _json_label(outcome.clean)
+        row["differs"] = int(result.abstained or str(result.label) != str(outcome.clean))
     if detail:
         if isinstance(result, Certification):
             row.update(p_a_lower=result.p_a_lower, n0=result.n0)
@@ -207,22 +220,50 @@ def log_row(
     return row
 
 
+#: ``fmt="text"``: the width of each column (others: 8), for a table people read.
+TEXT_WIDTHS = {"idx": 5, "label": 14, "predict": 22, "radius": 7, "outcome": 16, "correct": 7,
+               "time": 15, "file": 24, "clean": 22, "differs": 7}  # fmt: skip
+
+
 class LogWriter:
-    """Writes one row per image as TSV (``fmt="tsv"``, with a header) or JSON Lines
-    (``fmt="json"``), flushing each, so a log is readable while it is written."""
+    """Writes one row per image as TSV (``fmt="tsv"``, with a header), JSON Lines
+    (``fmt="json"``) or an aligned table to read (``fmt="text"``: radii to 3 decimals, an
+    abstention as ``abstain``, a row whose ``differs`` is 1 marked ``*``), flushing each, so
+    a log is readable while it is written. TSV and JSON keep full precision."""
 
     def __init__(self, out: TextIO, fmt: str = "tsv", columns: Sequence[str] = CERTIFY_COLUMNS):
-        if fmt not in ("tsv", "json"):
-            raise InvalidInputError(f"log format must be 'tsv' or 'json', got {fmt!r}")
+        if fmt not in ("tsv", "json", "text"):
+            raise InvalidInputError(f"log format must be 'tsv', 'json' or 'text', got {fmt!r}")
         self.out, self.fmt, self.columns = out, fmt, columns
         self._tsv = csv.writer(out, delimiter="\t", lineterminator="\n") if fmt == "tsv" else None
         if self._tsv is not None:
             self._tsv.writerow(columns)
             out.flush()
+        elif fmt == "text":
+            out.write(self._text_line(list(columns)) + "\n")
+            out.flush()
+
+    def _text_line(self, cells: list[str]) -> str:
+        return "  ".join(f"{cell:<{TEXT_WIDTHS.get(c, 8)}}"
+                         for c, cell in zip(self.columns, cells, strict=True)).rstrip()
+
+    def _text_cell(self, column: str, value: Any) -> str:
+        if value is None:
+            return ""
+        if column == "radius":
+            return f"{float(value):.3f}"
+        if column == "predict" and value == ABSTAIN_CODE:
+            return "abstain"
+        if column == "differs":
+            return "*" if value else ""
+        return str(value)
 
     def write(self, row: dict[str, Any]) -> None:
         if self._tsv is not None:
             self._tsv.writerow(["" if row.get(c) is None else row[c] for c in self.columns])
+        elif self.fmt == "text":
+            cells = [self._text_cell(c, row.get(c)) for c in self.columns]
+            self.out.write(self._text_line(cells) + "\n")
         else:
             self.out.write(json.dumps(row) + "\n")
         self.out.flush()
@@ -324,7 +365,11 @@ async def acertify_many(
       (and journaled).
     * ``target_radius``: refuse at once, saying why, if ``n`` samples could never
       certify it. ``progress=True`` prints the plan (queries, cost, best radius) and
-      shows a bar with queries, cost, requests per second and the ETA.
+      shows a bar with queries, cost, requests per second and the ETA; ``show_plan=False``
+      leaves the plan out (a caller that printed its own, as the command line does).
+    * ``clean=True``: also ask the base classifier once on each clean image
+      (:meth:`~smoothapi.SmoothedClassifier.clean_answer`, one more query per image);
+      the log then adds :data:`CLEAN_COLUMNS`.
     * ``shard=True`` (default): under ``torchrun`` each process takes its :class:`Shard`
       of the images (or give the :class:`Shard`; ``False`` takes all); outcomes keep
       the dataset index so the processes' logs merge.
@@ -379,6 +424,8 @@ async def _each_image(
     price_per_1000: float | None = None,
     shard: bool | Shard = True,
     progress: bool = False,
+    show_plan: bool = True,
+    clean: bool = False,
 ) -> AsyncIterator[ImageOutcome]:
     """Run ``job`` on each image of this process's share, within the caps."""
     share = shard if isinstance(shard, Shard) else Shard.from_env() if shard else Shard()
@@ -386,22 +433,26 @@ async def _each_image(
     total = _length(images)
     bar = None
     if progress:
-        bar = _Progress(smoothed, plan, price, None if total is None else share.size(total))
+        bar = _Progress(smoothed, plan if show_plan else None, price,
+                        None if total is None else share.size(total), per_image + clean)
     spent = 0
     try:
         for index, image in share.select(images):
-            if cap is not None and spent + per_image > cap:
+            if cap is not None and spent + per_image + clean > cap:
                 raise BudgetExceededError(
                     f"stopped before image {index}: {spent} queries sent, the next image "
-                    f"may need {per_image} and max_queries is {cap}; the results "
+                    f"may need {per_image + clean} and max_queries is {cap}; the results "
                     "so far were returned (and journaled, if a journal is set)"
                 )
             stats, started = smoothed.stats, asyncio.get_running_loop().time()
             before, billable = stats.images, stats.billable
             image_id = None if ids is None else str(ids[index])
             result, error = None, None
+            answer = None
             try:
                 result = await job(image, image_id)
+                if clean:
+                    answer = await smoothed.aclean_answer(image, image_id=image_id)
             except Exception as exc:  # any failure is this image's; the run goes on
                 if _stops_the_run(exc):
                     raise
@@ -411,8 +462,9 @@ async def _each_image(
             seconds = asyncio.get_running_loop().time() - started
             cost = None if price is None else (stats.billable - billable) * price / 1000
             if bar is not None:
-                bar.update(spent)
-            yield ImageOutcome(index, image_id, result, error, queries, seconds, cost)
+                bar.image_done()
+            yield ImageOutcome(index, image_id, result, error, queries, seconds, cost,
+                               clean=answer, clean_asked=clean)
     finally:
         if bar is not None:
             bar.close()
@@ -447,25 +499,57 @@ def _caps(
 
 
 class _Progress:
-    """Prints the plan, then shows a bar with queries, cost, requests per second and retries."""
+    """Prints the plan, then shows a bar that moves with each batch of answers as it arrives:
+    answers out of those the images may take at most, their rate and the ETA, with the
+    images done, queries sent, queries per second, cost and retries beside them. An image
+    that needed fewer answers than its budget (a sequential test that stopped early) takes
+    the rest off the total when it is done."""
 
     def __init__(
-        self, smoothed: SmoothedClassifier, plan: str, price: float | None, total: int | None
+        self,
+        smoothed: SmoothedClassifier,
+        plan: str | None,
+        price: float | None,
+        total: int | None,
+        per_image: int,
     ) -> None:
-        self.stats, self.price = smoothed.stats, price
-        self.started = asyncio.get_running_loop().time()
-        tqdm.write(plan, file=sys.stderr)
-        self.bar = tqdm(total=total, unit="img", desc=f"certify {smoothed.adapter.name}")
+        self.smoothed, self.stats, self.price = smoothed, smoothed.stats, price
+        self.images, self.per_image, self.done, self.this_image = total, per_image, 0, 0
+        self.started, self.base = time.monotonic(), smoothed.stats.images
+        if plan is not None:
+            tqdm.write(plan, file=sys.stderr)
+        self.bar = tqdm(total=None if total is None else total * per_image, unit="answer",
+                        desc=f"certify {smoothed.adapter.name}", dynamic_ncols=True)  # fmt: skip
+        smoothed.answer_listeners.append(self.answers)
 
-    def update(self, spent: int) -> None:
-        elapsed = asyncio.get_running_loop().time() - self.started
-        self.bar.update(1)
+    def answers(self, count: int) -> None:
+        """A batch of ``count`` answers came in (or was found in the journal)."""
+        self.this_image += count
+        self.bar.update(count)
+        self._postfix()
+
+    def image_done(self) -> None:
+        """An image is done."""
+        self.done += 1
+        if self.bar.total is not None and self.this_image < self.per_image:
+            self.bar.total -= self.per_image - self.this_image
+        self.this_image = 0
+        self._postfix()
+        self.bar.refresh()
+
+    def _postfix(self) -> None:
+        elapsed, spent = time.monotonic() - self.started, self.stats.images - self.base
+        images = f"{self.done}" if self.images is None else f"{self.done}/{self.images}"
         self.bar.set_postfix(
+            images=images,
             queries=self.stats.images,
+            qps=f"{spent / max(elapsed, 1e-9):.1f}",
             cost="-" if self.price is None else f"${spent * self.price / 1000:.2f}",
-            qps=f"{self.stats.requests / max(elapsed, 1e-9):.1f}",
             retries=self.stats.retries,
+            refresh=False,
         )
 
     def close(self) -> None:
+        if self.answers in self.smoothed.answer_listeners:
+            self.smoothed.answer_listeners.remove(self.answers)
         self.bar.close()

@@ -86,8 +86,9 @@ def attempt_digest(settings: Mapping[str, Any]) -> str:
 class Sampler:
     """Draws ``D(x + delta)`` batches, delta ~ N(0, sigma^2 I), reproducibly from ``seed``.
 
-    ``denoiser`` (optional) runs on ``device`` in inference mode; ``batch_size`` is the
-    number of samples per batch, and so part of what decides the noise.
+    ``denoiser`` (optional) runs on ``device`` in inference mode (with ``denoise_channels``,
+    only on images of that many channels: the others pass as they are); ``batch_size`` is
+    the number of samples per batch, and so part of what decides the noise.
     """
 
     def __init__(
@@ -97,9 +98,11 @@ class Sampler:
         device: torch.device,
         denoiser: torch.nn.Module | None = None,
         batch_size: int = 256,
+        denoise_channels: int | None = None,
     ) -> None:
         self.sigma, self.seed, self.device = sigma, seed, device
         self.denoiser, self.batch_size = denoiser, batch_size
+        self.denoise_channels = denoise_channels
         self._occurrences: Counter[tuple[str, str]] = Counter()
 
     def key(
@@ -149,6 +152,8 @@ class Sampler:
         values (damaged weights), is an :class:`~smoothapi.errors.InvalidInputError`. A
         noise-level-aware denoiser (:mod:`smoothapi.denoisers.noise_level`) gets ``sigma``."""
         if self.denoiser is None:
+            return batch
+        if self.denoise_channels is not None and batch.shape[1] != self.denoise_channels:
             return batch
         try:
             with torch.inference_mode():  # in the denoiser's dtype; the result in the batch's

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 import os
 import secrets
 from collections import Counter
@@ -27,6 +28,7 @@ from ._checkpoint import module_digest
 from ._images import PEAK_FLOATS_PER_PIXEL, ImageLike, as_image_tensor, check_batch_memory
 from .adapters.base import Adapter
 from .adapters.local import LocalModelAdapter
+from .adapters.remote import RemoteAdapter
 from .certification import (
     ABSTAIN,
     Certification,
@@ -63,6 +65,7 @@ if TYPE_CHECKING:  # smoothapi.runs imports this module at load, never the rever
 __all__ = ["ClientStats", "RateLimits", "RetryPolicy", "SmoothedClassifier"]
 
 DEFAULT_BATCH_SIZE = 256
+log = logging.getLogger("smoothapi")
 
 _T = TypeVar("_T")
 _Self = TypeVar("_Self", bound="_Closing")
@@ -137,7 +140,15 @@ class SmoothedClassifier(_Closing):
     Args:
         adapter: the base classifier.
         sigma: the noise level, > 0.
-        denoiser: run on ``device`` in inference mode before ``adapter``.
+        denoiser: run on ``device`` in inference mode before ``adapter``: a module, the name
+            of a shipped denoiser or a ``.safetensors`` file (:func:`~smoothapi.load_denoiser`),
+            ``None`` for none, or ``"auto"`` (the default): for a vision API (a
+            :class:`~smoothapi.adapters.remote.RemoteAdapter`), the shipped natural-photo
+            denoiser trained for ``sigma`` (:func:`~smoothapi.denoisers.default_denoiser`),
+            applied to RGB images only, as ``smoothapi certify --api`` does; one line on the
+            ``"smoothapi"`` logger names it. No denoiser for a local model (pass your own), nor
+            when none ships for ``sigma``. ``denoiser=None`` opts out. The denoiser is part of
+            the journal's run key: ``"auto"`` keys a run as passing that denoiser does.
         batch_size: noisy samples per batch sent through ``D`` and ``f``.
         device: where noise is drawn and the denoiser runs (default: CUDA if available).
         seed: makes runs reproducible; by default a fresh seed from OS entropy,
@@ -157,7 +168,7 @@ class SmoothedClassifier(_Closing):
         self,
         adapter: Adapter,
         sigma: float,
-        denoiser: torch.nn.Module | None = None,
+        denoiser: torch.nn.Module | str | None = "auto",
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | torch.device | None = None,
@@ -175,6 +186,7 @@ class SmoothedClassifier(_Closing):
         self.sigma = check_sigma(sigma)
         self.batch_size = check_count("batch_size", batch_size)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        denoiser, channels = _choose_denoiser(denoiser, adapter, self.sigma, self.device)
         self.denoiser = None if denoiser is None else denoiser.to(self.device).eval()
         seed = check_seed(seed)
         self.seed = secrets.randbits(63) if seed is None else seed
@@ -183,7 +195,8 @@ class SmoothedClassifier(_Closing):
             self.journal: Journal | None = journal
         else:
             self.journal = Journal(journal)
-        self.sampler = Sampler(self.sigma, self.seed, self.device, self.denoiser, self.batch_size)
+        self.sampler = Sampler(self.sigma, self.seed, self.device, self.denoiser, self.batch_size,
+                               channels)
         self.dispatcher = Dispatcher(adapter, self.batch_size, retry, limits)
         self.retry = retry
         self.stats = self.dispatcher.stats
@@ -191,7 +204,10 @@ class SmoothedClassifier(_Closing):
         self._journal_run: JournalRun | None = None
         if self.journal is not None:  # registers the run, so the journal shows what it was
             self._journal_run = self.journal.run(self.run_key, self.run_config())
-        self._attempts = _Attempts(self.sampler, self._journal_run)
+        #: Called with the number of answers of each batch as it arrives (those found in the
+        #: journal too): :mod:`smoothapi.runs`' progress bar moves with them.
+        self.answer_listeners: list[Callable[[int], None]] = []
+        self._attempts = _Attempts(self.sampler, self._journal_run, self.answer_listeners)
 
     @functools.cached_property
     def run_key(self) -> str:
@@ -242,6 +258,24 @@ class SmoothedClassifier(_Closing):
         key = self._attempts.begin(x, image_id, {"method": "predict", "n": n, "alpha": alpha})
         prediction = predict_counts(await self._counts(x, key, Phase.PREDICTION, n), alpha)
         return self._attempts.finish(key, prediction)
+
+    def clean_answer(self, image: ImageLike, *, image_id: str | None = None) -> Label | None:
+        """The base classifier's own answer on the clean image: ``f(x)``, no noise and no
+        denoiser (``None``: no label). One query, journaled as the samples are, so a resumed
+        run does not pay for it again. ``image_id`` as in :meth:`acertify`."""
+        return self._bridge.run(self.aclean_answer(image, image_id=image_id))
+
+    @_entry
+    async def aclean_answer(self, image: ImageLike, *, image_id: str | None = None) -> Label | None:
+        """Async :meth:`clean_answer`."""
+        x = self._image(image, 1)
+        key = self._attempts.begin(x, image_id, {"method": "clean_answer"})
+        store = self._attempts.store(key, Phase.CLEAN_SELECTION)
+        known = store.answers()
+        answer = known[0] if 0 in known else (await self.dispatcher.ask(x[None], [0], store))[0]
+        if self._journal_run is not None:
+            self._journal_run.finish(key, {"label": answer, "n": 1})
+        return answer
 
     @overload
     def certify(
@@ -457,11 +491,45 @@ class SmoothedClassifier(_Closing):
     # --- datasets: smoothapi.runs -------------------------------------------------------
 
 
+def _choose_denoiser(
+    spec: torch.nn.Module | str | None, adapter: Adapter, sigma: float, device: torch.device
+) -> tuple[torch.nn.Module | None, int | None]:
+    """The denoiser ``spec`` stands for, and the channels it is limited to (``"auto"``: the
+    shipped photo denoiser for ``sigma``, RGB only, for a vision API; else ``None``)."""
+    if spec is None or isinstance(spec, torch.nn.Module):
+        return spec, None
+    if not isinstance(spec, str):
+        raise InvalidInputError(
+            f"denoiser must be a torch.nn.Module, a name or path, 'auto' or None, got "
+            f"{type(spec).__name__}"
+        )
+    from .denoisers import default_denoiser, load_denoiser  # the denoisers import torch models
+
+    if spec != "auto":
+        return load_denoiser(spec, device=device), None
+    if not isinstance(adapter, RemoteAdapter):
+        return None, None
+    name = default_denoiser(sigma)
+    if name is None:
+        log.info("smoothapi: no shipped photo denoiser for sigma=%g in this install: the "
+                 "noisy images go to the API as they are", sigma)  # fmt: skip
+        return None, None
+    log.info("smoothapi: denoising RGB images with the shipped photo denoiser %s for "
+             "sigma=%g (denoiser=None to opt out)", name, sigma)  # fmt: skip
+    return load_denoiser(name, device=device), 3
+
+
 class _Attempts:
     """Keys each call of one classifier and records it in its journal run, if it has one."""
 
-    def __init__(self, sampler: Sampler, run: JournalRun | None) -> None:
+    def __init__(
+        self,
+        sampler: Sampler,
+        run: JournalRun | None,
+        listeners: list[Callable[[int], None]] | None = None,
+    ) -> None:
         self.sampler, self.run = sampler, run
+        self.listeners = [] if listeners is None else listeners
 
     def begin(self, x: torch.Tensor, image_id: str | None, settings: dict[str, Any]) -> ImageKey:
         """The key of this call (its settings make it an attempt of its own); with a journal,
@@ -472,8 +540,10 @@ class _Attempts:
         return key
 
     def store(self, key: ImageKey, phase: Phase) -> AnswerStore:
-        """Where the answers of one stream are kept: the journal run, if there is one."""
-        return UNRECORDED if self.run is None else self.run.stream(key, phase)
+        """Where the answers of one stream are kept: the journal run, if there is one (each
+        batch of answers, and those found there, told to the listeners)."""
+        store = UNRECORDED if self.run is None else self.run.stream(key, phase)
+        return _Told(store, self.listeners) if self.listeners else store
 
     def finish(self, key: ImageKey, result: R) -> R:
         """Record ``result`` as the attempt's outcome (with a journal); return it."""
@@ -484,6 +554,28 @@ class _Attempts:
                     summary[name] = getattr(result, name)
             self.run.finish(key, summary)
         return result
+
+
+class _Told:
+    """An answer store that tells listeners how many answers each batch brought."""
+
+    def __init__(self, store: AnswerStore, listeners: list[Callable[[int], None]]) -> None:
+        self.store, self.listeners = store, listeners
+
+    def _tell(self, count: int) -> None:
+        for listener in list(self.listeners):
+            listener(count)
+
+    def answers(self) -> dict[int, Label | None]:
+        known = self.store.answers()
+        if known:
+            self._tell(len(known))
+        return known
+
+    def record(self, answers: Iterable[tuple[int, Label | None, float | None]]) -> None:
+        answers = list(answers)
+        self.store.record(answers)
+        self._tell(len(answers))
 
 
 async def _select(

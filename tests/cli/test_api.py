@@ -100,18 +100,22 @@ COUNTS = ("--n0", "8", "--n", "40", "--seed", "0")
 def test_http_certify_writes_the_tsv_after_the_plan(capsys, api, images):
     before = api.stats.images
     code, out, err = _run(capsys, "certify", "--api", "http", "--url", api.url("generic"), images,
-                          "--sigma", SIGMA, *COUNTS, "--denoiser", "none")
+                          "--sigma", SIGMA, *COUNTS, "--denoiser", "none", "--yes")
     assert code == 0, err
     best = max_certifiable_radius(40, 0.001, SIGMA)
-    assert out.splitlines()[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tfile"
+    assert out.splitlines()[0] == ("idx\tlabel\tpredict\tradius\tcorrect\ttime\tfile\tclean"
+                                   "\tdiffers")
     rows = _rows(out)
     assert [r["file"] for r in rows] == ["bright/210.png", "bright/230.png", "dark/20.png"]
     assert [r["predict"] for r in rows] == [r["label"] for r in rows]
     assert all(float(r["radius"]) == pytest.approx(best) and r["correct"] == "1" for r in rows)
-    assert "plan: 3 image(s) x at most 48 queries = at most 144 queries to http" in err
+    assert [(r["clean"], r["differs"]) for r in rows] == [("bright", "0"), ("bright", "0"),
+                                                           ("dark", "0")]
+    # n0 + n noisy queries, and one on the clean image: the API's own answer
+    assert "plan: 3 image(s) x at most 49 queries = at most 147 queries to http" in err
     assert f"largest certifiable radius with n=40, alpha=0.001, sigma=0.25: {best:.3f}" in err
     assert "cost unknown: no price for http" in err and "denoiser: none (--denoiser none)" in err
-    assert api.stats.images - before == 144
+    assert api.stats.images - before == 147
 
 
 def test_default_denoiser_is_the_shipped_photo_one_and_grey_images_become_rgb(
@@ -119,17 +123,17 @@ def test_default_denoiser_is_the_shipped_photo_one_and_grey_images_become_rgb(
 ):
     monkeypatch.setattr(api_cli, "default_denoiser", lambda sigma: str(tiny_denoiser))
     code, out, err = _run(capsys, "predict", "--api", "http", "--url", api.url("generic"), images,
-                          "--sigma", SIGMA, "--n", "30", "--seed", "0")
+                          "--sigma", SIGMA, "--n", "30", "--seed", "0", "--yes")
     assert code == 0, err
     assert f"denoiser: {tiny_denoiser}" in err
-    assert out.splitlines()[0] == "idx\tlabel\tpredict\tcorrect\ttime\tfile"
+    assert out.splitlines()[0] == "idx\tlabel\tpredict\tcorrect\ttime\tfile\tclean\tdiffers"
     assert len(_rows(out)) == 3
 
 
 def test_no_shipped_denoiser_for_sigma_says_so(capsys, monkeypatch, api, images):
     monkeypatch.setattr(api_cli, "default_denoiser", lambda sigma: None)
     code, _, err = _run(capsys, "predict", "--api", "http", "--url", api.url("generic"), images,
-                        "--sigma", 0.3, "--n", "10", "--seed", "0")
+                        "--sigma", 0.3, "--n", "10", "--seed", "0", "--yes")
     assert code == 0
     assert "denoiser: none (no shipped photo denoiser for sigma=0.3" in err
 
@@ -138,15 +142,17 @@ def test_radius_mode_adds_the_outcome_column_and_stops_early(capsys, api, images
     before = api.stats.images
     code, out, err = _run(capsys, "certify", "--api", "http", "--url", api.url("generic"), images,
                           "--sigma", SIGMA, "--n0", "5", "--n", "400", "--seed", "0",
-                          "--radius", "0.2", "--selection", "clean", "--denoiser", "none")
+                          "--radius", "0.2", "--selection", "clean", "--denoiser", "none",
+                          "--yes")
     assert code == 0, err
-    assert out.splitlines()[0] == "idx\tlabel\tpredict\tradius\toutcome\tcorrect\ttime\tfile"
+    assert out.splitlines()[0] == ("idx\tlabel\tpredict\tradius\toutcome\tcorrect\ttime\tfile"
+                                   "\tclean\tdiffers")
     rows = _rows(out)
     assert [r["outcome"] for r in rows] == ["certified"] * 3
     assert all(float(r["radius"]) == 0.2 for r in rows)
     # Unanimous answers decide R >= 0.2 long before the budget of 400 (1 clean query each).
     assert api.stats.images - before < 3 * 200
-    assert "at most 401 queries" in err
+    assert "at most 402 queries" in err
 
 
 def test_radius_beyond_reach_is_refused_before_any_query(capsys, api, images):
@@ -161,7 +167,7 @@ def test_radius_beyond_reach_is_refused_before_any_query(capsys, api, images):
 def test_record_then_replay_gives_the_same_rows_with_nothing_sent(capsys, api, images, tmp_path):
     tape = tmp_path / "tape.jsonl"
     common = ["certify", "--api", "http", images, "--sigma", SIGMA, *COUNTS, "--denoiser", "none",
-              "--format", "json"]
+              "--format", "json", "--yes"]
     code, recorded, _ = _run(capsys, *common, "--url", api.url("generic"), "--record", tape)
     assert code == 0 and tape.stat().st_size > 0
     before = api.stats.requests
@@ -199,8 +205,8 @@ def test_azure_plan_refusal_and_run_under_the_cap(capsys, monkeypatch, api, imag
     code, out, err = _run(capsys, *common, "--max-cost", "0.10")
     assert code == 0, err
     assert [r["predict"] for r in _rows(out)] == ["bright", "bright", "dark"]
-    assert api.stats.requests - before == 72
-    assert "sent 72 queries to azure, about $0.07" in err
+    assert api.stats.requests - before == 75
+    assert "sent 75 queries to azure, about $0.07" in err
 
 
 def test_yes_runs_and_max_cost_below_the_estimate_stops_at_the_cap(capsys, monkeypatch, api,
@@ -210,7 +216,7 @@ def test_yes_runs_and_max_cost_below_the_estimate_stops_at_the_cap(capsys, monke
                           "--api-version", "4.0", images, "--sigma", SIGMA, "--n0", "4",
                           "--n", "20", "--seed", "0", "--rate", "500", "--denoiser", "none",
                           "--yes", "--max-cost", "0.05")
-    # $0.05 buys 50 queries: two images of 24, then the run stops before the third.
+    # $0.05 buys 50 queries: two images of 25, then the run stops before the third.
     assert code == 2
     assert len(_rows(out)) == 2
     assert "stopped before image 2" in _one_error_line(err)
@@ -232,7 +238,7 @@ def test_other_providers_plan_and_refuse_without_sending(capsys, monkeypatch, im
     code, out, err = _run(capsys, "certify", "--api", provider, *flags, images, "--sigma", SIGMA,
                           "--n0", "20", "--n", "500", "--max-cost", "1", "--denoiser", "none")
     assert code == api_cli.EXIT_NOT_RUN and out == ""
-    cost = 3 * 520 * PRICES[provider].per_1000 / 1000
+    cost = 3 * 521 * PRICES[provider].per_1000 / 1000
     assert f"estimated cost ${cost:,.2f} at" in err and PRICES[provider].checked in err
     assert "above --max-cost $1" in err
 
@@ -255,8 +261,8 @@ def test_grpc_and_aws_providers_certify_end_to_end_through_their_sdks(capsys, mo
                           "--denoiser", "none", "--yes")
     assert code == 0, err
     assert [r["predict"] for r in _rows(out)] == ["bright", "bright", "dark"]
-    assert api.stats.images - before == 3 * 24
-    assert f"sent 72 queries to {provider}" in err
+    assert api.stats.images - before == 3 * 25
+    assert f"sent 75 queries to {provider}" in err
     assert "fake-key" not in err + out and "fake-secret" not in err + out
 
 
@@ -276,7 +282,7 @@ def test_a_killed_run_resumes_from_its_journal(capsys, tmp_path, images, how):
     with LoopbackProvider(brightness, latency=0.02) as slow:
         common = ["certify", "--api", "http", "--url", slow.url("generic"), images, "--sigma",
                   SIGMA, "--n0", "10", "--n", "60", "--seed", "3", "--denoiser", "none",
-                  "--journal", tmp_path / "j.sqlite"]  # fmt: skip
+                  "--yes", "--journal", tmp_path / "j.sqlite"]  # fmt: skip
         process = subprocess.Popen(_cli(*common), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, env=_env())  # fmt: skip
         assert process.stdout.readline().startswith("idx\t")
@@ -290,11 +296,11 @@ def test_a_killed_run_resumes_from_its_journal(capsys, tmp_path, images, how):
             assert err.count("interrupted") == 1, err  # one line says it all
         with sqlite3.connect(tmp_path / "j.sqlite") as db:
             journaled = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
-        assert 70 <= journaled < 3 * 70
+        assert 71 <= journaled < 3 * 71  # the clean answer is journaled too
         code, resumed, err = _run(capsys, *common)
         assert code == 0, err
         resumed_sent = slow.stats.images - killed_sent
-    assert resumed_sent == 3 * 70 - journaled  # nothing journaled was sent again
+    assert resumed_sent == 3 * 71 - journaled  # nothing journaled was sent again
     with LoopbackProvider(brightness) as fresh:
         code, reference, _ = _run(capsys, *common[:4], fresh.url("generic"), *common[5:-2])
     assert _without_time(resumed) == _without_time(reference)
@@ -342,19 +348,6 @@ def test_missing_sdk_extra(capsys, monkeypatch, images, provider, module):
     assert f"pip install 'smoothapi-certified[{provider}]'" in line
 
 
-def test_unreadable_image(capsys, api, images, tmp_path):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    Image.new("RGB", (8, 8), "white").save(folder / "a.png")
-    (folder / "b.png").write_bytes(b"not a png at all")
-    before = api.stats.requests
-    code, out, err = _run(capsys, "certify", "--api", "http", "--url", api.url("generic"), folder,
-                          "--sigma", SIGMA, "--denoiser", "none")
-    assert code == 2 and out == ""
-    assert "b.png" in _one_error_line(err)
-    assert api.stats.requests == before
-
-
 @pytest.mark.parametrize(
     "argv, fragment",
     [
@@ -380,7 +373,7 @@ def test_header_values_never_reach_the_output(capsys, monkeypatch, api, images):
     monkeypatch.setenv("MY_SECRET_TOKEN", "s3cr3t-value")
     code, out, err = _run(capsys, "predict", "--api", "http", "--url", api.url("generic"), images,
                           "--sigma", SIGMA, "--n", "5", "--denoiser", "none",
-                          "--header-env", "Authorization=MY_SECRET_TOKEN")
+                          "--header-env", "Authorization=MY_SECRET_TOKEN", "--yes")
     assert code == 0
     assert "s3cr3t" not in out + err
 
@@ -403,7 +396,8 @@ def test_plan_is_printed_before_anything_is_sent_even_on_a_dead_endpoint(capsys,
     """The plan needs no connection: a closed port fails only after the plan was shown."""
     started = time.perf_counter()
     code, _, err = _run(capsys, "certify", "--api", "http", "--url", "http://127.0.0.1:9/x",
-                        images, "--sigma", SIGMA, "--n0", "2", "--n", "5", "--denoiser", "none")
+                        images, "--sigma", SIGMA, "--n0", "2", "--n", "5", "--denoiser", "none",
+                        "--yes")
     assert code == 2
     assert err.index("plan: 3 image(s)") < err.index("smoothapi: error:")
     assert time.perf_counter() - started < 60
@@ -426,3 +420,251 @@ def test_radius_mode_with_a_local_model_too(capsys, tmp_path):
     assert code == 0, err
     (row,) = _rows(out)
     assert row["outcome"] == "certified" and float(row["radius"]) == 0.3 and row["predict"] == "a"
+
+
+# --- issue 26, item 7: the messages a newcomer trips on ----------------------------------------
+
+HTTP = ("--api", "http", "--labels-path", "labels")
+
+
+def _http(api) -> list[str]:
+    return ["--api", "http", "--url", api.url("generic")]
+
+
+def test_aws_region_is_read_from_AWS_REGION_too(capsys, monkeypatch, api, images):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    seen = {}
+    real = api_cli.create_adapter
+
+    def spy(name, **options):
+        seen.update(options)
+        return real(name, **options)
+
+    monkeypatch.setattr(api_cli, "create_adapter", spy)
+    code, out, err = _run(capsys, "certify", "--api", "aws", "--endpoint", api.url("aws"), images,
+                          "--sigma", SIGMA, "--n0", "4", "--n", "20", "--seed", "0", "--rate",
+                          "500", "--denoiser", "none", "--yes")
+    assert code == 0, err
+    assert "no AWS region" not in err and seen["region_name"] == "us-east-1"
+    assert [r["predict"] for r in _rows(out)] == ["bright", "bright", "dark"]
+
+
+def test_every_unreadable_image_is_named_and_the_others_are_certified(capsys, api, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "white").save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"not a png at all")
+    Image.new("RGB", (8, 8), "black").save(folder / "c.png")
+    (folder / "d.png").write_bytes(b"")
+    code, out, err = _run(capsys, "certify", *_http(api), folder, "--sigma", SIGMA, *COUNTS,
+                          "--denoiser", "none", "--yes")
+    assert code == 1, err
+    assert "b.png" in err and "d.png" in err and "Traceback" not in err
+    assert "2 image(s) could not be read" in err
+    rows = _rows(out)
+    assert [(r["idx"], r["file"]) for r in rows] == [("0", "a.png"), ("2", "c.png")]
+    assert "plan: 2 image(s)" in err
+
+
+def test_a_resumed_run_quotes_only_what_is_left(capsys, api, images, tmp_path):
+    journal = tmp_path / "j.sqlite"
+    common = [*_http(api), "--sigma", SIGMA, "--n0", "4", "--n", "20", "--seed", "0",
+              "--denoiser", "none", "--journal", journal, "--price", "1"]
+    code, _, err = _run(capsys, "certify", images / "dark" / "20.png", *common, "--yes")
+    assert code == 0, err
+    code, out, err = _run(capsys, "certify", images, *common)
+    assert code == api_cli.EXIT_NOT_RUN and out == ""
+    assert "25 already answered" in err and "at most 50 left to send" in err
+    assert "estimated cost $0.05 at $1 per 1,000" in err  # 50 queries, not 75
+    assert "$0.07" not in err
+
+
+def test_replay_says_replayed_not_sent_and_a_miss_says_record(capsys, api, images, tmp_path):
+    tape = tmp_path / "tape.jsonl"
+    common = ["certify", *_http(api), images, "--sigma", SIGMA, "--n0", "4", "--n", "20",
+              "--denoiser", "none", "--yes"]
+    code, _, err = _run(capsys, *common, "--seed", "0", "--record", tape)
+    assert code == 0, err
+    code, _, err = _run(capsys, *common, "--seed", "0", "--replay", tape)
+    assert code == 0, err
+    assert f"replayed 75 answers from {tape}; none sent to http" in err
+    assert "sent 75" not in err
+    code, _, err = _run(capsys, *common, "--seed", "1", "--replay", tape)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "--record FILE" in line and "mode=" not in line
+
+
+def test_the_plan_is_printed_once(capsys, api, images):
+    code, _, err = _run(capsys, "certify", *_http(api), images, "--sigma", SIGMA, *COUNTS,
+                        "--denoiser", "none", "--yes", "--progress")
+    assert code == 0, err
+    assert err.count("plan") == 1, err
+
+
+def test_an_unknown_price_stops_unless_yes_max_queries_or_price(capsys, api, images):
+    common = ["certify", *_http(api), images, "--sigma", SIGMA, *COUNTS, "--denoiser", "none"]
+    before = api.stats.requests
+    code, out, err = _run(capsys, *common)
+    assert code == api_cli.EXIT_NOT_RUN and out == ""
+    assert "not run: the cost is unknown" in err and "--price" in err and "--yes" in err
+    assert api.stats.requests == before
+    for extra in (["--yes"], ["--max-queries", "1000"], ["--price", "0"]):
+        code, out, err = _run(capsys, *common, *extra)
+        assert code == 0, (extra, err)
+        assert len(_rows(out)) == 3
+
+
+def test_insecure_help_names_google_and_clarifai(capsys):
+    main(["certify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    start = text.index("--insecure google")
+    assert "google" in text[start:start + 120] and "clarifai" in text[start:start + 120]
+
+
+def test_json_abstention_is_null_and_tsv_keeps_minus_one(capsys, api, images):
+    common = ["certify", *_http(api), images, "--sigma", SIGMA, "--n0", "4", "--n", "5",
+              "--seed", "0", "--denoiser", "none", "--yes"]
+    code, out, err = _run(capsys, *common, "--format", "json")
+    assert code == 0, err
+    import json
+
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["predict"] for r in records] == [None, None, None]  # n=5 cannot certify
+    code, out, _ = _run(capsys, *common)
+    assert [r["predict"] for r in _rows(out)] == ["-1", "-1", "-1"]
+
+
+def test_query_and_query_env_for_http(capsys, monkeypatch, api, images):
+    monkeypatch.setenv("MY_QUERY_KEY", "q-s3cr3t-77")
+    seen = {}
+    real = api_cli.create_adapter
+
+    def spy(name, **options):
+        adapter = real(name, **options)
+        seen["adapter"] = adapter
+        return adapter
+
+    monkeypatch.setattr(api_cli, "create_adapter", spy)
+    code, out, err = _run(capsys, "predict", *_http(api), images, "--sigma", SIGMA, "--n", "5",
+                          "--denoiser", "none", "--yes", "--query", "version=2",
+                          "--query-env", "key=MY_QUERY_KEY")
+    assert code == 0, err
+    adapter = seen["adapter"]
+    assert adapter.query == {"version": "2"} and adapter._secret_query == {"key": "q-s3cr3t-77"}
+    assert "q-s3cr3t" not in out + err
+    code, _, err = _run(capsys, "predict", *_http(api), images, "--sigma", SIGMA,
+                        "--query", "key=visible")
+    assert code == 2 and "query_env" in _one_error_line(err)
+    code, _, err = _run(capsys, "predict", "--api", "azure", images, "--sigma", SIGMA,
+                        "--query", "a=b")
+    assert code == 2 and "--query and --query-env apply to http" in _one_error_line(err)
+
+
+# --- issue 26, item 4: the API's own answer on the clean image ------------------------------
+
+
+def test_the_clean_answer_is_a_column_and_rows_that_differ_are_marked(capsys, api, images):
+    common = ["certify", *_http(api), images, "--sigma", SIGMA, "--n0", "4", "--seed", "0",
+              "--denoiser", "none", "--yes"]
+    # n=5 cannot certify: each certificate abstains, so it differs from the clean answer.
+    code, out, err = _run(capsys, *common, "--n", "5")
+    assert code == 0, err
+    rows = _rows(out)
+    assert [(r["predict"], r["clean"], r["differs"]) for r in rows] == [
+        ("-1", "bright", "1"), ("-1", "bright", "1"), ("-1", "dark", "1")]
+    code, out, err = _run(capsys, *common, "--n", "40", "--format", "text")
+    assert code == 0, err
+    header, *lines = out.splitlines()
+    assert header.split() == ["idx", "label", "predict", "radius", "correct", "time", "file",
+                              "clean", "differs"]
+    best = max_certifiable_radius(40, 0.001, SIGMA)
+    assert all(f" {best:.3f} " in line and "*" not in line for line in lines), out
+    code, out, _ = _run(capsys, *common, "--n", "5", "--format", "text")
+    assert all("abstain" in line and line.rstrip().endswith("*") for line in out.splitlines()[1:])
+    code, out, _ = _run(capsys, *common, "--n", "40", "--format", "json")
+    import json
+
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["clean"] for r in records] == ["bright", "bright", "dark"]
+    assert records[0]["radius"] == best  # full precision
+
+
+# --- issue 26, item 2: photos of ordinary size -------------------------------------------------
+
+
+def test_the_batch_is_sized_to_free_memory_unless_given(capsys, monkeypatch, api, tmp_path,
+                                                        tiny_denoiser):
+    import smoothapi._images as images_module
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((128, 128, 3), 200, dtype=np.uint8)).save(photo)
+    # 20 MiB free: a batch of 8 noisy 128x128 samples through a denoiser needs about 69 MB.
+    monkeypatch.setattr(images_module, "available_memory", lambda device: 20 * 2**20)
+    common = ["certify", *_http(api), photo, "--sigma", SIGMA, "--n0", "2", "--n", "8",
+              "--seed", "0", "--denoiser", str(tiny_denoiser), "--yes", "--device", "cpu"]
+    code, out, err = _run(capsys, *common)
+    assert code == 0, err
+    assert "batch size 1, fit to the free memory of cpu" in err and "--batch-size 1" in err
+    assert len(_rows(out)) == 1
+    code, _, err = _run(capsys, *common, "--batch-size", "8")  # an explicit one still wins
+    assert code == 2 and "needs about" in _one_error_line(err)
+
+
+def test_max_side_resizes_before_the_noise_and_says_what_the_radius_means(capsys, api, tmp_path):
+    photo = tmp_path / "wide.png"
+    Image.fromarray(np.full((40, 64, 3), 200, dtype=np.uint8)).save(photo)
+    code, out, err = _run(capsys, "certify", *_http(api), photo, "--sigma", SIGMA, *COUNTS,
+                          "--denoiser", "none", "--yes", "--max-side", "16")
+    assert code == 0, err
+    assert err.count("at most 16 px a side") == 2  # in the plan, and after the rows
+    assert "resized image's pixel space" in err
+    assert err.index("at most 16 px a side") < err.index("seed 0")
+    assert len(_rows(out)) == 1
+    from smoothapi._images import fit_side
+
+    assert fit_side(torch.rand(3, 40, 64), 16).shape == (3, 10, 16)
+    assert fit_side(torch.rand(3, 10, 12), 16).shape == (3, 10, 12)
+    code, _, err = _run(capsys, "certify", *_http(api), photo, "--sigma", SIGMA, "--max-side", 0)
+    assert code == 2 and "max-side" in _one_error_line(err)
+
+
+def test_a_local_model_sizes_its_batch_to_free_memory_and_takes_max_side(capsys, monkeypatch,
+                                                                         tmp_path):
+    import smoothapi._images as images_module
+    from smoothapi import LocalModelAdapter
+    from smoothapi.training import create_classifier
+
+    torch.manual_seed(1)
+    model = create_classifier("small_cnn", in_channels=1, num_classes=2, width=4)
+    LocalModelAdapter(model, class_names=["a", "b"]).save(tmp_path / "m.safetensors")
+    Image.fromarray(np.full((96, 64), 90, dtype=np.uint8)).save(tmp_path / "x.png")
+    # 96x64 grey: about 3.2 MB a sample; 8 MiB free fits a batch of 1 in half of it.
+    monkeypatch.setattr(images_module, "available_memory", lambda device: 8 * 2**20)
+    common = ["certify", "--model", tmp_path / "m.safetensors", tmp_path / "x.png", "--sigma",
+              SIGMA, "--n0", "4", "--n", "8", "--seed", "0", "--device", "cpu"]
+    code, out, err = _run(capsys, *common)
+    assert code == 0, err
+    assert "batch size 1, fit to the free memory" in err and len(_rows(out)) == 1
+    code, _, err = _run(capsys, *common, "--batch-size", "8")
+    assert code == 2 and "needs about" in _one_error_line(err)
+    code, out, err = _run(capsys, *common, "--max-side", "24")
+    assert code == 0, err
+    assert "batch size 16, fit" in err and "at most 24 px a side" in err  # 24x16: 16 fit
+
+
+def test_the_plan_estimates_the_time_from_a_short_warm_up(capsys, monkeypatch, api, images,
+                                                          tiny_denoiser):
+    code, _, err = _run(capsys, "certify", *_http(api), images, "--sigma", SIGMA, *COUNTS,
+                        "--denoiser", str(tiny_denoiser), "--price", "1")
+    assert code == api_cli.EXIT_NOT_RUN  # nothing sent: the estimate comes before any query
+    (line,) = [line for line in err.splitlines() if "time: about" in line]
+    assert "ms a sample here (measured on 2 warm-up batches" in line
+    assert err.index("time: about") < err.index("not run")
+    monkeypatch.setenv("AZURE_VISION_KEY", "fake")
+    code, _, err = _run(capsys, "certify", "--api", "azure", "--endpoint", api.url(""), images,
+                        "--sigma", SIGMA, *COUNTS, "--denoiser", "none", "--rate", "2")
+    assert code == api_cli.EXIT_NOT_RUN
+    assert "time: about 74 s (2 requests/s)" in err  # 147 queries, one image a request

@@ -30,7 +30,14 @@ from .. import __version__
 from .._checkpoint import as_module_input
 from .._image_files import ImageFile, natural_key, scan_images
 from .._image_files import _candidates as image_candidates
-from .._images import IMAGE_EXTENSIONS, ImageWarning, check_batch_memory, load_image
+from .._images import (
+    IMAGE_EXTENSIONS,
+    PEAK_FLOATS_PER_PIXEL,
+    ImageWarning,
+    check_batch_memory,
+    fit_side,
+    load_image,
+)
 from ..adapters.local import LocalModelAdapter
 from ..analysis import (
     DEFAULT_RADII,
@@ -58,7 +65,14 @@ from ..runs import (
     write_log,
 )
 from ..smoothing import DEFAULT_BATCH_SIZE, SmoothedClassifier
-from .api import add_api_options, check_local_options, resolve_counts, run_api
+from .api import (
+    add_api_options,
+    auto_batch_size,
+    check_local_options,
+    resized_note,
+    resolve_counts,
+    run_api,
+)
 from .demo import run_demo, run_denoised_demo
 from .loopback import add_loopback_command
 from .training import add_training_commands
@@ -137,7 +151,10 @@ def _validate_common(args: argparse.Namespace) -> None:
     check_count("n", args.n)
     if getattr(args, "n0", None) is not None:
         check_count("n0", args.n0)
-    check_count("batch-size", args.batch_size)
+    if args.batch_size is not None:
+        check_count("batch-size", args.batch_size)
+    if getattr(args, "max_side", None) is not None:
+        check_count("max-side", args.max_side)
     if args.seed is not None and args.seed < 0:
         raise InvalidInputError(f"seed must be a non-negative integer, got {args.seed}")
 
@@ -160,18 +177,20 @@ def _check_images(
     denoiser: torch.nn.Module | None,
     batch_size: int,
     device: torch.device,
+    max_side: int | None = None,
 ) -> None:
     """Fail before any output: for each image shape, a batch must fit in memory, and the
     denoiser (if any) and the model must take an image of that shape."""
     tried: set[tuple[int, ...]] = set()
     for entry in images:
-        if entry.shape in tried:
+        shape = _fitted_shape(entry.shape, max_side)
+        if shape in tried:
             continue
-        tried.add(entry.shape)
-        channels, height, width = entry.shape
+        tried.add(shape)
+        channels, height, width = shape
         what = f"{entry.path} (a {channels}-channel {height}x{width} image)"
-        check_batch_memory(entry.shape, batch_size, device)
-        batch = _load(entry.path).unsqueeze(0).to(device)
+        check_batch_memory(shape, batch_size, device)
+        batch = fit_side(_load(entry.path), max_side).unsqueeze(0).to(device)
         if denoiser is not None:
             try:
                 with torch.inference_mode():
@@ -184,6 +203,11 @@ def _check_images(
         except (RuntimeError, IndexError, ValueError) as exc:
             reason = _first_line(exc)
             raise InvalidInputError(f"the model cannot classify {what}: {reason}") from exc
+
+
+def _fitted_shape(shape: tuple[int, ...], max_side: int | None) -> tuple[int, ...]:
+    """The shape :func:`~smoothapi._images.fit_side` gives an image of ``shape``."""
+    return tuple(fit_side(torch.empty(shape), max_side).shape)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -217,14 +241,14 @@ def _output(path: str | None) -> Iterator[TextIO]:
 class _LazyImages(Sequence):
     """The images of ``entries``, each loaded when the runner reaches it."""
 
-    def __init__(self, entries: list[ImageFile]) -> None:
-        self.entries = entries
+    def __init__(self, entries: list[ImageFile], max_side: int | None = None) -> None:
+        self.entries, self.max_side = entries, max_side
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]  # no slices
-        return _load(self.entries[index].path)
+        return fit_side(_load(self.entries[index].path), self.max_side)
 
 
 def _run_images(args: argparse.Namespace, certify: bool) -> int:
@@ -245,11 +269,17 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
     denoiser = load_denoiser(args.denoiser, device, args.denoiser_dtype) if use else None
     entries, indices, unreadable = _readable_images(args.images, args.strict)
     samples = max(args.n, getattr(args, "n0", None) or 1)
-    _check_images(entries, adapter, denoiser, min(args.batch_size, samples), device)
+    shapes = {_fitted_shape(entry.shape, args.max_side) for entry in entries}
+    args.batch_size, batch_line = auto_batch_size(args.batch_size, sorted(shapes), device,
+                                                  PEAK_FLOATS_PER_PIXEL)  # fmt: skip
+    _check_images(entries, adapter, denoiser, min(args.batch_size, samples), device,
+                  args.max_side)
     shard = Shard.from_env()
     if shard.world > 1 and (args.output is None or args.output == "-"):
         raise InvalidInputError("under torchrun, give --output: each process writes its "
                                 "share and the first one merges them there")
+    if shard.world > 1 and args.format == "text":
+        raise InvalidInputError("under torchrun, give --format tsv or json (merged by idx)")
     if shard.world > 1 and args.seed is None:
         raise InvalidInputError("under torchrun, give --seed so that all processes agree")
     smoothed = SmoothedClassifier(
@@ -266,8 +296,11 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
         what = f"certify n0={args.n0} n={args.n}" if certify else f"predict n={args.n}"
         share = f" (process {shard.rank} of {shard.world})" if shard.world > 1 else ""
         print(f"{PROG}: {what} alpha={args.alpha} sigma={args.sigma} seed={smoothed.seed} "
-              f"on {len(entries)} image(s){share}, device {device}", file=sys.stderr, flush=True)
-        images = _LazyImages(entries)
+              f"on {len(entries)} image(s){share}, device {device}, {batch_line}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        if args.max_side is not None:
+            print(f"{PROG}: {resized_note(args.max_side)}", file=sys.stderr, flush=True)
+        images = _LazyImages(entries, args.max_side)
         if certify:
             outcomes = certify_many(smoothed, images, args.n0, args.n, args.alpha, **options)
         else:
@@ -276,6 +309,8 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
                   labels=[e.label for e in entries], files=[e.name for e in entries],
                   indices=indices)
     shard.merge(args.output, args.format, columns)
+    if args.max_side is not None:
+        print(f"{PROG}: {resized_note(args.max_side)}", file=sys.stderr, flush=True)
     if unreadable:
         print(f"{PROG}: {unreadable} image(s) could not be read (listed above); the other "
               f"{len(entries)} were processed", file=sys.stderr)
@@ -412,8 +447,14 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
                              f"(default: {10_000 if certify else 1_000}; 500 with --api)")
     parser.add_argument("--alpha", type=float, default=0.001,
                         help="failure probability (default: 0.001)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"noisy samples per forward pass (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"noisy samples per forward pass (default: {DEFAULT_BATCH_SIZE}, or "
+                             "the largest power of two whose batch fits in half the free "
+                             "memory, for large images)")
+    parser.add_argument("--max-side", type=int, default=None, metavar="N",
+                        help="shrink each image so that its longer side is at most N pixels "
+                             "(aspect ratio kept) before the noise; radii are then in the "
+                             "resized image's pixel space")
     parser.add_argument("--seed", type=int, default=None,
                         help="noise seed, for a reproducible run "
                              "(default: random, printed to stderr)")
@@ -425,8 +466,10 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
     parser.add_argument("--journal", default=None, metavar="FILE",
                         help="SQLite journal of every answer: rerunning the same command "
                              "with the same --seed resumes without repeating work")
-    parser.add_argument("--format", choices=("tsv", "json"), default="tsv",
-                        help="tsv (default) or json (JSON Lines, with counts and bounds)")
+    parser.add_argument("--format", choices=("tsv", "json", "text"), default="tsv",
+                        help="tsv (default), json (JSON Lines, with counts and bounds), or "
+                             "text (an aligned table to read: radii to 3 decimals, rows whose "
+                             "certificate differs from the API's clean answer marked *)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse the run if any image cannot be read (default: process "
                              "the readable ones, list the others, exit 1)")

@@ -114,7 +114,7 @@ def run_photo_demo(
                            batch_path="results")
         limits = RateLimits(max_in_flight=4)
         smoothers = {
-            "no denoiser": SmoothedClassifier(http, sigma, seed=seed, limits=limits),
+            "no denoiser": SmoothedClassifier(http, sigma, None, seed=seed, limits=limits),
             "photo denoiser": SmoothedClassifier(http, sigma, shipped, seed=seed, limits=limits),
         }
         header = f"{'photo':<14} {'API answer':<22}" + "".join(f"{c:>30}" for c in columns)
