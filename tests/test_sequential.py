@@ -288,6 +288,17 @@ def test_queries_equal_what_the_adapter_was_sent(selection):
         assert len(fake.requests[0]) == 1  # one query, before any estimation request
 
 
+def test_radius_mode_selects_with_one_clean_query_by_default_and_fixed_certify_with_n0():
+    # The default used to be n0 noisy samples (100 paid queries) in radius mode too; on
+    # photos through a vision API one clean query certified as many for a tenth of the cost.
+    by_default = _smoothed(Fake()).certify(IMAGE, n0=20, n=2000, alpha=0.001, radius=0.3)
+    assert by_default.selection_queries == 1
+    fixed = _smoothed(Fake()).certify(IMAGE, n0=20, n=200, alpha=0.001)
+    assert fixed.n0 == 20  # CERTIFY keeps its n0 selection samples
+    with pytest.raises(InvalidInputError, match="only used with radius"):
+        _smoothed(Fake()).certify(IMAGE, n0=20, n=200, alpha=0.001, selection="clean")
+
+
 def test_tests_stop_sending_soon_after_deciding():
     fake = Fake()
     result = _smoothed(fake).certify(IMAGE, n=10_000, alpha=0.001, radius=0.3, selection="clean")

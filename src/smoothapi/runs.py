@@ -347,7 +347,7 @@ async def acertify_many(
     *,
     target_radius: float | None = None,
     radius: float | None = None,
-    selection: str | Adapter = "samples",
+    selection: str | Adapter | None = None,
     **options: Any,
 ) -> AsyncIterator[ImageOutcome]:
     """Certify images one after another, each with its requests fanned out.

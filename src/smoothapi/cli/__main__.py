@@ -2,10 +2,6 @@
 
 import sys
 
-try:
-    from .main import main
-except KeyboardInterrupt:  # Ctrl-C while the command starts (importing torch ...): one line
-    print("smoothapi: interrupted", file=sys.stderr)
-    sys.exit(130)
+from . import main
 
 sys.exit(main())

@@ -128,9 +128,11 @@ def add_api_options(parser: argparse.ArgumentParser, certify: bool) -> None:
         run.add_argument("--radius", type=float, default=None, metavar="R",
                          help="certify radius R sequentially, stopping as soon as it is decided "
                               "(n is then each image's budget); adds an outcome column")
-        run.add_argument("--selection", choices=("samples", "clean"), default="samples",
-                         help="with --radius: the candidate from n0 noisy samples (default) "
-                              "or from ONE query on the clean image")
+        run.add_argument("--selection", choices=("samples", "clean"), default="clean",
+                         help="with --radius: the candidate from ONE query on the clean image "
+                              "(default: it certified as many photos as n0 noisy samples at a "
+                              "tenth of the queries, benchmarks/bench_selection.py) or from "
+                              "n0 noisy samples")
     run.add_argument("--max-cost", type=float, default=None, metavar="USD",
                      help="run when the estimate is under USD, and stop before passing it")
     run.add_argument("--max-queries", type=int, default=None,
