@@ -17,7 +17,7 @@ demo: $(STAMP)
 # ImageNet's EfficientNet-Lite2 as a vision API on held-out photos, without and with the
 # shipped photo denoiser (about 3 minutes on 2 busy CPU cores: kept out of `make demo`).
 demo-photos: $(STAMP)
-	$(BIN)/smoothapi demo --photos --out photo_demo.png
+	mkdir -p results/tmp && $(BIN)/smoothapi demo --photos --out results/tmp/photo_demo.png
 
 # Types (mypy over src/, settings in pyproject.toml) and lint first, then the tests.
 # pytest exits 5 when it collected no tests: that is a failure too.

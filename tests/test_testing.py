@@ -144,3 +144,16 @@ def test_a_dripping_answer_arrives_whole_a_byte_at_a_time():
         while api.stats.in_flight and time.monotonic() < until:  # its last bookkeeping
             time.sleep(0.01)
         assert api.stats.in_flight == 0
+
+
+def test_answers_list_at_most_max_labels_as_a_provider_bounds_its_list():
+    # A 557-query recording of a 1,000-class model was 31.7 MB: every class in every answer.
+    import asyncio
+
+    def rank(images):
+        return [[(f"c{k}", 1.0 - k / 1000) for k in range(1000)] for _ in images]
+
+    with LoopbackProvider(rank) as api:
+        outcome = asyncio.run_coroutine_threadsafe(
+            api.serve(lambda: [torch.zeros(3, 4, 4)]), api._loop).result(10)
+    assert len(outcome.ranked[0]) == 20 and outcome.ranked[0][0] == ("c0", 1.0)

@@ -41,8 +41,9 @@ malformed bodies (truncated, not JSON, empty, a JSON list, the wrong schema; und
 protobuf over gRPC), and per-image errors inside batch answers (google, clarifai).
 ``stats.max_in_flight`` is the most requests it was serving at once, ``stats.in_flight``
 those it is serving now (a dripping answer until its last byte, or until the client
-hangs up). It binds 127.0.0.1
-on ephemeral ports, runs in a thread of its own, and stops with the context manager.
+hangs up). Each answer lists at most ``max_labels`` labels (20 by default, as a vision
+API bounds its list; ``None``: every class a model has). It binds 127.0.0.1 on
+ephemeral ports, runs in a thread of its own, and stops with the context manager.
 """
 
 from __future__ import annotations
@@ -172,8 +173,10 @@ class LoopbackProvider:
         rate_limit: float | None = None,
         retry_after: float = 1.0,
         faults: Faults = Faults(),
+        max_labels: int | None = 20,
     ) -> None:
         self.rank = adapter_ranker(model) if isinstance(model, Adapter) else model
+        self.max_labels = max_labels  # per answer, as a real provider's list is bounded
         self.latency, self.rate_limit, self.retry_after = latency, rate_limit, retry_after
         self.faults = faults
         self.stats = ServerStats()
@@ -293,6 +296,7 @@ class LoopbackProvider:
             return _Outcome("malformed", detail=faults.malformed_kind or
                             self._random.choice(MALFORMED_KINDS))
         ranked = await asyncio.to_thread(self.rank, torch.stack(list(decoded)))
+        ranked = [list(labels)[: self.max_labels] for labels in ranked]
         failed = [self._roll(faults.per_image) for _ in ranked]
         stats.faults["per_image"] += sum(failed)
         if self._roll(faults.drip):
