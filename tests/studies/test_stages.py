@@ -52,3 +52,10 @@ def test_a_finished_stage_is_skipped_and_keeps_what_it_returned_only_when_asked(
     assert "psnr" not in plain and calls == [1, 1]
     stages.only = ("certify",)
     assert stages.stage("train:c", work) is None and calls == [1, 1]
+    fresh = Stages(tmp_path)
+    fresh.only = ("certify",)
+    fresh.stage("train:c", work)
+    assert "--only left train:c for later" in fresh.closing_line()
+    fresh.only = None
+    fresh.stage("bakeoff:a@0.25", work)  # finished before: skipped
+    assert "--only left" in fresh.closing_line()  # what this run could not do is said

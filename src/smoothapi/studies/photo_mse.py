@@ -256,9 +256,9 @@ class PhotoMSERun(Stages):
         history = _log(self.out / "mse")
         lines = ["# Photo MSE denoiser (noise-level aware)", "",
                  f"Training photos: {len(self.train_photos)}; validation photos (whole, "
-                 f"held out): {', '.join(p.name for p in self.val_photos)}. Every figure "
-                 f"here is on the validation crops ({len(self.val_crops)} crops of "
-                 f"{self.scale.val_size} px); the test photos are used only by the study.",
+                 f"held out): {', '.join(p.name for p in self.val_photos)}. Everything is "
+                 f"chosen on the validation crops ({len(self.val_crops)} crops of "
+                 f"{self.scale.val_size} px); the test photos give only the last table.",
                  "", "## Bake-off (same crops for each)", "",
                  "| candidate | crops | train s | " + " | ".join(
                      f"PSNR σ={s:g}" for s in EVAL_SIGMAS) + " |",
@@ -274,7 +274,7 @@ class PhotoMSERun(Stages):
                       f"{hours:.1f} h", "",
                       f"Best epoch on validation: {best['epoch']} (" + ", ".join(
                           f"σ = {s:g}: {best[f'psnr@{s:g}']:.2f} dB" for s in EVAL_SIGMAS)
-                      + "), shipped as `photo-mse.safetensors`.", "",
+                      + "), kept as `photo-mse.safetensors`.", "",
                       "![loss and validation PSNR](curves.png)", ""]  # fmt: skip
             _plot(history, self.out / "curves.png")
         checkpoint = self.out / "photo-mse.safetensors"

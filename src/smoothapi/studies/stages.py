@@ -74,6 +74,7 @@ class Stages:
         self.out = out
         self.times: dict[str, float] = {}  # stage -> seconds, finished stages only
         self.ran: list[str] = []  # stages this run worked on (not found finished)
+        self.left_out: list[str] = []  # unfinished stages that --only left for later
 
     def marker(self, name: str) -> Path:
         return self.out / "stages" / f"{name.replace('@', '_at_')}.json"
@@ -97,6 +98,9 @@ class Stages:
         before (only the report was rewritten) and how to rerun from scratch."""
         if self.ran:
             return f"{self.prefix} this run worked on {len(self.ran)} stages: {', '.join(self.ran)}"
+        if self.left_out:
+            return (f"{self.prefix} this run worked on no stage; --only left "
+                    f"{', '.join(self.left_out)} for later (the report was rewritten)")
         return (f"{self.prefix} every stage in {self.out} had finished before this run (markers "
                 f"in {self.out / 'stages'}): only the report was rewritten. To run the study "
                 "from scratch, give a new --out folder (--fresh checks that it is one).")
@@ -112,6 +116,7 @@ class Stages:
             self.times[name] = record["seconds"]
             return record
         if self.only is not None and not any(part in name for part in self.only):
+            self.left_out.append(name)
             return None
         print(f"{self.prefix} {name} ...", flush=True)
         self.ran.append(name)
