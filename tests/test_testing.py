@@ -157,3 +157,32 @@ def test_answers_list_at_most_max_labels_as_a_provider_bounds_its_list():
         outcome = asyncio.run_coroutine_threadsafe(
             api.serve(lambda: [torch.zeros(3, 4, 4)]), api._loop).result(10)
     assert len(outcome.ranked[0]) == 20 and outcome.ranked[0][0] == ("c0", 1.0)
+
+
+def test_coarse_labels_mix_in_wordnet_ancestors_scored_by_summed_probability():
+    from smoothapi.testing import with_coarse_labels
+
+    ranked = [("Egyptian cat", 0.5), ("tabby", 0.3), ("golden retriever", 0.1), ("Kit", 0.05)]
+    mixed = dict(with_coarse_labels(ranked))
+    assert mixed["cat"] == pytest.approx(0.8) and mixed["domestic cat"] == pytest.approx(0.8)
+    assert mixed["carnivore"] == pytest.approx(0.9) and mixed["mammal"] == pytest.approx(0.9)
+    assert mixed["Egyptian cat"] == 0.5 and mixed["Kit"] == 0.05  # unknown labels kept
+    assert not {"entity", "object", "living thing", "organism"} & set(mixed)
+    order = [label for label, _ in with_coarse_labels(ranked)]
+    assert order.index("carnivore") < order.index("mammal")  # the finer first on a tie
+    assert order.index("cat") < order.index("Egyptian cat")  # 0.8 before 0.5
+
+
+def test_the_loopback_can_answer_with_coarse_labels():
+    import asyncio
+
+    def rank(images):
+        return [[("Egyptian cat", 0.6), ("tabby", 0.3), ("goldfish", 0.1)] for _ in images]
+
+    with LoopbackProvider(rank, coarse_labels=True, max_labels=5) as api:
+        outcome = asyncio.run_coroutine_threadsafe(
+            api.serve(lambda: [torch.zeros(3, 4, 4)]), api._loop).result(10)
+    [labels] = outcome.ranked
+    assert len(labels) == 5  # a cat and a fish are both vertebrates: that leads, at 1.0
+    assert labels[0] == ("vertebrate", pytest.approx(1.0))
+    assert labels[3] == ("domestic cat", pytest.approx(0.9))

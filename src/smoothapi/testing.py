@@ -42,7 +42,9 @@ protobuf over gRPC), and per-image errors inside batch answers (google, clarifai
 ``stats.max_in_flight`` is the most requests it was serving at once, ``stats.in_flight``
 those it is serving now (a dripping answer until its last byte, or until the client
 hangs up). Each answer lists at most ``max_labels`` labels (20 by default, as a vision
-API bounds its list; ``None``: every class a model has). It binds 127.0.0.1 on
+API bounds its list; ``None``: every class a model has); ``coarse_labels=True`` mixes
+in ImageNet classes' WordNet ancestors as commercial APIs mix fine and coarse labels
+(:func:`with_coarse_labels`). It binds 127.0.0.1 on
 ephemeral ports, runs in a thread of its own, and stops with the context manager.
 """
 
@@ -161,6 +163,31 @@ def adapter_ranker(adapter: Adapter) -> Ranker:
     return rank
 
 
+#: How far below WordNet's root a coarse label must be: "entity", "physical entity",
+#: "object", "whole", "living thing", "organism" (and "artifact") say nothing.
+_COARSE_MIN_DEPTH = 7
+
+
+def with_coarse_labels(ranked: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """ImageNet classes ranked by probability, with their WordNet ancestors mixed in as a
+    commercial API mixes "Cat", "Mammal", "Animal": each ancestor scored by the summed
+    probability of the listed classes below it, all ranked by score (the finer first on
+    ties). Labels outside ImageNet's hierarchy are kept as they are."""
+    from .zoo.hierarchy import imagenet_chain
+
+    scores: dict[str, float] = {}
+    depth: dict[str, int] = {}
+    for label, score in ranked:
+        scores[label] = scores.get(label, 0.0) + score
+        chain = imagenet_chain(label)
+        depth[label] = len(chain) + 1  # a class ranks before an ancestor of equal score
+        for k, ancestor in enumerate(chain[1:], start=1):
+            if len(chain) - k >= _COARSE_MIN_DEPTH:
+                scores[ancestor] = scores.get(ancestor, 0.0) + score
+                depth[ancestor] = len(chain) - k
+    return sorted(scores.items(), key=lambda item: (-round(item[1], 12), -depth[item[0]]))
+
+
 class LoopbackProvider:
     """See the module docstring. ``model`` is a ranker (a batch of ``(B, C, H, W)`` images
     to ranked labels per image) or an :class:`~smoothapi.adapters.Adapter`."""
@@ -174,9 +201,11 @@ class LoopbackProvider:
         retry_after: float = 1.0,
         faults: Faults = Faults(),
         max_labels: int | None = 20,
+        coarse_labels: bool = False,
     ) -> None:
         self.rank = adapter_ranker(model) if isinstance(model, Adapter) else model
         self.max_labels = max_labels  # per answer, as a real provider's list is bounded
+        self.coarse_labels = coarse_labels
         self.latency, self.rate_limit, self.retry_after = latency, rate_limit, retry_after
         self.faults = faults
         self.stats = ServerStats()
@@ -296,6 +325,8 @@ class LoopbackProvider:
             return _Outcome("malformed", detail=faults.malformed_kind or
                             self._random.choice(MALFORMED_KINDS))
         ranked = await asyncio.to_thread(self.rank, torch.stack(list(decoded)))
+        if self.coarse_labels:
+            ranked = [with_coarse_labels(labels) for labels in ranked]
         ranked = [list(labels)[: self.max_labels] for labels in ranked]
         failed = [self._roll(faults.per_image) for _ in ranked]
         stats.faults["per_image"] += sum(failed)

@@ -54,12 +54,13 @@ def certify_lines(api: LoopbackProvider, images: str = "IMAGES",
 
 
 def serve(model: str, input_size: int | None, rate: float | None, out: TextIO,
-          stop: threading.Event, ready: OnReady | None = None) -> None:  # fmt: skip
+          stop: threading.Event, ready: OnReady | None = None,
+          coarse_labels: bool = False) -> None:  # fmt: skip
     """Serve ``model`` until ``stop`` is set; print the certify lines to ``out`` first."""
     from ..zoo import load_classifier
 
     classifier = load_classifier(model, input_size=input_size)
-    with LoopbackProvider(classifier, rate_limit=rate) as api:
+    with LoopbackProvider(classifier, rate_limit=rate, coarse_labels=coarse_labels) as api:
         lines = certify_lines(api)
         size = f" at {input_size} px" if input_size else ""
         print(f"smoothapi loopback: {model}{size} (ImageNet) served as 5 vision APIs on "
@@ -78,7 +79,8 @@ def _cmd_loopback(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     try:
-        serve(args.model, args.input_size, args.rate, sys.stdout, stop)
+        serve(args.model, args.input_size, args.rate, sys.stdout, stop,
+              coarse_labels=args.coarse_labels)
     except KeyboardInterrupt:
         print("\nsmoothapi loopback: stopped", file=sys.stderr)
     return 0
@@ -100,4 +102,8 @@ def add_loopback_command(commands: argparse._SubParsersAction) -> None:
                         help="the resolution the model sees (default: its native size)")
     parser.add_argument("--rate", type=float, default=None, metavar="RPS",
                         help="answer 429 above this many requests per second (default: none)")
+    parser.add_argument("--coarse-labels", action="store_true",
+                        help="answer as commercial APIs do: ImageNet classes mixed with their "
+                             "WordNet ancestors (cat, feline, mammal ...), scored by summed "
+                             "probability")
     parser.set_defaults(handler=_cmd_loopback)
