@@ -23,7 +23,7 @@ demo-photos: $(STAMP)
 # pytest exits 5 when it collected no tests: that is a failure too.
 test: $(STAMP)
 	$(BIN)/python -m mypy
-	$(BIN)/python -m ruff check src tests benchmarks examples
+	$(BIN)/python -m ruff check src tests benchmarks examples scripts
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest ran no tests" >&2; fi; exit $$rc
 
