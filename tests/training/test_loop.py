@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 from smoothapi import InvalidInputError
-from smoothapi.training.loop import TrainConfig, fit, lr_at
+from smoothapi.training.loop import TrainConfig, fit, lr_at, plateaus, stopped_early
 
 
 def _model() -> torch.nn.Module:
@@ -113,6 +113,54 @@ def test_learning_rate_schedules():
     assert lr_at(TrainConfig(lr=3e-4), 1000) == ("adam", 3e-4)
     with pytest.raises(InvalidInputError, match="optimizer"):
         TrainConfig(optimizer="lion")
+
+
+PLATEAU = dict(batch_size=64, lr=1e-2, lr_gamma=0.5, plateau_metric="score",
+               plateau_patience=2, plateau_drops=1, progress=False)  # fmt: skip
+
+
+def test_plateau_schedule_halves_the_rate_at_each_stall_and_stops_after_the_last():
+    config = TrainConfig(**PLATEAU)
+    scores = [1, 2, 2, 1.5, 3, 2, 2, 2]  # stalls after the 4th and the 7th record
+    history = [{"score": v} for v in scores]
+    assert [plateaus(config, history[:n]) for n in range(9)] == [0, 0, 0, 0, 1, 1, 1, 2, 2]
+    assert [lr_at(config, e, history)[1] for e in (3, 4, 6, 7)] == [1e-2, 5e-3, 5e-3, 2.5e-3]
+    assert not stopped_early(config, history[:6]) and stopped_early(config, history[:7])
+    assert lr_at(TrainConfig(lr=1e-2), 7, history) == ("adam", 1e-2)  # no metric: no drops
+
+
+def _scripted(scores: list[float], start: int = 0):
+    """An evaluation that reports ``scores`` one per epoch, from epoch ``start``."""
+    epochs = iter(scores[start:])
+    return lambda _model: {"score": next(epochs)}
+
+
+def test_fit_halves_on_plateaus_stops_early_and_resumes_to_the_same_end(digit_images, tmp_path):
+    scores = [1.0, 2.0, 2.0, 1.0, 3.0, 3.0, 2.0, 9.0, 9.0]
+    whole = fit(_model(), _data(digit_images), _denoise_loss, TrainConfig(epochs=9, **PLATEAU),
+                tmp_path / "whole", evaluate=_scripted(scores))  # fmt: skip
+    assert [r["lr"] for r in whole] == [1e-2, 1e-2, 1e-2, 1e-2, 5e-3, 5e-3, 5e-3]
+    assert len(whole) == 7  # the second stall (epochs 6-7) ends it before epoch 8
+    fit(_model(), _data(digit_images), _denoise_loss, TrainConfig(epochs=5, **PLATEAU),
+        tmp_path / "parts", evaluate=_scripted(scores))  # fmt: skip
+    resumed = fit(_model(), _data(digit_images), _denoise_loss, TrainConfig(epochs=9, **PLATEAU),
+                  tmp_path / "parts", evaluate=_scripted(scores, start=5))  # fmt: skip
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in whole]
+
+
+def test_a_changed_schedule_resumes_only_if_finished_epochs_keep_their_rates(
+    digit_images, tmp_path
+):
+    step = {**CONFIG, "optimizer": "adam", "lr_step": 3}
+    fit(_model(), _data(digit_images), _denoise_loss, TrainConfig(epochs=2, **step), tmp_path)
+    later_decay = {**step, "lr_step": 2}  # epochs 1-2 at 1e-2 either way
+    history = fit(_model(), _data(digit_images), _denoise_loss,
+                  TrainConfig(epochs=3, **later_decay), tmp_path)  # fmt: skip
+    assert [r["lr"] for r in history] == [1e-2, 1e-2, 5e-3]
+    earlier_decay = {**step, "lr_step": 1}  # epoch 2 would have run at 5e-3
+    with pytest.raises(InvalidInputError, match="epoch 2"):
+        fit(_model(), _data(digit_images), _denoise_loss, TrainConfig(epochs=4, **earlier_decay),
+            tmp_path)  # fmt: skip
 
 
 def _free_port() -> int:

@@ -74,8 +74,10 @@ class MSEScale:
     sigma_max: float = 0.5
     batch_size: int = 16
     lr: float = 1e-3
-    lr_step: int = 20  # epochs between halvings of the learning rate
-    epochs: int = 80
+    lr_step: int = 0  # epochs between halvings of the learning rate (0: on plateaus only)
+    plateau_patience: int = 2  # halve when validation stalls this many epochs...
+    plateau_drops: int = 3  # ... and stop at the stall after this many halvings
+    epochs: int = 80  # at most
     bakeoff_tiles: int = 2_000
     bakeoff_epochs: int = 3
     val_size: int = 160
@@ -88,7 +90,8 @@ class MSEScale:
 
 
 MSE_SCALES: dict[str, MSEScale] = {
-    # 2 CPU cores: about 6 minutes an epoch for drunet-32, 80 epochs in all (~8 hours).
+    # 2 CPU cores: about 7 minutes an epoch for drunet-32; at most 80 epochs (~9 hours),
+    # fewer when validation stalls (the rate halves at each stall, the 4th stall stops).
     "small": MSEScale(),
     # One GPU: more and larger crops, larger batches (see benchmarks/gpu_photo_mse.sh).
     "gpu": MSEScale(tile=256, tiles=40_000, crop_sizes=(192, 224, 256), batch_size=64,
@@ -184,13 +187,17 @@ class PhotoMSERun(Stages):
 
     # --- stages ------------------------------------------------------------------------
 
-    def config(self, epochs: int, lr_step: int) -> TrainConfig:
-        return TrainConfig(epochs=epochs, batch_size=self.scale.batch_size, lr=self.scale.lr,
-                           lr_step=lr_step, lr_gamma=0.5, device=self.device, progress=False,
-                           cpu_bfloat16=self.scale.cpu_bfloat16)  # fmt: skip
+    def config(self, epochs: int, lr_step: int, plateaus: bool = False) -> TrainConfig:
+        s = self.scale
+        return TrainConfig(epochs=epochs, batch_size=s.batch_size, lr=s.lr, lr_step=lr_step,
+                           lr_gamma=0.5, device=self.device, progress=False,
+                           cpu_bfloat16=s.cpu_bfloat16,
+                           plateau_metric=f"psnr@{CHOOSE_SIGMA:g}" if plateaus else None,
+                           plateau_patience=s.plateau_patience,
+                           plateau_drops=s.plateau_drops)  # fmt: skip
 
     def train(self, name: str, folder: Path, epochs: int, lr_step: int, tiles: int | None,
-              on_best: OnEpoch | None = None) -> list[dict]:  # fmt: skip
+              on_best: OnEpoch | None = None, plateaus: bool = False) -> list[dict]:  # fmt: skip
         arch, kwargs = CANDIDATES[name]
         model = create_denoiser(arch, in_channels=3, **kwargs)
         best = [max((r.get(f"psnr@{CHOOSE_SIGMA:g}", -math.inf) for r in _log(folder)),
@@ -204,7 +211,7 @@ class PhotoMSERun(Stages):
 
         started = time.perf_counter()
         history = fit(model, self.dataset(tiles), mse_loss(self.scale.crop_sizes,
-                      self.scale.sigma_max), self.config(epochs, lr_step), folder,
+                      self.scale.sigma_max), self.config(epochs, lr_step, plateaus), folder,
                       evaluate=lambda m: validation_psnr(m, self.val_crops),
                       on_epoch_end=keep_best)  # fmt: skip
         print(f"[photo-mse] {name}: {time.perf_counter() - started:.0f} s", flush=True)
@@ -247,7 +254,8 @@ class PhotoMSERun(Stages):
 
     def long(self, name: str) -> dict[str, Any]:
         s = self.scale
-        history = self.train(name, self.out / "mse", s.epochs, s.lr_step, None, self.save(name))
+        history = self.train(name, self.out / "mse", s.epochs, s.lr_step, None, self.save(name),
+                             plateaus=True)
         return {"candidate": name, "epochs": len(history)}
 
     # --- report ------------------------------------------------------------------------
@@ -272,6 +280,11 @@ class PhotoMSERun(Stages):
             hours = sum(r["seconds"] for r in history) / 3600
             lines += [f"## Long training: {len(history)} epochs of {self.scale.tiles} crops, "
                       f"{hours:.1f} h", "",
+                      f"Adam at {self.scale.lr:g}, the rate halved whenever validation PSNR "
+                      f"at σ = {CHOOSE_SIGMA:g} stalled {self.scale.plateau_patience} epochs; "
+                      f"training stops at the stall after {self.scale.plateau_drops} halvings "
+                      f"(at most {self.scale.epochs} epochs). Rates used: "
+                      + ", ".join(f"{r['lr']:g}" for r in history) + ".", "",
                       f"Best epoch on validation: {best['epoch']} (" + ", ".join(
                           f"σ = {s:g}: {best[f'psnr@{s:g}']:.2f} dB" for s in EVAL_SIGMAS)
                       + "), kept as `photo-mse.safetensors`.", "",

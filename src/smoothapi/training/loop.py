@@ -5,7 +5,8 @@ then per epoch set the learning rate, run the batches, evaluate, log, checkpoint
 
 * **Exact resume.** Data order comes from ``DistributedSampler(seed, epoch)`` and the
   noise of each step from a generator seeded by ``(seed, epoch, step, rank)``; the
-  learning rate is a pure function of the epoch (:func:`lr_at`). With model and
+  learning rate is a pure function of the epoch and the finished epochs' records
+  (:func:`lr_at`). With model and
   optimizer state saved after every epoch, an interrupted run resumed from
   ``out_dir`` ends with the same weights as an uninterrupted one.
 * **No pickle.** Training state is a safetensors file (model and optimizer tensors)
@@ -19,6 +20,7 @@ then per epoch set the learning rate, run the batches, evaluate, log, checkpoint
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -38,7 +40,15 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "fit", "lr_at", "training_device"]
+__all__ = [
+    "OPTIMIZERS",
+    "TrainConfig",
+    "fit",
+    "lr_at",
+    "plateaus",
+    "stopped_early",
+    "training_device",
+]
 
 OPTIMIZERS = ("adam", "sgd", "adam-then-sgd")
 
@@ -48,15 +58,14 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator, int],
 STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
 _META_KEY = "smoothapi-training"
-# Settings that change the result: a resumed run must use the same ones.
+# Settings that change the result: a resumed run must use the same ones. The schedule's
+# settings may change if they give the finished epochs the rates they had (_check_schedule).
 _MUST_MATCH = (
     "batch_size",
     "optimizer",
     "lr",
     "momentum",
     "weight_decay",
-    "lr_step",
-    "lr_gamma",
     "adam_epochs",
     "sgd_lr",
     "seed",
@@ -71,6 +80,12 @@ class TrainConfig:
     ``adam_epochs`` epochs, then SGD from ``sgd_lr``). The rate drops by ``lr_gamma``
     every ``lr_step`` epochs (of the SGD phase for adam-then-sgd); ``lr_step = 0``
     keeps it constant.
+
+    With ``plateau_metric`` (a key of the evaluation's record, higher is better) the
+    rate also drops by ``lr_gamma`` whenever that figure has not beaten its best for
+    ``plateau_patience`` epochs since the last drop, and training stops at the plateau
+    after ``plateau_drops`` drops (reduce-on-plateau with early stopping, decided from the
+    logged records only, so a resumed run still ends where an uninterrupted one does).
     """
 
     epochs: int = 10
@@ -83,6 +98,9 @@ class TrainConfig:
     lr_gamma: float = 0.1
     adam_epochs: int = 50
     sgd_lr: float = 1e-4
+    plateau_metric: str | None = None
+    plateau_patience: int = 2
+    plateau_drops: int = 3
     seed: int = 0
     device: str | None = None
     amp: bool = True
@@ -96,21 +114,51 @@ class TrainConfig:
             raise InvalidInputError(
                 f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}"
             )
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "plateau_patience"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive")
 
 
-def lr_at(config: TrainConfig, epoch: int) -> tuple[str, float]:
-    """The optimizer kind and learning rate of ``epoch`` (0-based)."""
+def plateaus(config: TrainConfig, history: list[dict]) -> int:
+    """How many times ``config.plateau_metric`` stalled in ``history`` (0 without one).
+
+    A stall is ``plateau_patience`` records in a row, counted from the best so far or
+    the last stall, none of which beats the best.
+    """
+    if config.plateau_metric is None:
+        return 0
+    best, waited, stalls = -math.inf, 0, 0
+    for record in history:
+        value = record.get(config.plateau_metric, -math.inf)
+        if value > best:
+            best, waited = value, 0
+            continue
+        waited += 1
+        if waited >= config.plateau_patience:
+            stalls, waited = stalls + 1, 0
+    return stalls
+
+
+def lr_at(config: TrainConfig, epoch: int, history: list[dict] | None = None) -> tuple[str, float]:
+    """The optimizer kind and learning rate of ``epoch`` (0-based).
+
+    ``history`` holds the records of the epochs before it (needed with a
+    ``plateau_metric`` only).
+    """
+    drops = plateaus(config, (history or [])[:epoch])
+    if config.optimizer == "adam-then-sgd" and epoch < config.adam_epochs:
+        return "adam", config.lr * config.lr_gamma**drops
     if config.optimizer == "adam-then-sgd":
-        if epoch < config.adam_epochs:
-            return "adam", config.lr
         kind, base, since = "sgd", config.sgd_lr, epoch - config.adam_epochs
     else:
         kind, base, since = config.optimizer, config.lr, epoch
-    decay = config.lr_gamma ** (since // config.lr_step) if config.lr_step else 1.0
-    return kind, base * decay
+    steps = since // config.lr_step if config.lr_step else 0
+    return kind, base * config.lr_gamma ** (steps + drops)
+
+
+def stopped_early(config: TrainConfig, history: list[dict]) -> bool:
+    """Whether the metric stalled once more after ``plateau_drops`` drops of the rate."""
+    return config.plateau_metric is not None and plateaus(config, history) > config.plateau_drops
 
 
 def _new_optimizer(kind: str, params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -192,6 +240,7 @@ def _load_state(path: Path, model: nn.Module, config: TrainConfig) -> dict[str, 
             f"{path} was written with other settings ({', '.join(changed)}); "
             "resume with the same settings or use a new output folder"
         )
+    _check_schedule(path, meta["history"], config)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -206,6 +255,18 @@ def _load_state(path: Path, model: nn.Module, config: TrainConfig) -> dict[str, 
             group["betas"] = tuple(group["betas"])
     meta["optimizer_state"] = {"state": state, "param_groups": meta["param_groups"]}
     return meta
+
+
+def _check_schedule(path: Path, history: list[dict], config: TrainConfig) -> None:
+    """A changed schedule resumes only if it gives every finished epoch the rate it had."""
+    for index, record in enumerate(history):
+        kind, lr = lr_at(config, index, history)
+        if kind != record.get("optimizer", kind) or not math.isclose(lr, record["lr"]):
+            raise InvalidInputError(
+                f"{path} was trained at another learning rate in epoch {index + 1} "
+                f"({record['lr']:g}, this schedule gives {lr:g}); resume with the same "
+                "schedule or use a new output folder"
+            )
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
@@ -277,7 +338,9 @@ def fit(
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
                         num_workers=config.num_workers, pin_memory=cuda)  # fmt: skip
     for epoch in range(start_epoch, config.epochs):
-        optimizer, kind, lr = _epoch_optimizer(epoch, optimizer, kind, model, config)
+        if _agreed(stopped_early(config, history), world):
+            break
+        optimizer, kind, lr = _epoch_optimizer(epoch, optimizer, kind, model, config, history)
         sampler.set_epoch(epoch)
         model.train()
         started = time.perf_counter()
@@ -306,14 +369,30 @@ def _epoch_optimizer(
     kind: str | None,
     model: nn.Module,
     config: TrainConfig,
+    history: list[dict],
 ) -> tuple[torch.optim.Optimizer, str, float]:
     """The optimizer for ``epoch`` (a new one when the schedule switches kind), at its lr."""
-    epoch_kind, lr = lr_at(config, epoch)
+    epoch_kind, lr = lr_at(config, epoch, history)
+    if config.plateau_metric is not None and dist.is_initialized():
+        lr = _from_rank0(lr)  # only rank 0 evaluates and keeps the records
     if optimizer is None or epoch_kind != kind:
         optimizer, kind = _new_optimizer(epoch_kind, model.parameters(), config), epoch_kind
     for group in optimizer.param_groups:
         group["lr"] = lr
     return optimizer, epoch_kind, lr
+
+
+def _from_rank0(value: float) -> float:
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")  # fmt: skip
+    box = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(box, src=0)
+    return float(box.item())
+
+
+def _agreed(stop: bool, world: int) -> bool:
+    """Rank 0's decision (the only rank with the evaluated records) on every rank."""
+    return bool(_from_rank0(float(stop))) if world > 1 else stop
 
 
 def _evaluated(
