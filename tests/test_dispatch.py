@@ -104,7 +104,7 @@ class MemoryStore:
     def record(self, answers):
         rows = list(answers)
         self.commits.append(rows)
-        self.known.update((i, label) for i, label, _ in rows)
+        self.known.update((i, label) for i, label, *_ in rows)
 
 
 def _collect(dispatcher, num, store=None, stop=None):
@@ -257,9 +257,10 @@ def test_known_answers_are_not_asked_again_and_new_ones_are_committed_first():
     assert sum(len(r) for r in adapter.requests) == 20  # only the odd ones were sent
     assert all(answered[i] == "stored" for i in range(0, 40, 2))
     assert all(answered[i] == expected(40)[i] for i in range(1, 40, 2))
-    committed = {i: label for rows in store.commits for i, label, _ in rows}
+    committed = {i: label for rows in store.commits for i, label, *_ in rows}
     assert committed == {i: expected(40)[i] for i in range(1, 40, 2)}
-    assert all(score is not None for rows in store.commits for _, _, score in rows)
+    assert all(score is not None for rows in store.commits for _, _, score, _ in rows)
+    assert all(ranked[0][0] == label for rows in store.commits for _, label, _, ranked in rows)
 
 
 def test_no_request_is_made_once_stop_holds_but_sent_ones_are_still_yielded():

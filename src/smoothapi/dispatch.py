@@ -36,10 +36,18 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from .certification import Label, check_count
-from .errors import Interrupted, ProviderError, RateLimitError, RetryAfterTooLongError, UsageError
+from .errors import (
+    Interrupted,
+    InvalidInputError,
+    ProviderError,
+    RateLimitError,
+    RetryAfterTooLongError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
-    from .adapters.base import Adapter
+    from .adapters.base import Adapter, Answer
+    from .decisions import Decision
 
 __all__ = [
     "UNRECORDED",
@@ -127,8 +135,9 @@ class AnswerStore(Protocol):
     def answers(self) -> dict[int, Label | None]:
         """Sample index -> the answer already paid for."""
 
-    def record(self, answers: Iterable[tuple[int, Label | None, float | None]]) -> None:
-        """Commit ``(sample index, label, score or None)`` answers before they count."""
+    def record(self, answers: Iterable[tuple[int, Label | None, float | None, Any]]) -> None:
+        """Commit ``(sample index, label, score or None, ranked answer or None)`` answers
+        before they count (the label is the decided one)."""
 
 
 class _Unrecorded:
@@ -137,7 +146,7 @@ class _Unrecorded:
     def answers(self) -> dict[int, Label | None]:
         return {}
 
-    def record(self, answers: Iterable[tuple[int, Label | None, float | None]]) -> None:
+    def record(self, answers: Iterable[tuple[int, Label | None, float | None, Any]]) -> None:
         pass
 
 
@@ -186,6 +195,8 @@ class Dispatcher:
         batch_size: samples per produced batch.
         retry: how failed requests are retried.
         limits: request rate, image rate and requests in flight.
+        decision: what each answer counts as (:mod:`smoothapi.decisions`; it needs an
+            adapter that ranks); ``None``: the adapter's top label.
     """
 
     def __init__(
@@ -194,8 +205,15 @@ class Dispatcher:
         batch_size: int,
         retry: RetryPolicy = RetryPolicy(),
         limits: RateLimits = RateLimits(),
+        decision: Decision | None = None,
     ) -> None:
+        if decision is not None and not adapter.ranks:
+            raise InvalidInputError(
+                f"{type(adapter).__name__} answers with a top label only; a decision reads "
+                "ranked answers (vision APIs and LocalModelAdapter give them)"
+            )
         self.adapter, self.batch_size, self.retry = adapter, batch_size, retry
+        self.decision = decision
         self.in_flight = check_count(
             "max_in_flight", limits.max_in_flight or max(1, adapter.max_in_flight)
         )
@@ -327,7 +345,7 @@ class Dispatcher:
                         outcomes = await _paid(self._send(images[todo], sent, store))
                     done = [(i, o) for i, o in zip(todo, outcomes, strict=True)
                             if not isinstance(o, ProviderError)]  # fmt: skip
-                    answers.update((i, label) for i, (label, _) in done)
+                    answers.update((i, answer.label) for i, answer in done)
                     failed = [(i, o) for i, o in zip(todo, outcomes, strict=True)
                               if isinstance(o, ProviderError)]  # fmt: skip
                     if failed:
@@ -371,7 +389,7 @@ class Dispatcher:
         counted, however the call ends."""
         self.stats.possibly_billed += len(indices)
         try:
-            outcomes = await self.adapter.ascored_or_errors(images)
+            outcomes = await self.adapter.aanswers_or_errors(images)
         except ProviderError as error:
             self.stats.possibly_billed -= len(indices) * (not error.possibly_billed)
             raise
@@ -381,6 +399,8 @@ class Dispatcher:
         self.stats.possibly_billed -= sum(
             isinstance(o, ProviderError) and not o.possibly_billed for o in outcomes
         )
+        if self.decision is not None:
+            outcomes = [o if isinstance(o, ProviderError) else self._decided(o) for o in outcomes]
         done = [(i, *o) for i, o in zip(indices, outcomes, strict=True)
                 if not isinstance(o, ProviderError)]  # fmt: skip
         if done:
@@ -388,6 +408,11 @@ class Dispatcher:
         self.stats.answered += len(done)
         self.stats.possibly_billed -= len(done)
         return outcomes
+
+    def _decided(self, answer: Answer) -> Answer:
+        """``answer`` with the decision's label in place of the top label."""
+        assert self.decision is not None and answer.ranked is not None  # checked in __init__
+        return answer._replace(label=self.decision(answer.ranked))
 
     async def _produce(self, produce: BatchProducer, index: int, size: int) -> torch.Tensor:
         """Batch ``index``; in a worker thread when requests may be in flight meanwhile."""

@@ -29,6 +29,16 @@ image tried under another seed (another run) or another ``image_id`` counts too.
 holds labels and the provider's score for each (when the adapter gives one), digests of
 images, never credentials, and never image bytes.
 
+**Pay once, ask many.** Each answer is kept whole, as the adapter ranked it (the labels and
+scores the provider returned, bounded by its own list length), beside the label the run
+counted. :meth:`Journal.recertify` with a ``decision`` (:mod:`smoothapi.decisions`)
+certifies another question from the same answers, with no query sent. Each question's
+certificate holds at ``alpha`` on its own; keeping the answers to ``k`` questions asked of
+the same samples holds at ``k * alpha`` jointly (union bound), so the journal records which
+questions were asked of each attempt (:attr:`Recertified.questions`). Journals written
+before ranked answers were kept (or by an adapter that gives none) re-certify the run's own
+question only.
+
 One process writes to a journal at a time (an OS lock on the journal file itself; the
 journal names the holder), so two runs never buy the same answer twice. A journal file
 deleted or replaced while a process writes to it stops that process at its next commit
@@ -57,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from .certification import Certification, Label, certify_counts
+from .decisions import Decision, Ranked
 from .errors import (
     ImageMismatchError,
     InvalidInputError,
@@ -67,6 +78,7 @@ from .errors import (
 from .sampling import ImageKey, Phase
 
 __all__ = [
+    "OWN_QUESTION",
     "Attempt",
     "Journal",
     "JournalRun",
@@ -86,7 +98,13 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS samples (
     run TEXT NOT NULL, image TEXT NOT NULL, attempt TEXT NOT NULL, occurrence INTEGER NOT NULL,
     phase INTEGER NOT NULL, idx INTEGER NOT NULL, label TEXT NOT NULL, score REAL,
+    ranked TEXT,
     PRIMARY KEY (run, image, attempt, occurrence, phase, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS questions (
+    run TEXT NOT NULL, image TEXT NOT NULL, attempt TEXT NOT NULL, occurrence INTEGER NOT NULL,
+    decision TEXT NOT NULL, asked REAL NOT NULL,
+    PRIMARY KEY (run, image, attempt, occurrence, decision)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS images (
     run TEXT NOT NULL, image TEXT NOT NULL, content TEXT NOT NULL, PRIMARY KEY (run, image)
@@ -135,7 +153,9 @@ class Recertified:
     samples than were asked for would be another test. ``attempts`` counts this image's
     CERTIFY attempts in the journal, by its pixels (in any run, so under any seed, and under
     any ``image_id``): when it is above 1, keeping the best of them holds only at
-    ``attempts * alpha``."""
+    ``attempts * alpha``. ``questions`` counts the decisions asked of this attempt's
+    answers (the run's own and every other certified offline, this one included): keeping
+    all their answers holds at ``questions * alpha``."""
 
     key: ImageKey
     n0: int
@@ -143,6 +163,7 @@ class Recertified:
     answered: tuple[int, int]
     certification: Certification | None
     attempts: int
+    questions: int = 1
 
     @property
     def complete(self) -> bool:
@@ -159,8 +180,38 @@ def _encode_label(label: Label | None) -> str:
 
 
 def _decode_label(text: str) -> Label | None:
-    value = json.loads(text)
+    return _label_of(json.loads(text))
+
+
+def _label_of(value: Any) -> Label | None:
     return tuple(value) if isinstance(value, list) else value
+
+
+def _encode_ranked(ranked: Iterable[tuple[Label, float]] | None) -> str | None:
+    if ranked is None:
+        return None
+    return json.dumps([[_checked_label(label), score] for label, score in ranked])
+
+
+def _checked_label(label: Label) -> Label:
+    _encode_label(label)  # raises for what JSON cannot hold
+    return label
+
+
+def _decode_ranked(text: str | None) -> Ranked | None:
+    if text is None:
+        return None
+    return tuple((_label_of(label), score) for label, score in json.loads(text))
+
+
+#: The question a run without a decision counts: its adapter's top label.
+OWN_QUESTION = {"decision": "top", "by": "adapter"}
+
+
+def _question(decision: Decision | None, config: Mapping[str, Any]) -> str:
+    """The JSON identity of ``decision`` (``None``: the run's own)."""
+    identity = config.get("decision", OWN_QUESTION) if decision is None else decision.identity()
+    return json.dumps(identity, sort_keys=True)
 
 
 class Journal:
@@ -201,6 +252,9 @@ class Journal:
                     "answers cannot be replayed; keep it for its records and start a new journal"
                 )
             self._db.executescript(_SCHEMA)
+            # Journals from before ranked answers were kept get the column at their first
+            # write (under the writer's lock), not here: a reader must not alter a journal.
+            self._ranked = not columns or "ranked" in columns
             self._file = _identity(self.path)
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
@@ -305,17 +359,39 @@ class Journal:
         run: str,
         key: ImageKey,
         phase: int,
-        answers: Iterable[tuple[int, Label | None, float | None]],
+        answers: Iterable[tuple[Any, ...]],
     ) -> None:
-        """Commit answers ``(sample index, label, score or None)`` in one transaction."""
+        """Commit answers ``(sample index, label, score or None[, ranked answer or None])``
+        in one transaction (the label is the one the run counts)."""
         rows = [
             (run, key.digest, key.attempt, key.occurrence, int(phase), idx,
-             _encode_label(label), score)
-            for idx, label, score in answers
+             _encode_label(label), score, _encode_ranked(ranked[0] if ranked else None))
+            for idx, label, score, *ranked in answers
         ]  # fmt: skip
         with self._sql(write=True) as db, db:
+            if not self._ranked:
+                db.execute("ALTER TABLE samples ADD COLUMN ranked TEXT")
+                self._ranked = True
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO samples (run, image, attempt, occurrence, phase, idx, "
+                "label, score, ranked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def ranked(self, run: str, key: ImageKey, phase: int) -> dict[int, Ranked | None]:
+        """Sample index -> the whole answer as the adapter ranked it (``None`` where the
+        journal keeps the counted label only: written before ranked answers were kept, or by
+        an adapter that gives none)."""
+        if not self._ranked:
+            return dict.fromkeys(self.answers(run, key, phase))
+        with self._sql() as db:
+            rows = db.execute(
+                "SELECT idx, ranked FROM samples WHERE run=? AND image=? AND attempt=? "
+                "AND occurrence=? AND phase=?",
+                (run, key.digest, key.attempt, key.occurrence, int(phase)),
+            ).fetchall()
+        return {idx: _decode_ranked(text) for idx, text in rows}
 
     def scores(self, run: str, key: ImageKey, phase: int) -> dict[int, float | None]:
         """Sample index -> the score of the recorded label (``None`` where none was given)."""
@@ -365,9 +441,16 @@ class Journal:
         return tries
 
     def recertify(
-        self, run: str, alpha: float, n0: int | None = None, n: int | None = None
+        self,
+        run: str,
+        alpha: float,
+        n0: int | None = None,
+        n: int | None = None,
+        *,
+        decision: Decision | None = None,
     ) -> list[Recertified]:
-        """CERTIFY again from the journal alone, with another ``alpha`` or fewer samples.
+        """CERTIFY again from the journal alone: another ``alpha``, fewer samples, or
+        another question.
 
         One :class:`Recertified` per CERTIFY attempt of ``run``, each from the first ``n0``
         selection and ``n`` estimation answers of that attempt (its own ``n0`` and ``n`` by
@@ -376,27 +459,84 @@ class Journal:
         ``alpha`` or ``n`` after looking at the results voids the guarantee, and so does
         keeping the best of an image's repeated attempts, in this run or any other of the
         journal (see :attr:`Recertified.attempts`).
+
+        ``decision`` (:mod:`smoothapi.decisions`) certifies that question instead of the
+        run's own, from the ranked answers kept (:class:`~smoothapi.errors.JournalError`
+        for answers kept without them). A question other than the run's own is recorded
+        as asked of each attempt (a write: it takes the journal's writer lock), so
+        :attr:`Recertified.questions` counts every question asked of the same samples.
         """
         runs = self.runs()
         if run not in runs:
             known = ", ".join(key[:12] for key in runs) or "none"
             raise JournalError(f"no run {run!r} in the journal {self.path} (runs: {known})")
         sigma = runs[run]["sigma"]
+        question, own = _question(decision, runs[run]), _question(None, runs[run])
         tried = [a for a in self.attempts(run) if a.method == "certify"]
         per_image = self.tries().get("certify", Counter())
         results = []
         for attempt in tried:
             want = (min(n0 or attempt.settings["n0"], attempt.settings["n0"]),
                     min(n or attempt.settings["n"], attempt.settings["n"]))  # fmt: skip
-            phases = [self.answers(run, attempt.key, p) for p in (SELECTION, ESTIMATION)]
-            used = [[v for i, v in a.items() if i < w] for a, w in zip(phases, want, strict=True)]
+            phases = zip((SELECTION, ESTIMATION), want, strict=True)
+            used = [self._decided(run, attempt.key, p, decision, k) for p, k in phases]
             answered = (len(used[0]), len(used[1]))
             certification = None
             if answered == want:
                 certification = certify_counts(Counter(used[0]), Counter(used[1]), sigma, alpha)
+            if question != own:
+                self._asked(run, attempt.key, question)
             results.append(Recertified(attempt.key, *want, answered, certification,
-                                       per_image[_pixels(attempt.key)]))  # fmt: skip
+                                       per_image[_pixels(attempt.key)],
+                                       len(self._questions(run, attempt.key) | {own})))  # fmt: skip
         return results
+
+    def _decided(
+        self, run: str, key: ImageKey, phase: int, decision: Decision | None, count: int
+    ) -> list[Label | None]:
+        """The labels of the first ``count`` answers of a stream, as ``decision`` reads them
+        (``None``: the labels the run counted)."""
+        if decision is None:
+            return [v for i, v in self.answers(run, key, phase).items() if i < count]
+        kept = {i: r for i, r in self.ranked(run, key, phase).items() if i < count}
+        if any(r is None for r in kept.values()):
+            raise JournalError(
+                f"the journal {self.path} kept only the counted label of some answers of run "
+                f"{run[:12]} (written by a smoothapi before ranked answers were kept, or by an "
+                "adapter that gives none): it can re-certify the run's own question only "
+                "(no decision); certify again to ask another"
+            )
+        return [decision(r) for r in kept.values() if r is not None]
+
+    def _asked(self, run: str, key: ImageKey, question: str) -> None:
+        with self._sql(write=True) as db:
+            db.execute("INSERT OR IGNORE INTO questions VALUES (?, ?, ?, ?, ?, ?)",
+                       (run, key.digest, key.attempt, key.occurrence, question, time.time()))
+
+    def _questions(self, run: str, key: ImageKey) -> set[str]:
+        with self._sql() as db:
+            rows = db.execute(
+                "SELECT decision FROM questions WHERE run=? AND image=? AND attempt=? "
+                "AND occurrence=?",
+                (run, key.digest, key.attempt, key.occurrence),
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def questions(self, run: str | None = None) -> dict[tuple[str, ImageKey], list[dict]]:
+        """(run, image key) -> the questions certified from that attempt's answers besides
+        the run's own (each a decision's identity), for every attempt asked more than one."""
+        with self._sql() as db:
+            rows = db.execute(
+                "SELECT q.run, q.image, q.occurrence, q.attempt, i.content, q.decision "
+                "FROM questions q LEFT JOIN images i ON i.run = q.run AND i.image = q.image "
+                "WHERE ? IS NULL OR q.run = ? ORDER BY q.asked",
+                (run, run),
+            ).fetchall()
+        asked: dict[tuple[str, ImageKey], list[dict]] = {}
+        for run_, image, occ, attempt, content, decision in rows:
+            key = ImageKey(image, occ, attempt, content or "")
+            asked.setdefault((run_, key), []).append(json.loads(decision))
+        return asked
 
     def _begin(self, run: str, key: ImageKey, method: str, settings: Mapping[str, Any]) -> int:
         """Bind the image's id to its pixels and record the attempt; how many other attempts
@@ -565,6 +705,7 @@ class JournalStream:
         """Sample index -> the answer already recorded."""
         return self.journal.answers(self.run, self.image, self.phase)
 
-    def record(self, answers: Iterable[tuple[int, Label | None, float | None]]) -> None:
-        """Commit ``(sample index, label, score or None)`` answers in one transaction."""
+    def record(self, answers: Iterable[tuple[int, Label | None, float | None, Any]]) -> None:
+        """Commit ``(sample index, label, score or None, ranked or None)`` answers in one
+        transaction."""
         self.journal.record(self.run, self.image, self.phase, answers)

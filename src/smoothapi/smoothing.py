@@ -43,6 +43,7 @@ from .certification import (
     predict_counts,
     top_label,
 )
+from .decisions import Decision, Ranked, as_decision
 from .dispatch import (
     UNRECORDED,
     AnswerStore,
@@ -157,6 +158,14 @@ class SmoothedClassifier(_Closing):
             answer is committed before it counts; rerunning with the same seed resumes.
         retry: how failed requests are retried (:class:`RetryPolicy`).
         limits: request rate, image rate and requests in flight (:class:`RateLimits`).
+        decision: the question certified (:mod:`smoothapi.decisions`): what each ranked
+            answer counts as, e.g. ``Vocabulary(["cat", "dog"], other="other")``,
+            ``Flag(["Weapon"], 0.8)``, ``Ancestor(["cat", "dog"])`` or any callable from
+            ``[(label, score), ...]`` to a class or ``None``. ``None`` (default): the
+            adapter's top label (after its ``label_map``). A decision is part of the
+            journal's run key; the journal keeps every ranked answer, so
+            :meth:`Journal.recertify(run, alpha, decision=...)
+            <smoothapi.journal.Journal.recertify>` asks other questions without paying.
 
     Use it as a context manager (``with``, or ``async with`` after the async methods), or
     call :meth:`close` / :meth:`aclose`, to release the adapter's connections and the
@@ -176,6 +185,7 @@ class SmoothedClassifier(_Closing):
         journal: Journal | str | os.PathLike | None = None,
         retry: RetryPolicy = RetryPolicy(),
         limits: RateLimits = RateLimits(),
+        decision: Decision | Callable[[Ranked], Label | None] | None = None,
     ) -> None:
         if not isinstance(adapter, Adapter):
             raise InvalidInputError(
@@ -197,7 +207,8 @@ class SmoothedClassifier(_Closing):
             self.journal = Journal(journal)
         self.sampler = Sampler(self.sigma, self.seed, self.device, self.denoiser, self.batch_size,
                                channels)
-        self.dispatcher = Dispatcher(adapter, self.batch_size, retry, limits)
+        self.decision = None if decision is None else as_decision(decision)
+        self.dispatcher = Dispatcher(adapter, self.batch_size, retry, limits, self.decision)
         self.retry = retry
         self.stats = self.dispatcher.stats
         self._bridge = SyncBridge(adapter, self.stats)
@@ -223,6 +234,8 @@ class SmoothedClassifier(_Closing):
             "seed": self.seed,
             "batch_size": self.batch_size,
             "noise_scheme": NOISE_SCHEME,
+            # Only a decision is keyed: runs of the adapter's top label keep their keys.
+            **({} if self.decision is None else {"decision": self.decision.identity()}),
         }
 
     def _image(self, image: ImageLike, samples: int) -> torch.Tensor:
@@ -575,7 +588,7 @@ class _Told:
             self._tell(len(known))
         return known
 
-    def record(self, answers: Iterable[tuple[int, Label | None, float | None]]) -> None:
+    def record(self, answers: Iterable[tuple[int, Label | None, float | None, Any]]) -> None:
         answers = list(answers)
         self.store.record(answers)
         self._tell(len(answers))
@@ -589,7 +602,16 @@ async def _select(
         return top_label(await smoothed._counts(x, key, Phase.SELECTION, n0)), n0
     clean = smoothed.sampler.clean_batch(x)
     if isinstance(selection, Adapter):
-        return (await selection.atop_labels(clean))[0], 0
+        decision = smoothed.dispatcher.decision
+        if decision is None:
+            return (await selection.atop_labels(clean))[0], 0
+        answer = (await selection.aanswers_or_errors(clean))[0]
+        if isinstance(answer, Exception) or answer.ranked is None:
+            raise InvalidInputError(
+                f"the selection model {type(selection).__name__} gives no ranked answer for "
+                f"the decision {decision!r} to read"
+            ) from (answer if isinstance(answer, Exception) else None)
+        return decision(answer.ranked), 0
     store = smoothed._attempts.store(key, Phase.CLEAN_SELECTION)
     known = store.answers()
     if 0 in known:

@@ -5,12 +5,27 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from ..certification import Label
 
-__all__ = ["Adapter"]
+__all__ = ["Adapter", "Answer"]
+
+
+class Answer(NamedTuple):
+    """One image's answer as the client keeps it.
+
+    ``label`` is the adapter's top label (renamed by its ``label_map``), ``score`` that
+    label's score (``None`` if the adapter gives none), ``ranked`` the whole answer as
+    ``((label, score), ...)``, highest first, as the provider returned it (``None`` for an
+    adapter that answers with a top label only): what a decision reads.
+    """
+
+    label: Label | None
+    score: float | None = None
+    ranked: tuple[tuple[Label, float], ...] | None = None
 
 
 class Adapter(abc.ABC):
@@ -51,14 +66,18 @@ class Adapter(abc.ABC):
         network adapters override it with a native async call."""
         return await asyncio.to_thread(self.top_labels, images)
 
-    async def ascored_or_errors(self, images: torch.Tensor) -> list:
-        """``(top label, its score or None)`` per image, for the client and its journal.
+    #: Whether :meth:`aanswers_or_errors` gives ranked answers (needed by decisions).
+    ranks: bool = False
+
+    async def aanswers_or_errors(self, images: torch.Tensor) -> list:
+        """One :class:`Answer` per image, for the client and its journal.
 
         An adapter that can fail single images of a batch puts the
         :class:`~smoothapi.errors.ProviderError` in that image's place (so the client
-        retries just those). The default fails or succeeds as a whole, without scores.
+        retries just those). The default fails or succeeds as a whole, with top labels
+        only (no scores, no ranked answer).
         """
-        return [(label, None) for label in await self.atop_labels(images)]
+        return [Answer(label) for label in await self.atop_labels(images)]
 
     def identity(self) -> dict:
         """What decides this classifier's answers, without secrets: keys journal runs."""

@@ -13,7 +13,7 @@ from .._checkpoint import as_module_input, load_checkpoint, module_digest, save_
 from ..certification import Label
 from ..classifiers import create_classifier
 from ..errors import CheckpointError, InvalidInputError
-from .base import Adapter
+from .base import Adapter, Answer
 
 __all__ = ["LocalModelAdapter"]
 
@@ -26,9 +26,15 @@ class LocalModelAdapter(Adapter):
     normalisation. Labels are class indices, or ``class_names[index]`` when given.
     The module is put in eval mode and is never updated here; :meth:`logits` is
     differentiable so denoiser training can back-propagate through it.
+
+    An answer is ranked like a vision API's: the ``ranked_length`` (default 20) most
+    probable classes with their probabilities; a decision
+    (:mod:`smoothapi.decisions`) reads those, and a journal keeps them.
     """
 
     name = "local"
+    #: The most probable classes an answer lists (a vision API's list length).
+    DEFAULT_RANKED_LENGTH = 20
 
     def __init__(
         self,
@@ -39,7 +45,12 @@ class LocalModelAdapter(Adapter):
         class_names: Sequence[Label] | None = None,
         input_size: tuple[int, int] | None = None,
         device: str | torch.device | None = None,
+        ranked_length: int = DEFAULT_RANKED_LENGTH,
     ) -> None:
+        if isinstance(ranked_length, bool) or not isinstance(ranked_length, int) \
+                or ranked_length < 1:
+            raise InvalidInputError(f"ranked_length must be a positive int, got {ranked_length!r}")
+        self.ranked_length = ranked_length
         if device is None:
             first = next(model.parameters(), None)
             device = first.device if first is not None else "cpu"
@@ -95,11 +106,21 @@ class LocalModelAdapter(Adapter):
         sends a local model one batch at a time, so a thread would only add overhead."""
         return self.top_labels(images)
 
-    async def ascored_or_errors(self, images: torch.Tensor) -> list[tuple[Label, float]]:
-        """Top label and its softmax probability per image (inline, like :meth:`atop_labels`)."""
+    ranks = True
+
+    async def aanswers_or_errors(self, images: torch.Tensor) -> list[Answer]:
+        """Per image: the top class, its softmax probability, and the :attr:`ranked_length`
+        most probable classes with theirs (what a decision reads; inline, like
+        :meth:`atop_labels`)."""
         with torch.inference_mode():
-            scores, indices = self.logits(images).softmax(dim=1).max(dim=1)
-        return [(self._label(i), s) for i, s in zip(indices.tolist(), scores.tolist(), strict=True)]
+            probs = self.logits(images).softmax(dim=1)
+            scores, indices = probs.topk(min(self.ranked_length, probs.shape[1]), dim=1)
+        answers = []
+        for row_scores, row_indices in zip(scores.tolist(), indices.tolist(), strict=True):
+            ranked = tuple((self._label(i), s) for i, s in zip(row_indices, row_scores,
+                                                               strict=True))  # fmt: skip
+            answers.append(Answer(ranked[0][0], ranked[0][1], ranked))
+        return answers
 
     def identity(self) -> dict:
         return {
@@ -109,7 +130,10 @@ class LocalModelAdapter(Adapter):
             "std": None if self.std is None else self.std.flatten().tolist(),
             "class_names": self.class_names,
             "input_size": self.input_size,
-        }
+            # Only a non-default length is keyed: runs made before it existed resume.
+            **({"ranked_length": self.ranked_length}
+               if self.ranked_length != self.DEFAULT_RANKED_LENGTH else {}),
+        }  # fmt: skip
 
     def ranked_labels(self, image: torch.Tensor) -> list[tuple[Label, float]]:
         """Softmax scores, highest first (ties: lower class index first)."""

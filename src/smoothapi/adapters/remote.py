@@ -72,7 +72,7 @@ from ..errors import (
     ServerError,
 )
 from ..recording import Recording, request_key
-from .base import Adapter
+from .base import Adapter, Answer
 from .encoding import ImageLimits, encode_image
 
 __all__ = ["RemoteAdapter", "checked", "current_request", "import_optional", "rank", "run_sync"]
@@ -436,14 +436,17 @@ class RemoteAdapter(Adapter):
                 raise result
         return cast(list[Ranked], results)  # every ProviderError was raised above
 
-    async def ascored_or_errors(
-        self, images: torch.Tensor
-    ) -> list[tuple[Label | None, float | None] | ProviderError]:
-        """Top label and its score per image, a per-image failure's error in its place."""
+    ranks = True
+
+    async def aanswers_or_errors(self, images: torch.Tensor) -> list[Answer | ProviderError]:
+        """Each image's :class:`~smoothapi.adapters.base.Answer` (top label after
+        ``label_map``, its score, the ranked labels as parsed), a per-image failure's error
+        in its place."""
         return [
-            r if isinstance(r, ProviderError) else (self._top(r), r[0][1] if r else None)
+            r if isinstance(r, ProviderError)
+            else Answer(self._top(r), r[0][1] if r else None, tuple(r))
             for r in await self._ranked_or_errors(images)
-        ]
+        ]  # fmt: skip
 
     def _top(self, ranked: Ranked) -> Label | None:
         if not ranked:
