@@ -149,3 +149,24 @@ def test_bad_settings_and_tampering_are_caught(digits, classifier, tmp_path):
     snapshot[0][first] += 1
     with pytest.raises(RuntimeError, match="changed"):
         _check_unchanged([classifier], snapshot)
+
+
+def test_a_noise_level_aware_denoiser_is_trained_and_evaluated_at_the_runs_sigma(
+    digits, tmp_path
+):
+    """Fine-tuning a noise-level-aware denoiser (one network for any sigma) for one sigma
+    must hand it that sigma, not the level its checkpoint was loaded at (or none)."""
+    torch.manual_seed(0)
+    denoiser = create_denoiser("drunet", in_channels=1, widths=(4, 8, 8, 8), blocks=1)
+    seen: list[float] = []
+    original = type(denoiser).denoise
+
+    def spy(self, x, sigma):
+        seen.extend(sigma.unique().tolist())
+        return original(self, x, sigma)
+
+    denoiser.denoise = spy.__get__(denoiser)  # type: ignore[method-assign]
+    train_set = TensorDataset(*(t[:64] for t in digits[0].tensors))
+    train_denoiser(denoiser, train_set, sigma=0.12, out_dir=tmp_path, test_set=digits[1],
+                   eval_size=32, config=TrainConfig(epochs=1, **FAST))  # fmt: skip
+    assert seen and all(s == pytest.approx(0.12) for s in seen)

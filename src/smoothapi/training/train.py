@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from ..adapters.local import LocalModelAdapter
 from ..certification import check_sigma
 from ..denoisers import save_denoiser
+from ..denoisers.noise_level import denoise
 from ..errors import InvalidInputError
 from .loop import TrainConfig, fit, training_device
 from .objectives import GUIDANCE_MODES, OBJECTIVES, guided_loss
@@ -89,13 +90,14 @@ def _denoiser_evaluation(
     held_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     watchers: Mapping[str, LocalModelAdapter],
     device: torch.device,
+    sigma: float,
 ) -> Callable[[nn.Module], dict[str, float]]:
     """PSNR before and after the denoiser, and each watcher's accuracy after it."""
     clean, labels, noisy = held_out
     noisy_psnr = psnr(noisy, clean)
 
     def evaluate(model):
-        denoised = _batched(lambda b: model(b.to(device)).float().cpu(), noisy)
+        denoised = _batched(lambda b: denoise(model, b.to(device), sigma).float().cpu(), noisy)
         record = {"psnr_noisy": noisy_psnr, "psnr_denoised": psnr(denoised, clean)}
         for name, adapter in watchers.items():
             record[f"accuracy_{name}"] = _accuracy(adapter, denoised, labels)
@@ -139,13 +141,13 @@ def train_denoiser(
 
     def loss_fn(model, images, labels, generator, step):
         noise = torch.randn(images.shape, generator=generator, device=images.device)
-        denoised = model(images + sigma * noise)
+        denoised = denoise(model, images + sigma * noise, sigma)  # noise-level aware: at sigma
         return guided_loss(objective, logits, denoised, images, labels, step, guidance)
 
     evaluate = None
     if test_set is not None:
         held_out = _held_out(test_set, eval_size, sigma, config.seed)
-        evaluate = _denoiser_evaluation(held_out, watchers, device)
+        evaluate = _denoiser_evaluation(held_out, watchers, device, sigma)
     out_dir = Path(out_dir)
     info = dict(metadata or {})
     info.setdefault("input_size", list(train_set[0][0].shape[-2:]))
