@@ -296,11 +296,12 @@ class PhotoMSERun(Stages):
         (self.out / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
-def test_figures(model: nn.Module | None, size: int, draws: int = 4) -> dict[str, float]:
+def test_figures(model: nn.Module | None, size: int, draws: int = 4,
+                 sigma: float = CHOOSE_SIGMA) -> dict[str, float]:  # fmt: skip
     """On the held-out test photos' fixed crops (18 per photo) at ``size`` px: the mean PSNR
     of ``model`` (``None``: no denoiser, the noisy crop itself) per sigma, and how often
     EfficientNet-Lite2 (fed each crop at its own size) keeps its clean label on one
-    denoised noisy sample at ``CHOOSE_SIGMA`` (``draws`` fixed draws per crop)."""
+    denoised noisy sample at ``sigma`` (``draws`` fixed draws per crop)."""
     from ..zoo import load_classifier
 
     held_out = [photo_data.load_photo(p) for p in photo_data.available_photos("test")]
@@ -314,12 +315,13 @@ def test_figures(model: nn.Module | None, size: int, draws: int = 4) -> dict[str
     with torch.inference_mode():
         labels = target.logits(clean).argmax(1)
         for _ in range(draws):
-            noisy = clean + CHOOSE_SIGMA * torch.randn(clean.shape, generator=generator)
-            level = torch.full((len(clean),), CHOOSE_SIGMA)
-            out = torch.cat([denoise(model or identity, part, sigma).float() for part, sigma
-                             in zip(noisy.split(16), level.split(16), strict=True)])  # fmt: skip
+            noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
+            level = torch.full((len(clean),), sigma)
+            out = torch.cat([denoise(model or identity, part, part_sigma).float()
+                             for part, part_sigma in zip(noisy.split(16), level.split(16),
+                                                         strict=True)])  # fmt: skip
             kept.append((target.logits(out).argmax(1) == labels).float())
-    figures[f"label_kept@{CHOOSE_SIGMA:g}"] = round(torch.cat(kept).mean().item(), 4)
+    figures[f"label_kept@{sigma:g}"] = round(torch.cat(kept).mean().item(), 4)
     return figures
 
 

@@ -8,6 +8,7 @@ checked to be unchanged when training ends.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence, Sized
@@ -24,7 +25,7 @@ from ..certification import check_sigma
 from ..denoisers import save_denoiser
 from ..denoisers.noise_level import denoise
 from ..errors import InvalidInputError
-from .loop import TrainConfig, fit, training_device
+from .loop import LOG_FILE, TrainConfig, fit, training_device
 from .objectives import GUIDANCE_MODES, OBJECTIVES, guided_loss
 
 __all__ = ["psnr", "train_classifier", "train_denoiser"]
@@ -120,6 +121,7 @@ def train_denoiser(
     eval_size: int = 1_000,
     config: TrainConfig | None = None,
     metadata: Mapping[str, Any] | None = None,
+    best_by: str | None = None,
 ) -> list[dict]:
     """Train ``denoiser`` (from :func:`~smoothapi.denoisers.create_denoiser`) for noise ``sigma``.
 
@@ -129,7 +131,9 @@ def train_denoiser(
     Each epoch logs the training loss and, on ``eval_size`` noisy held-out images,
     the PSNR of the noisy and denoised images and the accuracy under noise of every
     guiding and ``eval_classifiers`` classifier after the denoiser. The denoiser is
-    saved to ``out_dir/denoiser.safetensors`` after every epoch, with its metadata.
+    saved to ``out_dir/denoiser.safetensors`` after every epoch, with its metadata; with
+    ``best_by`` (a key of the evaluation, higher is better) only after epochs that beat
+    every earlier one on it (the epoch chosen on held-out data).
     """
     sigma = check_sigma(sigma)
     config = config or TrainConfig()
@@ -153,7 +157,15 @@ def train_denoiser(
     info.setdefault("input_size", list(train_set[0][0].shape[-2:]))
     info.update(sigma=sigma, objective=objective, surrogates=list(guides), guidance=guidance)
 
+    log = out_dir / LOG_FILE
+    earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    best = [max((r.get(best_by, -math.inf) for r in earlier), default=-math.inf)]
+
     def save(model, epoch, record):
+        if best_by is not None:
+            if not record[best_by] > best[0]:
+                return
+            best[0] = record[best_by]
         save_denoiser(out_dir / DENOISER_FILE, model, epochs=epoch, **info, last_epoch=record)
 
     history = fit(

@@ -1,0 +1,219 @@
+"""STAB+MSE photo denoisers fine-tuned from the noise-level-aware photo MSE denoiser.
+
+One stage per ``(access, sigma)`` (``stab:query@0.25`` first, the headline): the photo MSE
+denoiser (:mod:`smoothapi.studies.photo_mse`; it is handed the stage's sigma) is fine-tuned
+with STAB+MSE (the paper's section 3), guided by
+
+* **query** access: EfficientNet-Lite0 and Lite1, the mean of their losses (the API's own
+  model is never differentiated), or
+* **full** access: EfficientNet-Lite2, the model the loopback API serves,
+
+on random crops of the training photos at ``tile`` px (160-224: large enough for the
+surrogates to see through the noise). After every epoch, on the validation photos' crops
+(whole photos held out from training), it measures how often Lite2 keeps its clean label
+on one denoised noisy sample, which a query-access user measures with API queries on
+held-out photos of their own; the learning rate halves when that stalls, training stops at
+the next stall, and the best epoch is kept as ``OUT/stab-{access}-sigma{sigma}.safetensors``.
+The test photos give only the report's final table. Stages keep markers under
+``OUT/stages``, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from .. import photos as photo_data
+from ..denoisers import load_denoiser
+from ..errors import InvalidInputError
+from ..training.data import ArrayDataset
+from ..training.loop import LOG_FILE, TrainConfig
+from ..training.train import train_denoiser
+from .photo_mse import test_figures
+from .stages import Stages
+
+__all__ = ["ACCESS", "STAB_SCALES", "PhotoStabRun", "StabScale", "run_photo_stab"]
+
+#: The classifiers that guide each access level (zoo names).
+ACCESS = {"query": ("efficientnet_lite0", "efficientnet_lite1"), "full": ("efficientnet_lite2",)}
+TARGET = "efficientnet_lite2"
+#: What the epoch is chosen by: Lite2 keeps its clean label on one denoised sample.
+METRIC = "accuracy_target"
+
+
+@dataclass(frozen=True)
+class StabScale:
+    """Everything that sizes the run."""
+
+    tile: int = 192
+    tiles: int = 3_000  # crops per epoch
+    batch_size: int = 8
+    lr: float = 1e-4
+    epochs: int = 8  # at most: the rate halves at a 1-epoch stall, the next one stops
+    sigmas: tuple[float, ...] = (0.25, 0.12, 0.5)
+    accesses: tuple[str, ...] = ("query", "full")
+    val_size: int = 160
+    test_size: int = 160
+    test_report: bool = True
+    surrogates: dict[str, tuple[str, ...]] | None = None  # None: ACCESS
+    train_photos: tuple[str, ...] | None = None  # None: every "train" photo not validating
+    val_photos: tuple[str, ...] = photo_data.VALIDATION_PHOTOS
+    cpu_bfloat16: bool = True
+
+
+STAB_SCALES: dict[str, StabScale] = {
+    # 2 CPU cores: about 5-8 minutes an epoch in query access (2 surrogates at 192 px).
+    "small": StabScale(),
+    # One GPU: more crops a larger batch (see benchmarks/gpu_photo_mse.sh for the MSE half).
+    "gpu": StabScale(tile=224, tiles=20_000, batch_size=32, epochs=12),
+    # Seconds, on the pip-shipped test photos: for tests.
+    "tiny": StabScale(tile=64, tiles=8, batch_size=4, epochs=2, sigmas=(0.25,),
+                      accesses=("query",), val_size=64, test_report=False,
+                      surrogates={"query": ("efficientnet_lite0",)},
+                      train_photos=("astronaut", "coffee"), val_photos=("chelsea",),
+                      cpu_bfloat16=False),  # fmt: skip
+}
+
+
+def _file(access: str, sigma: float) -> str:
+    return f"stab-{access}-sigma{sigma:g}.safetensors"
+
+
+class PhotoStabRun(Stages):
+    """One run in ``out`` from the MSE checkpoint ``start``."""
+
+    prefix = "[photo-stab]"
+
+    def __init__(self, scale: StabScale, out: Path, start: Path, device: str | None = None):
+        super().__init__(out)
+        if not start.is_file():
+            raise InvalidInputError(f"no MSE denoiser at {start}; run `make photo-mse` first")
+        self.scale, self.start, self.device = scale, start, device
+        val_names = set(scale.val_photos)
+        train = [p for p in photo_data.available_photos("train" if scale.train_photos is None
+                                                        else None)  # fmt: skip
+                 if (scale.train_photos is None or p.name in scale.train_photos)
+                 and p.name not in val_names]
+        val = [p for p in photo_data.available_photos() if p.name in val_names]
+        if not train or len(val) != len(val_names):
+            raise InvalidInputError("training or validation photos missing; run `make photos`")
+        tiles = photo_data.train_crops([photo_data.load_photo(p) for p in train], scale.tiles,
+                                       scale.tile, seed=1)  # fmt: skip
+        self.train_set = ArrayDataset(tiles.transpose(0, 2, 3, 1), np.zeros(len(tiles), np.int64))
+        crops, _ = photo_data.test_crops([photo_data.load_photo(p) for p in val], scale.val_size)
+        self.val_crops = torch.from_numpy(crops).float() / 255
+        self.train_names, self.val_names = [p.name for p in train], [p.name for p in val]
+
+    def classifier(self, name: str):
+        from ..zoo import load_classifier
+
+        return load_classifier(name, input_size=None, resize=False, device=self.device)
+
+    def guides(self, access: str) -> tuple[str, ...]:
+        return (self.scale.surrogates or ACCESS)[access]
+
+    def train(self, access: str, sigma: float) -> dict[str, Any]:
+        s = self.scale
+        target = self.classifier(TARGET)
+        with torch.inference_mode():  # what "kept" means: Lite2's top-1 on the clean crop
+            labels = torch.cat([target.logits(part).argmax(1) for part in self.val_crops.split(16)])
+        validation = TensorDataset(self.val_crops, labels)
+        denoiser = load_denoiser(self.start)
+        mse_epochs = getattr(denoiser, "checkpoint_metadata", {}).get("epochs")
+        config = TrainConfig(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, lr_gamma=0.5,
+                             plateau_metric=METRIC, plateau_patience=1, plateau_drops=1,
+                             device=self.device, progress=False,
+                             cpu_bfloat16=s.cpu_bfloat16)  # fmt: skip
+        folder = self.out / f"{access}@{sigma:g}"
+        started = time.perf_counter()
+        history = train_denoiser(
+            denoiser, self.train_set, sigma=sigma, out_dir=folder, objective="stab+mse",
+            classifiers={name: self.classifier(name) for name in self.guides(access)},
+            guidance="mean", test_set=validation, eval_classifiers={"target": target},
+            eval_size=len(validation), config=config, best_by=METRIC,
+            metadata={"dataset": "natural photos", "access": access, "start": str(self.start),
+                      "start_mse_epochs": mse_epochs, "train_photos": self.train_names,
+                      "val_photos": self.val_names, "tile": s.tile},
+        )  # fmt: skip
+        best = max(history, key=lambda r: r[METRIC])
+        (folder / "denoiser.safetensors").replace(self.out / _file(access, sigma))
+        print(f"{self.prefix} {access}@{sigma:g}: {time.perf_counter() - started:.0f} s, best "
+              f"epoch {best['epoch']}", flush=True)  # fmt: skip
+        return {"access": access, "sigma": sigma, "epochs": len(history),
+                "best_epoch": best["epoch"], "validation_kept": best[METRIC],
+                "validation_psnr": best["psnr_denoised"]}  # fmt: skip
+
+    def run(self) -> None:
+        s = self.scale
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "scale.json").write_text(json.dumps(asdict(s), indent=1))
+        done = []
+        for sigma in s.sigmas:
+            for access in s.accesses:
+                found = self.stage(f"stab:{access}@{sigma:g}", partial(self.train, access, sigma),
+                                   keep=True)  # fmt: skip
+                if found is not None:
+                    done.append(found)
+        self.report(done)
+
+    def report(self, done: list[dict[str, Any]]) -> None:
+        s = self.scale
+        lines = ["# STAB+MSE photo denoisers (from the photo MSE denoiser)", "",
+                 f"Start: `{self.start}`. Guides: query access "
+                 f"{' + '.join(self.guides('query')) if 'query' in s.accesses else '-'}, full "
+                 f"access {TARGET}. {s.tiles} training crops of {s.tile} px an epoch; the epoch "
+                 f"is chosen on {len(self.val_crops)} validation crops "
+                 f"({', '.join(self.val_names)}) by how often Lite2 keeps its clean label on "
+                 "one denoised sample.", "",
+                 "| access | σ | epochs | best | validation: label kept | validation PSNR |",
+                 "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in done:
+            lines.append(f"| {r['access']} | {r['sigma']:g} | {r['epochs']} | {r['best_epoch']} | "
+                         f"{r['validation_kept']:.0%} | {r['validation_psnr']:.2f} |")
+        for r in done:
+            log = self.out / f"{r['access']}@{r['sigma']:g}" / LOG_FILE
+            rows = [json.loads(line) for line in log.read_text().splitlines()]
+            lines += ["", f"Epochs of {r['access']}@{r['sigma']:g} (lr, loss, kept): " + "; ".join(
+                f"{x['epoch']}: {x['lr']:g}, {x['train_loss']:.4f}, {x[METRIC]:.0%}" for x in rows)]
+        if s.test_report and done:
+            lines += ["", "## Test photos (final figures; nothing is chosen on them)", "",
+                      f"The 126 fixed crops of the 7 test photos at {s.test_size} px, 4 noise "
+                      "draws each: PSNR, and how often Lite2 keeps its clean label on one "
+                      "denoised sample at the denoiser's σ.", "",
+                      "| denoiser | σ | PSNR | label kept |", "|---|---|---|---|"]  # fmt: skip
+            mse = load_denoiser(self.start)
+            for sigma in sorted({r["sigma"] for r in done}):
+                rows = {"none": None, "photo-mse": mse}
+                for r in done:
+                    if r["sigma"] == sigma:
+                        path = self.out / _file(r["access"], sigma)
+                        rows[f"stab+mse {r['access']}"] = load_denoiser(path)
+                for name, model in rows.items():
+                    f = test_figures(model, s.test_size, sigma=sigma)
+                    lines.append(f"| {name} | {sigma:g} | {f[f'psnr@{sigma:g}']:.2f} | "
+                                 f"{f[f'label_kept@{sigma:g}']:.0%} |")
+        (self.out / "README.md").write_text("\n".join([*lines, ""]), encoding="utf-8")
+
+
+def run_photo_stab(scale_name: str, out: str | Path, *, start: str | Path,
+                   device: str | None = None, only: tuple[str, ...] | None = None,
+                   fresh: bool = False) -> Path:  # fmt: skip
+    """Run (or resume) the STAB+MSE fine-tuning in ``out`` from the MSE checkpoint ``start``."""
+    if scale_name not in STAB_SCALES:
+        raise InvalidInputError(f"unknown scale {scale_name!r}; known: {', '.join(STAB_SCALES)}")
+    out = Path(out)
+    if fresh:
+        Stages(out).require_fresh()
+    run = PhotoStabRun(STAB_SCALES[scale_name], out, Path(start), device)
+    run.only = only
+    run.run()
+    print(run.closing_line())
+    return out
