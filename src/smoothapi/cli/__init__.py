@@ -3,6 +3,8 @@
 - :mod:`~smoothapi.cli.commands`: the parser, ``certify`` / ``predict`` on local models and
   ``analyze``;
 - :mod:`~smoothapi.cli.api`: ``--api NAME``, the same commands against a vision API;
+- :mod:`~smoothapi.cli.questions`: ``--decision SPEC`` (the question certified) and
+  ``certify --from-journal``, a question asked offline of a journal's answers;
 - :mod:`~smoothapi.cli.loopback`: ``smoothapi loopback``, every provider on 127.0.0.1;
 - :mod:`~smoothapi.cli.demo` and :mod:`~smoothapi.cli.photo_demo`: ``smoothapi demo``;
 - :mod:`~smoothapi.cli.training`: ``train-classifier``, ``train-denoiser``, ``experiment``.

@@ -52,6 +52,7 @@ from ..runs import (
     write_log,
 )
 from ..smoothing import DEFAULT_BATCH_SIZE, RateLimits, SmoothedClassifier
+from .questions import decision_from_args, describe
 
 __all__ = ["API_NAMES", "EXIT_NOT_RUN", "add_api_options", "auto_batch_size", "resized_note",
            "resolve_counts", "run_api"]
@@ -473,6 +474,7 @@ def approved(args: argparse.Namespace, cost: float | None) -> str | None:
 def run_api(args: argparse.Namespace, certify: bool, entries: Sequence[Any], device: torch.device,
             out_file: Any) -> int:  # fmt: skip
     """Certify (or predict) ``entries`` through ``--api``; ``out_file`` opens the log."""
+    decision = decision_from_args(args)  # a bad --decision fails before the adapter is built
     adapter = build_adapter(args)
     denoiser, which = choose_denoiser(args.denoiser, args.sigma, device, args.denoiser_dtype)
     say = _stderr
@@ -497,10 +499,11 @@ def run_api(args: argparse.Namespace, certify: bool, entries: Sequence[Any], dev
     args.batch_size, batch_line = auto_batch_size(args.batch_size, shapes, device, floats)
     batch_size = _batch_size(args, adapter, certify)
     settings: dict[str, Any] = dict(batch_size=batch_size, device=device, seed=seed,
-                                    limits=_limits(args))
+                                    limits=_limits(args), decision=decision)
     paid = _journaled(args.journal, SmoothedClassifier(adapter, args.sigma, denoiser, **settings))
     lines, cost = plan(args, len(images), certify, paid)
     say(which)
+    say(f"question: {describe(decision)}")
     for line in lines:
         say(line)
     say(batch_line if batch_size == args.batch_size else f"batch size {batch_size} (a round "

@@ -3,6 +3,7 @@
     smoothapi certify --model CKPT IMAGES --sigma 0.25 [--n0 100] [--n 10000] [--alpha 0.001]
     smoothapi predict --model CKPT IMAGES --sigma 0.25 [--n 1000] [--alpha 0.001]
     smoothapi certify --api azure IMAGES --sigma 0.25 [--n 500] [--max-cost 5] [--journal J]
+    smoothapi certify --from-journal J [--decision SPEC] [--alpha A] [--run KEY_PREFIX]
     smoothapi demo [--n0 100] [--n 1000] [--seed 0] [--photos [--out PNG]]
 
 IMAGES is one image file or a folder. A folder with subfolders is read in ImageFolder
@@ -10,7 +11,8 @@ layout: each subfolder's name is the true label of the images in it (searched
 recursively); images directly in a folder have no known label. Output is one row per
 image, written and flushed as it is produced: TSV with Cohen et al.'s column names, or
 JSON Lines with ``--format json``. ``--api NAME`` certifies a vision API instead of a
-local model: see :mod:`smoothapi.cli.api`.
+local model: see :mod:`smoothapi.cli.api`. ``--decision SPEC`` certifies another question
+than the top label, and ``--from-journal`` asks one offline: see :mod:`smoothapi.cli.questions`.
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ from .api import (
 )
 from .demo import run_demo, run_denoised_demo
 from .loopback import add_loopback_command
+from .questions import (
+    add_decision_options,
+    decision_from_args,
+    describe,
+    questions_summary,
+    run_from_journal,
+)
 from .training import add_training_commands
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageEntry", "find_images", "main"]
@@ -252,6 +261,17 @@ class _LazyImages(Sequence):
 
 
 def _run_images(args: argparse.Namespace, certify: bool) -> int:
+    if getattr(args, "from_journal", None) is not None:
+        return run_from_journal(args, _output)
+    missing = [name for name, value in (("IMAGES", args.images), ("--sigma", args.sigma))
+               if value is None]  # fmt: skip
+    if missing:  # as argparse says it: neither is required with --from-journal
+        args.subparser.print_usage(sys.stderr)
+        print(f"{args.subparser.prog}: error: the following arguments are required: "
+              f"{', '.join(missing)}", file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+    if getattr(args, "run", None) is not None:
+        raise InvalidInputError("--run applies with --from-journal only")
     resolve_counts(args, certify)
     _validate_common(args)
     if args.api is not None:
@@ -263,6 +283,7 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
         raise InvalidInputError("give --model CKPT (a local classifier) or --api NAME "
                                 "(a vision API: azure, google, aws, clarifai, http)")
     check_local_options(args)
+    decision = decision_from_args(args)
     device = _device(args.device)
     adapter = LocalModelAdapter.from_checkpoint(args.model, device=device)
     use = args.denoiser is not None and args.denoiser.lower() != "none"
@@ -284,7 +305,7 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
         raise InvalidInputError("under torchrun, give --seed so that all processes agree")
     smoothed = SmoothedClassifier(
         adapter, args.sigma, denoiser, batch_size=args.batch_size, device=device, seed=args.seed,
-        journal=args.journal,
+        journal=args.journal, decision=decision,
     )
     radius = getattr(args, "radius", None)
     options = dict(shard=shard, max_queries=args.max_queries, progress=args.progress)
@@ -298,6 +319,7 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
         print(f"{PROG}: {what} alpha={args.alpha} sigma={args.sigma} seed={smoothed.seed} "
               f"on {len(entries)} image(s){share}, device {device}, {batch_line}",
               file=sys.stderr, flush=True)  # fmt: skip
+        print(f"{PROG}: question: {describe(decision)}", file=sys.stderr, flush=True)
         if args.max_side is not None:
             print(f"{PROG}: {resized_note(args.max_side)}", file=sys.stderr, flush=True)
         images = _LazyImages(entries, args.max_side)
@@ -357,7 +379,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         raise InvalidInputError("give certification logs, --journal FILE, or both")
     if args.journal:
         print(f"attempts in {args.journal}:")
-        for line in attempts_summary(args.journal) + _tries_by_pixels(args.journal):
+        for line in (attempts_summary(args.journal) + _tries_by_pixels(args.journal)
+                     + questions_summary(args.journal)):
             print(f"  {line}")
         if not args.logs:
             return EXIT_OK
@@ -426,7 +449,8 @@ def _tries_by_pixels(journal: str) -> list[str]:
 
 
 def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
-    parser.add_argument("images", metavar="IMAGES",
+    # IMAGES and --sigma are checked in _run_images: certify --from-journal takes neither
+    parser.add_argument("images", metavar="IMAGES", nargs="?", default=None,
                         help="an image file, or a folder of images (subfolders = true labels)")
     parser.add_argument("--model", metavar="CKPT",
                         help="classifier checkpoint (.safetensors) saved by LocalModelAdapter.save")
@@ -437,8 +461,9 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
     parser.add_argument("--denoiser-dtype", default=None, choices=("float32", "bfloat16"),
                         help="run the denoiser in this precision (default: float32; bfloat16 "
                              "is several times faster on CPUs with bfloat16 instructions)")
-    parser.add_argument("--sigma", type=float, required=True,
-                        help="noise level, an l2 distance in [0,1] pixel space")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="noise level, an l2 distance in [0,1] pixel space (required"
+                             + ("; not with --from-journal)" if certify else ")"))
     if certify:
         parser.add_argument("--n0", type=int, default=None,
                             help="selection samples (default: 100; 20 with --api)")
@@ -474,6 +499,8 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
                         help="refuse the run if any image cannot be read (default: process "
                              "the readable ones, list the others, exit 1)")
     add_api_options(parser, certify)
+    add_decision_options(parser, certify)
+    parser.set_defaults(subparser=parser)
 
 
 def _add_demo_command(commands: Any) -> None:

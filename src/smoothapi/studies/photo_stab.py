@@ -180,9 +180,10 @@ class PhotoStabRun(Stages):
                          f"{r['validation_kept']:.0%} | {r['validation_psnr']:.2f} |")
         for r in done:
             log = self.out / f"{r['access']}@{r['sigma']:g}" / LOG_FILE
-            rows = [json.loads(line) for line in log.read_text().splitlines()]
+            epochs = [json.loads(line) for line in log.read_text().splitlines()]
             lines += ["", f"Epochs of {r['access']}@{r['sigma']:g} (lr, loss, kept): " + "; ".join(
-                f"{x['epoch']}: {x['lr']:g}, {x['train_loss']:.4f}, {x[METRIC]:.0%}" for x in rows)]
+                f"{x['epoch']}: {x['lr']:g}, {x['train_loss']:.4f}, {x[METRIC]:.0%}"
+                for x in epochs)]
         if s.test_report and done:
             lines += ["", "## Test photos (final figures; nothing is chosen on them)", "",
                       f"The 126 fixed crops of the 7 test photos at {s.test_size} px, 4 noise "
@@ -191,7 +192,7 @@ class PhotoStabRun(Stages):
                       "| denoiser | σ | PSNR | label kept |", "|---|---|---|---|"]  # fmt: skip
             mse = load_denoiser(self.start)
             for sigma in sorted({r["sigma"] for r in done}):
-                rows = {"none": None, "photo-mse": mse}
+                rows: dict[str, torch.nn.Module | None] = {"none": None, "photo-mse": mse}
                 for r in done:
                     if r["sigma"] == sigma:
                         path = self.out / _file(r["access"], sigma)
