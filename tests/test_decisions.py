@@ -51,6 +51,9 @@ def test_ancestor_climbs_imagenet_labels_to_the_nearest_target():
     assert animals([("unknown word", 0.9), ("golden retriever", 0.3)]) == "dog"
     assert animals([("goldfish", 0.9)]) == "something else"
     assert Ancestor(["mammal"])([("cat", 0.9)]) == "mammal"  # a coarse label climbs too
+    # An API's coarse label above every target is passed over: its finer labels decide.
+    answer = [("animal", 0.99), ("mammal", 0.95), ("Egyptian cat", 0.6)]
+    assert animals(answer) == "cat" and Ancestor(["animal"])(answer) == "animal"
     with pytest.raises(InvalidInputError, match="'kitty'"):
         Ancestor(["cat", "kitty"])
 

