@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-photos test bench experiments photos photo-study photo-study-snapshot photo-mse clean
+.PHONY: demo demo-photos test bench experiments photos photo-study photo-study-snapshot photo-mse photo-stab clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ photo-study: $(STAMP) photos
 # training of the best on validation photos (resumes where it stopped; see its README).
 photo-mse: $(STAMP) photos
 	$(BIN)/smoothapi experiment photo-mse --out results/photo-mse
+
+# STAB+MSE from the photo MSE denoiser, per access and sigma (hours; resumes).
+photo-stab: $(STAMP) photos
+	$(BIN)/smoothapi experiment photo-stab --out results/photo-stab \
+		--start results/photo-stab/start-mse.safetensors
 
 # Before a machine goes away: gzipped copies of unfinished certifications' journals, to
 # commit; `make photo-study` on the next machine resumes from them.

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from smoothapi import create_denoiser, load_denoiser
+from smoothapi.cli import main
 from smoothapi.denoisers import save_denoiser
 from smoothapi.errors import InvalidInputError
 from smoothapi.studies.photo_stab import STAB_SCALES, run_photo_stab
@@ -23,7 +24,9 @@ def run(tmp_path_factory):
     mse = create_denoiser("drunet", in_channels=3, widths=(8, 16), blocks=1)
     save_denoiser(start, mse, sigma=0.25, objective="mse", epochs=3)
     out = folder / "out"
-    run_photo_stab("tiny", out, start=start, device="cpu")
+    command = ["experiment", "photo-stab", "--scale", "tiny", "--out", str(out), "--start",
+               str(start), "--device", "cpu"]  # fmt: skip
+    assert main(command) == 0
     return out, start
 
 

@@ -245,7 +245,8 @@ def _add_model_options(
 
 
 EXPERIMENTS = {"fashion-mnist": "small", "digits": "tiny", "cifar10": "paper",
-               "natural-photos": "small", "photo-mse": "small", "decisions": "small"}
+               "natural-photos": "small", "photo-mse": "small", "photo-stab": "small",
+               "decisions": "small"}  # fmt: skip
 #: Scales each study knows (checked by the study itself).
 SCALE_NAMES = ("gpu", "paper", "small", "tiny")
 
@@ -268,6 +269,11 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         from ..studies.photo_mse import run_photo_mse
 
         run_photo_mse(scale, out, **options)
+    elif args.study == "photo-stab":
+        from ..studies.photo_stab import run_photo_stab
+
+        start = args.start or "results/photo-mse/photo-mse.safetensors"
+        run_photo_stab(scale, out, start=start, **options)
     elif args.study == "decisions":
         from ..studies.decisions import run_decisions_study
 
@@ -296,8 +302,10 @@ def _add_experiment_command(commands: argparse._SubParsersAction) -> None:
         "natural-photos is the ImageNet / vision-API setting on real photos (EfficientNet-Lite "
         "target and surrogates; scales small, tiny and paper; run `make photos` first); "
         "photo-mse trains the noise-level-aware photo MSE denoiser for hours (small, gpu, "
-        "tiny). decisions pays once per denoiser setting through a loopback vision API and "
-        "certifies six questions of the same answers offline (small, tiny). A rerun into a "
+        "tiny); photo-stab fine-tunes it with STAB+MSE per access and sigma (--start: the "
+        "MSE checkpoint; small, gpu, tiny). decisions pays once per denoiser setting "
+        "through a loopback vision API and certifies six questions of the same answers "
+        "offline (small, tiny). A rerun into a "
         "finished --out only rewrites the report; --fresh with a new --out runs from scratch.",
     )
     exp.add_argument("study", choices=sorted(EXPERIMENTS))
@@ -305,7 +313,10 @@ def _add_experiment_command(commands: argparse._SubParsersAction) -> None:
     exp.add_argument("--scale", choices=SCALE_NAMES, default=None,
                      help="override the study's default scale (fashion-mnist: small, tiny, "
                           "paper; natural-photos: small, tiny, paper; photo-mse: small, gpu, "
-                          "tiny; decisions: small, tiny)")
+                          "tiny; photo-stab: small, gpu, tiny; decisions: small, tiny)")
+    exp.add_argument("--start", default=None, metavar="SAFETENSORS",
+                     help="photo-stab: the MSE denoiser to fine-tune (default: "
+                          "results/photo-mse/photo-mse.safetensors)")
     exp.add_argument("--fresh", action="store_true",
                      help="a run from scratch: refuse an --out folder that holds finished "
                           "stages (a run there would skip them and only rewrite the report)")
