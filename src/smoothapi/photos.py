@@ -47,6 +47,7 @@ __all__ = [
     "load_photo",
     "manifest",
     "photo_path",
+    "split_photos",
     "test_crops",
     "train_crops",
 ]
@@ -210,6 +211,21 @@ def available_photos(split: str | None = None) -> list[Photo]:
         if path is not None and path.is_file():
             found.append(photo)
     return found
+
+
+def split_photos(
+    train: Sequence[str] | None, validation: Sequence[str]
+) -> tuple[list[Photo], list[Photo]]:
+    """The training and validation photos of a denoiser run, whole photos: ``train`` by
+    name (``None``: every available "train" photo), less the ``validation`` ones, which
+    must all be here. Raises :class:`InvalidInputError` when either side is missing."""
+    held_out = set(validation)
+    chosen = [p for p in available_photos("train" if train is None else None)
+              if (train is None or p.name in train) and p.name not in held_out]  # fmt: skip
+    val = [p for p in available_photos() if p.name in held_out]
+    if not chosen or len(val) != len(held_out):
+        raise InvalidInputError("training or validation photos missing; run `make photos`")
+    return chosen, val
 
 
 def load_photo(photo: Photo, max_side: int = MAX_SIDE) -> np.ndarray:

@@ -56,6 +56,7 @@ __all__ = [
     "apredict_many",
     "certify_many",
     "format_elapsed",
+    "text_cell",
     "log_row",
     "predict_many",
     "read_log_rows",
@@ -225,6 +226,19 @@ TEXT_WIDTHS = {"idx": 5, "label": 14, "predict": 22, "radius": 7, "outcome": 16,
                "time": 15, "file": 24, "clean": 22, "differs": 7}  # fmt: skip
 
 
+def text_cell(column: str, value: Any) -> str:
+    """One cell of a log row as ``--format text`` shows it (radii to 3 decimals, abstain)."""
+    if value is None:
+        return ""
+    if column == "radius":
+        return f"{float(value):.3f}"
+    if column == "predict" and value == ABSTAIN_CODE:
+        return "abstain"
+    if column == "differs":
+        return "*" if value else ""
+    return str(value)
+
+
 class LogWriter:
     """Writes one row per image as TSV (``fmt="tsv"``, with a header), JSON Lines
     (``fmt="json"``) or an aligned table to read (``fmt="text"``: radii to 3 decimals, an
@@ -247,22 +261,11 @@ class LogWriter:
         return "  ".join(f"{cell:<{TEXT_WIDTHS.get(c, 8)}}"
                          for c, cell in zip(self.columns, cells, strict=True)).rstrip()
 
-    def _text_cell(self, column: str, value: Any) -> str:
-        if value is None:
-            return ""
-        if column == "radius":
-            return f"{float(value):.3f}"
-        if column == "predict" and value == ABSTAIN_CODE:
-            return "abstain"
-        if column == "differs":
-            return "*" if value else ""
-        return str(value)
-
     def write(self, row: dict[str, Any]) -> None:
         if self._tsv is not None:
             self._tsv.writerow(["" if row.get(c) is None else row[c] for c in self.columns])
         elif self.fmt == "text":
-            cells = [self._text_cell(c, row.get(c)) for c in self.columns]
+            cells = [text_cell(c, row.get(c)) for c in self.columns]
             self.out.write(self._text_line(cells) + "\n")
         else:
             self.out.write(json.dumps(row) + "\n")

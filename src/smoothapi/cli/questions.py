@@ -33,6 +33,7 @@ from ..certification import check_alpha, check_count
 from ..decisions import Ancestor, Decision, Flag, TopLabel, Vocabulary
 from ..errors import InvalidInputError, JournalError
 from ..journal import OWN_QUESTION, Journal, Recertified
+from ..runs import ABSTAIN_CODE, text_cell
 
 __all__ = [
     "FROM_JOURNAL_COLUMNS",
@@ -47,7 +48,6 @@ KINDS = "top, vocabulary:FILE, flag:FILE or ancestor:NAME,NAME,..."
 #: The rows of ``certify --from-journal``: one per CERTIFY attempt of the run.
 FROM_JOURNAL_COLUMNS = ("idx", "image", "predict", "radius", "n0", "n", "questions")
 EXIT_NOT_CERTIFIED = 1  # the journal cannot answer the question asked (no ranked answers)
-ABSTAIN_CODE = -1  # as the live logs write an abstention in TSV
 #: Options of a live run that mean nothing with --from-journal (sigma, seed ... are the run's).
 LIVE_ONLY = ("model", "api", "sigma", "journal", "denoiser", "seed", "batch_size", "max_side",
              "radius", "record", "replay", "url", "max_cost", "max_queries")  # fmt: skip
@@ -257,22 +257,12 @@ def _write(out: TextIO, fmt: str, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
     else:
-        cells = [list(columns)] + [[_text_cell(c, row.get(c)) for c in columns] for row in rows]
+        cells = [list(columns)] + [[text_cell(c, row.get(c)) for c in columns] for row in rows]
         widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
         for line in cells:
             out.write("  ".join(f"{cell:<{w}}" for cell, w in zip(line, widths, strict=True))
                       .rstrip() + "\n")  # fmt: skip
     out.flush()
-
-
-def _text_cell(column: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if column == "radius":
-        return f"{float(value):.3f}"
-    if column == "predict" and value == ABSTAIN_CODE:
-        return "abstain"
-    return str(value)
 
 
 def run_from_journal(args: argparse.Namespace, out_file: Callable[[str | None], Any]) -> int:

@@ -59,7 +59,7 @@ from ..sampling import Phase, image_digest
 from ..smoothing import RateLimits, SmoothedClassifier
 from ..testing import LoopbackProvider
 from .snapshots import restore
-from .stages import Stages
+from .stages import Stages, launch, pick_scale
 
 __all__ = ["DECISION_SCALES", "DecisionScale", "questions", "run_decisions_study"]
 
@@ -569,15 +569,6 @@ def run_decisions_study(scale_name: str, out: str | Path, *, device: str | None 
                         fresh: bool = False) -> Path:  # fmt: skip
     """Run (or resume) the decisions study; returns the output folder. ``only`` and
     ``fresh`` as in :func:`~smoothapi.studies.natural_photos.run_photo_study`."""
-    if scale_name not in DECISION_SCALES:
-        raise InvalidInputError(
-            f"unknown scale {scale_name!r}; known: {', '.join(DECISION_SCALES)}")
-    out = Path(out)
-    if fresh:
-        Stages(out).require_fresh()
-    study = DecisionsStudy(DECISION_SCALES[scale_name], out, device)
-    study.only = only
-    study.run()
-    print(study.closing_line())
-    return out
+    scale = pick_scale(DECISION_SCALES, scale_name)
+    return launch(lambda: DecisionsStudy(scale, Path(out), device), Path(out), only, fresh)
 

@@ -41,10 +41,9 @@ from torch import nn
 from .. import photos as photo_data
 from ..denoisers import create_denoiser, load_denoiser, save_denoiser
 from ..denoisers.noise_level import denoise
-from ..errors import InvalidInputError
 from ..training.data import ArrayDataset
 from ..training.loop import LOG_FILE, TrainConfig, fit
-from .stages import Stages
+from .stages import Stages, launch, pick_scale
 
 __all__ = ["CANDIDATES", "MSE_SCALES", "MSEScale", "mse_loss", "psnr", "run_photo_mse"]
 
@@ -165,14 +164,7 @@ class PhotoMSERun(Stages):
     def __init__(self, scale: MSEScale, out: Path, device: str | None = None) -> None:
         super().__init__(out)
         self.scale, self.device = scale, device
-        val_names = set(scale.val_photos)
-        chosen = [p for p in photo_data.available_photos("train" if scale.train_photos is None
-                                                         else None)  # fmt: skip
-                  if (scale.train_photos is None or p.name in scale.train_photos)
-                  and p.name not in val_names]
-        val = [p for p in photo_data.available_photos() if p.name in val_names]
-        if not chosen or len(val) != len(val_names):
-            raise InvalidInputError("training or validation photos missing; run `make photos`")
+        chosen, val = photo_data.split_photos(scale.train_photos, scale.val_photos)
         self.train_photos, self.val_photos = chosen, val
         images = [photo_data.load_photo(p) for p in chosen]
         tiles = photo_data.train_crops(images, scale.tiles, scale.tile, seed=0)
@@ -386,14 +378,5 @@ def run_photo_mse(scale_name: str, out: str | Path, *, device: str | None = None
                   only: tuple[str, ...] | None = None, fresh: bool = False) -> Path:  # fmt: skip
     """Run (or resume) the photo MSE denoiser's training in ``out``; returns ``out``.
     ``only`` and ``fresh`` as in :func:`~smoothapi.studies.natural_photos.run_photo_study`."""
-    if scale_name not in MSE_SCALES:
-        raise InvalidInputError(
-            f"unknown scale {scale_name!r}; known: {', '.join(MSE_SCALES)}")
-    out = Path(out)
-    if fresh:
-        Stages(out).require_fresh()
-    run = PhotoMSERun(MSE_SCALES[scale_name], out, device)
-    run.only = only
-    run.run()
-    print(run.closing_line())
-    return out
+    scale = pick_scale(MSE_SCALES, scale_name)
+    return launch(lambda: PhotoMSERun(scale, Path(out), device), Path(out), only, fresh)

@@ -38,7 +38,7 @@ from ..training.data import ArrayDataset
 from ..training.loop import LOG_FILE, TrainConfig
 from ..training.train import train_denoiser
 from .photo_mse import test_figures
-from .stages import Stages
+from .stages import Stages, launch, pick_scale
 
 __all__ = ["ACCESS", "STAB_SCALES", "PhotoStabRun", "StabScale", "run_photo_stab"]
 
@@ -97,14 +97,7 @@ class PhotoStabRun(Stages):
         if not start.is_file():
             raise InvalidInputError(f"no MSE denoiser at {start}; run `make photo-mse` first")
         self.scale, self.start, self.device = scale, start, device
-        val_names = set(scale.val_photos)
-        train = [p for p in photo_data.available_photos("train" if scale.train_photos is None
-                                                        else None)  # fmt: skip
-                 if (scale.train_photos is None or p.name in scale.train_photos)
-                 and p.name not in val_names]
-        val = [p for p in photo_data.available_photos() if p.name in val_names]
-        if not train or len(val) != len(val_names):
-            raise InvalidInputError("training or validation photos missing; run `make photos`")
+        train, val = photo_data.split_photos(scale.train_photos, scale.val_photos)
         tiles = photo_data.train_crops([photo_data.load_photo(p) for p in train], scale.tiles,
                                        scale.tile, seed=1)  # fmt: skip
         self.train_set = ArrayDataset(tiles.transpose(0, 2, 3, 1), np.zeros(len(tiles), np.int64))
@@ -208,13 +201,6 @@ def run_photo_stab(scale_name: str, out: str | Path, *, start: str | Path,
                    device: str | None = None, only: tuple[str, ...] | None = None,
                    fresh: bool = False) -> Path:  # fmt: skip
     """Run (or resume) the STAB+MSE fine-tuning in ``out`` from the MSE checkpoint ``start``."""
-    if scale_name not in STAB_SCALES:
-        raise InvalidInputError(f"unknown scale {scale_name!r}; known: {', '.join(STAB_SCALES)}")
-    out = Path(out)
-    if fresh:
-        Stages(out).require_fresh()
-    run = PhotoStabRun(STAB_SCALES[scale_name], out, Path(start), device)
-    run.only = only
-    run.run()
-    print(run.closing_line())
-    return out
+    scale = pick_scale(STAB_SCALES, scale_name)
+    return launch(lambda: PhotoStabRun(scale, Path(out), Path(start), device), Path(out), only,
+                  fresh)  # fmt: skip

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import InvalidInputError
 
@@ -83,6 +83,10 @@ class Stages:
         """The markers of the stages finished in ``out`` (by any run)."""
         return sorted((self.out / "stages").glob("*.json"))
 
+    def run(self) -> None:
+        """Every stage in order, then the report (a study's own)."""
+        raise NotImplementedError
+
     def require_fresh(self) -> None:
         """For a run from scratch: refuse an ``out`` that holds finished stages, which
         would be skipped (a run there resumes; a fresh one needs another folder)."""
@@ -133,3 +137,27 @@ class Stages:
         self.times[name] = seconds
         print(f"{self.prefix} {name} done in {seconds:.0f} s", flush=True)
         return record
+
+
+S = TypeVar("S")
+
+
+def pick_scale(scales: Mapping[str, S], name: str) -> S:
+    """``scales[name]``, or :class:`InvalidInputError` naming the known scales."""
+    if name not in scales:
+        raise InvalidInputError(f"unknown scale {name!r}; known: {', '.join(scales)}")
+    return scales[name]
+
+
+def launch(make: Callable[[], Stages], out: Path, only: tuple[str, ...] | None,
+           fresh: bool) -> Path:  # fmt: skip
+    """Run (or resume) the stages ``make()`` builds in ``out``: ``fresh`` refuses a folder
+    with finished stages first (before any data is loaded), ``only`` limits the stages run;
+    prints the closing line and returns ``out``."""
+    if fresh:
+        Stages(out).require_fresh()
+    run = make()
+    run.only = only
+    run.run()
+    print(run.closing_line())
+    return out
