@@ -260,15 +260,22 @@ class _LazyImages(Sequence):
         return fit_side(_load(self.entries[index].path), self.max_side)
 
 
-def _run_images(args: argparse.Namespace, certify: bool) -> int:
-    if getattr(args, "from_journal", None) is not None:
-        return run_from_journal(args, _output)
+def _has_required(args: argparse.Namespace) -> bool:
+    """Whether a live run has IMAGES and --sigma; if not, says so as argparse would (neither
+    is required with --from-journal, so argparse cannot)."""
     missing = [name for name, value in (("IMAGES", args.images), ("--sigma", args.sigma))
                if value is None]  # fmt: skip
-    if missing:  # as argparse says it: neither is required with --from-journal
+    if missing:
         args.subparser.print_usage(sys.stderr)
         print(f"{args.subparser.prog}: error: the following arguments are required: "
               f"{', '.join(missing)}", file=sys.stderr)  # fmt: skip
+    return not missing
+
+
+def _run_images(args: argparse.Namespace, certify: bool) -> int:
+    if getattr(args, "from_journal", None) is not None:
+        return run_from_journal(args, _output)
+    if not _has_required(args):
         return EXIT_ERROR
     if getattr(args, "run", None) is not None:
         raise InvalidInputError("--run applies with --from-journal only")

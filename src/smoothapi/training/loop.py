@@ -332,11 +332,7 @@ def fit(
     trained = model
     if world > 1:
         trained = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    sampler: DistributedSampler[int] = DistributedSampler(
-        train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
-    )
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
-                        num_workers=config.num_workers, pin_memory=cuda)  # fmt: skip
+    sampler, loader = _loader(train_set, config, rank, world, cuda)
     for epoch in range(start_epoch, config.epochs):
         if _agreed(stopped_early(config, history), world):
             break
@@ -361,6 +357,18 @@ def fit(
             dist.barrier()
     model.eval()
     return history
+
+
+def _loader(
+    train_set: Dataset, config: TrainConfig, rank: int, world: int, cuda: bool
+) -> tuple[DistributedSampler[int], DataLoader]:
+    """This rank's sampler (its share of the data, reshuffled per epoch) and loader."""
+    sampler: DistributedSampler[int] = DistributedSampler(
+        train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
+    )
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+                        num_workers=config.num_workers, pin_memory=cuda)  # fmt: skip
+    return sampler, loader
 
 
 def _epoch_optimizer(

@@ -157,22 +157,29 @@ def train_denoiser(
     info.setdefault("input_size", list(train_set[0][0].shape[-2:]))
     info.update(sigma=sigma, objective=objective, surrogates=list(guides), guidance=guidance)
 
+    history = fit(denoiser, train_set, loss_fn, config, out_dir, evaluate=evaluate,
+                  on_epoch_end=_denoiser_saver(out_dir, info, best_by))  # fmt: skip
+    _check_unchanged(list(watchers.values()), snapshots)
+    return history
+
+
+def _denoiser_saver(
+    out_dir: Path, info: Mapping[str, Any], best_by: str | None
+) -> Callable[[nn.Module, int, dict], None]:
+    """What ``fit`` calls after each epoch: save the denoiser with ``info`` (only when the
+    epoch beats every earlier one, logged ones included, on ``best_by`` if given)."""
     log = out_dir / LOG_FILE
     earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     best = [max((r.get(best_by, -math.inf) for r in earlier), default=-math.inf)]
 
-    def save(model, epoch, record):
+    def save(model: nn.Module, epoch: int, record: dict) -> None:
         if best_by is not None:
             if not record[best_by] > best[0]:
                 return
             best[0] = record[best_by]
         save_denoiser(out_dir / DENOISER_FILE, model, epochs=epoch, **info, last_epoch=record)
 
-    history = fit(
-        denoiser, train_set, loss_fn, config, out_dir, evaluate=evaluate, on_epoch_end=save
-    )
-    _check_unchanged(list(watchers.values()), snapshots)
-    return history
+    return save
 
 
 class _Normalize(nn.Module):
