@@ -447,6 +447,44 @@ def certified_accuracy(rows: list[dict[str, Any]], radius: float) -> float:
     return sum(hits) / len(rows) if rows else 0.0
 
 
+def _table_lines(found: dict[str, Any], names: list[str], settings: list[str],
+                 radii: tuple[float, ...]) -> list[str]:  # fmt: skip
+    """The report's table: certified accuracy per question, setting and radius."""
+    first = next(iter(found.values()))
+    header = ["question", "classes", "truth \"other\""]
+    for setting in settings:
+        header += [f"{setting} r={r:g}" for r in radii]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        rows = first["questions"][name]["rows"]
+        truths = [row["truth"] for row in rows]
+        cells = [f"`{name}`", str(len(set(truths))),
+                 f"{sum(t == 'other' for t in truths)} / {len(truths)}"]
+        for setting in settings:
+            setting_rows = found[setting]["questions"][name]["rows"]
+            cells += [f"{100 * certified_accuracy(setting_rows, r):.1f}%" for r in radii]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _check_lines(study: DecisionsStudy, found: dict[str, Any], settings: list[str],
+                 top: str) -> list[str]:  # fmt: skip
+    """The report's checks: offline top-label certificates against the paid logs, and the
+    clean answers of the two runs against each other."""
+    lines = []
+    for setting in settings:
+        same = "equal" if found[setting].get("top_matches_log") else "DIFFER FROM"
+        lines.append(f"- {setting}: the offline `top label` certificates and clean answers "
+                     f"{same} the paid run's own (its log, `logs/{study.key(setting)}.tsv`).")
+    if len(settings) > 1:
+        truths = [[row["truth"] for row in found[s]["questions"][top]["rows"]]
+                  for s in settings]  # fmt: skip
+        agree = sum(a == b for a, b in zip(*truths, strict=False))
+        lines.append(f"- The clean answers (asked in each run) agree on {agree} of "
+                     f"{len(truths[0])} images (the API is deterministic on a clean image).")
+    return lines
+
+
 def report_lines(study: DecisionsStudy, found: dict[str, Any]) -> list[str]:
     """The report: settings, the questions, the table, the queries paid, k."""
     scale = study.scale
@@ -482,20 +520,7 @@ def report_lines(study: DecisionsStudy, found: dict[str, Any]) -> list[str]:
     first = next(iter(found.values()))
     names = list(first["questions"])
     settings = [s for s in SETTINGS if s in found]
-    radii = scale.radii
-    header = ["question", "classes", "truth \"other\""]
-    for setting in settings:
-        header += [f"{setting} r={r:g}" for r in radii]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in names:
-        rows = first["questions"][name]["rows"]
-        truths = [row["truth"] for row in rows]
-        cells = [f"`{name}`", str(len(set(truths))),
-                 f"{sum(t == 'other' for t in truths)} / {len(truths)}"]
-        for setting in settings:
-            setting_rows = found[setting]["questions"][name]["rows"]
-            cells += [f"{100 * certified_accuracy(setting_rows, r):.1f}%" for r in radii]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _table_lines(found, names, settings, scale.radii)
     ceiling = max_certifiable_radius(scale.n, scale.alpha, scale.sigma)
     # Each image's k: the questions its samples answered once all were asked (the count a
     # question's row holds is the count when it was asked: the last one's is final).
@@ -543,16 +568,7 @@ def report_lines(study: DecisionsStudy, found: dict[str, Any]) -> list[str]:
         "## Checks",
         "",
     ]
-    for setting in settings:
-        same = "equal" if found[setting].get("top_matches_log") else "DIFFER FROM"
-        lines.append(f"- {setting}: the offline `top label` certificates and clean answers "
-                     f"{same} the paid run's own (its log, `logs/{study.key(setting)}.tsv`).")
-    if len(settings) > 1:
-        truths = [[row["truth"] for row in found[s]["questions"][names[0]]["rows"]]
-                  for s in settings]  # fmt: skip
-        agree = sum(a == b for a, b in zip(*truths, strict=False))
-        lines.append(f"- The clean answers (asked in each run) agree on {agree} of {total} "
-                     "images (the API is deterministic on a clean image).")
+    lines += _check_lines(study, found, settings, names[0])
     if study.times:
         lines += ["", "## Stage times (2 CPU cores unless noted)", ""]
         lines += [f"- {name}: {seconds / 60:.1f} min" for name, seconds in study.times.items()]
