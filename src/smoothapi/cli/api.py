@@ -503,7 +503,8 @@ def run_api(args: argparse.Namespace, certify: bool, entries: Sequence[Any], dev
     paid = _journaled(args.journal, SmoothedClassifier(adapter, args.sigma, denoiser, **settings))
     lines, cost = plan(args, len(images), certify, paid)
     say(which)
-    say(f"question: {describe(decision)}")
+    if decision is not None:  # the default question (top label) adds no line
+        say(f"question: {describe(decision)}")
     for line in lines:
         say(line)
     say(batch_line if batch_size == args.batch_size else f"batch size {batch_size} (a round "

@@ -326,7 +326,8 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
         print(f"{PROG}: {what} alpha={args.alpha} sigma={args.sigma} seed={smoothed.seed} "
               f"on {len(entries)} image(s){share}, device {device}, {batch_line}",
               file=sys.stderr, flush=True)  # fmt: skip
-        print(f"{PROG}: question: {describe(decision)}", file=sys.stderr, flush=True)
+        if decision is not None:  # the default question (top label) adds no line
+            print(f"{PROG}: question: {describe(decision)}", file=sys.stderr, flush=True)
         if args.max_side is not None:
             print(f"{PROG}: {resized_note(args.max_side)}", file=sys.stderr, flush=True)
         images = _LazyImages(entries, args.max_side)
