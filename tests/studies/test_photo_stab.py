@@ -45,7 +45,12 @@ def test_each_stage_fine_tunes_the_mse_denoiser_guided_by_its_access_level(run):
     before = load_denoiser(start)
     assert any(not torch.equal(a, b) for a, b in
                zip(model.state_dict().values(), before.state_dict().values(), strict=True))
-    assert "| query | 0.25 |" in (out / "README.md").read_text()
+    assert meta["mse_weight"] == STAB_SCALES["tiny"].mse_weight > 0  # the anchor
+    assert meta["input_size"] == (64, 64)  # the largest random view, not the pool's tiles
+    start_kept = stage["start"]["accuracy_target"]  # the MSE denoiser, same draws as epochs
+    assert stage["beats_start"] == (stage["validation_kept"] > start_kept)
+    report = (out / "README.md").read_text()
+    assert "| query | 0.25 |" in report and f"({start_kept:.0%})" in report
 
 
 def test_a_rerun_resumes_without_training_again(run, capsys):

@@ -85,3 +85,19 @@ def test_bad_objective_or_guidance_is_refused():
         guided_loss(
             "stab", [], torch.zeros(1, 12), torch.zeros(1, 12), torch.zeros(1, dtype=torch.long), 0
         )
+
+
+def test_the_mse_anchor_adds_its_multiple_of_the_mse_to_a_guided_loss():
+    torch.manual_seed(0)
+    clean, denoised = torch.rand(4, 3, 5, 5), torch.rand(4, 3, 5, 5)
+    linear = torch.nn.Linear(75, 6)
+
+    def logits(x):
+        return linear(x.flatten(1))
+
+    args = ("stab+mse", [logits], denoised, clean, torch.zeros(4, dtype=torch.long), 0)
+    plain = guided_loss(*args)
+    anchored = guided_loss(*args, mse_weight=50.0)
+    assert anchored.item() == pytest.approx(plain.item() + 50 * F.mse_loss(denoised, clean).item())
+    assert guided_loss("mse", [], denoised, clean, args[4], 0, mse_weight=50.0).item() == (
+        pytest.approx(F.mse_loss(denoised, clean).item()))

@@ -12,7 +12,13 @@ from torch.utils.data import TensorDataset
 from smoothapi import InvalidInputError, LocalModelAdapter, create_denoiser, load_denoiser
 from smoothapi.training import create_classifier
 from smoothapi.training.loop import TrainConfig
-from smoothapi.training.train import _check_unchanged, psnr, train_classifier, train_denoiser
+from smoothapi.training.train import (
+    _check_unchanged,
+    evaluate_denoiser,
+    psnr,
+    train_classifier,
+    train_denoiser,
+)
 
 SIGMA = 0.5
 FAST = dict(batch_size=32, progress=False, seed=0)
@@ -170,3 +176,41 @@ def test_a_noise_level_aware_denoiser_is_trained_and_evaluated_at_the_runs_sigma
     train_denoiser(denoiser, train_set, sigma=0.12, out_dir=tmp_path, test_set=digits[1],
                    eval_size=32, config=TrainConfig(epochs=1, **FAST))  # fmt: skip
     assert seen and all(s == pytest.approx(0.12) for s in seen)
+
+
+def test_evaluate_denoiser_gives_the_record_an_epoch_logs(digits, classifier, mse_denoiser,
+                                                          tmp_path):  # fmt: skip
+    """Evaluating the trained denoiser must give the record its last epoch logged: the
+    same held-out items, noise draw and figures (so a start evaluated before training is
+    comparable with every epoch)."""
+    out, _ = mse_denoiser
+    denoiser = load_denoiser(out / "denoiser.safetensors")
+    views: list[tuple] = []
+
+    def augment(images, generator):
+        views.append((tuple(images.shape), isinstance(generator, torch.Generator)))
+        return images.flip(3)
+
+    history = train_denoiser(
+        denoiser, digits[0], sigma=SIGMA, out_dir=tmp_path, objective="stab+mse",
+        classifiers={"cnn": classifier}, mse_weight=10.0, augment=augment,
+        test_set=digits[1], eval_size=100, config=TrainConfig(epochs=1, lr=1e-3, **FAST),
+    )  # fmt: skip
+    figures = dict(sigma=SIGMA, classifiers={"cnn": classifier}, eval_size=100)
+    after = evaluate_denoiser(denoiser, digits[1], **figures)
+    start = evaluate_denoiser(load_denoiser(out / "denoiser.safetensors"), digits[1], **figures)
+    assert start["psnr_denoised"] != after["psnr_denoised"]  # training moved it
+    for key in ("psnr_noisy", "psnr_denoised", "accuracy_cnn"):
+        assert history[0][key] == pytest.approx(after[key], abs=1e-6), key
+    assert len(views) == -(-1400 // 32) and all(is_generator for _, is_generator in views)
+    meta = load_denoiser(tmp_path / "denoiser.safetensors").checkpoint_metadata
+    assert meta["mse_weight"] == 10.0
+
+
+def test_the_mse_anchor_is_refused_where_it_means_nothing(digits, classifier, tmp_path):
+    denoiser = create_denoiser("dncnn", in_channels=1, depth=3, width=4)
+    for objective, weight in (("mse", 1.0), ("stab+mse", -1.0), ("stab+mse", float("nan"))):
+        with pytest.raises(InvalidInputError, match="mse_weight"):
+            train_denoiser(denoiser, digits[0], sigma=SIGMA, out_dir=tmp_path,
+                           objective=objective, classifiers={"cnn": classifier},
+                           mse_weight=weight)  # fmt: skip

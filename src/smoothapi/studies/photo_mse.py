@@ -41,6 +41,7 @@ from torch import nn
 from .. import photos as photo_data
 from ..denoisers import create_denoiser, load_denoiser, save_denoiser
 from ..denoisers.noise_level import denoise
+from ..training.augment import random_view
 from ..training.data import ArrayDataset
 from ..training.loop import LOG_FILE, TrainConfig, fit
 from .stages import Stages, launch, pick_scale
@@ -115,17 +116,8 @@ def mse_loss(crop_sizes: tuple[int, ...], sigma_max: float) -> Callable[..., tor
 
     def loss_fn(model: nn.Module, tiles: torch.Tensor, labels: torch.Tensor,
                 generator: torch.Generator, step: int) -> torch.Tensor:  # fmt: skip
-        device = tiles.device
-
-        def draw(high: int) -> int:
-            return int(torch.randint(high, (1,), generator=generator, device=device))
-
-        size = crop_sizes[draw(len(crop_sizes))]
-        top, left = draw(tiles.shape[-2] - size + 1), draw(tiles.shape[-1] - size + 1)
-        clean = tiles[..., top : top + size, left : left + size].float()  # [0, 1]
-        clean = torch.rot90(clean, draw(4), (2, 3))
-        if draw(2):
-            clean = clean.flip(3)
+        clean = random_view(tiles, generator, crop_sizes)  # [0, 1]
+        device = clean.device
         sigma = torch.rand(len(clean), generator=generator, device=device) * sigma_max
         noise = torch.randn(clean.shape, generator=generator, device=device)
         denoised = denoise(model, clean + sigma.view(-1, 1, 1, 1) * noise, sigma)

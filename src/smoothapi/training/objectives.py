@@ -10,6 +10,9 @@ frozen by the caller: gradients flow *through* it into the denoiser, never into 
 * **CLF** asks the classifier to give ``D(x + delta)`` the true label.
 
 STAB+MSE / CLF+MSE are STAB / CLF fine-tuning of a denoiser first trained with MSE.
+An optional *MSE anchor* (``mse_weight`` > 0) adds ``mse_weight * MSE`` to a guided
+loss, so fine-tuning keeps the image close to the clean one while it follows the guides
+(not in the paper: there the fine-tuning loss is STAB alone, ``mse_weight = 0``).
 With several classifiers (surrogates in query access), :func:`guided_loss` either
 takes them in turn, one per batch (``"round-robin"``, as the authors' code did), or
 averages the loss over all of them (``"mean"``).
@@ -62,10 +65,27 @@ def guided_loss(
     labels: torch.Tensor,
     step: int,
     guidance: str = "round-robin",
+    mse_weight: float = 0.0,
 ) -> torch.Tensor:
-    """The loss of ``objective`` for one batch; ``step`` picks the round-robin classifier."""
+    """The loss of ``objective`` for one batch; ``step`` picks the round-robin classifier;
+    a guided objective gains ``mse_weight`` times the MSE (the anchor; 0: none)."""
     if objective == "mse":
         return mse_objective(denoised, clean)
+    guided = _guided(objective, classifiers, denoised, clean, labels, step, guidance)
+    if mse_weight:
+        return guided + mse_weight * mse_objective(denoised.float(), clean.float())
+    return guided
+
+
+def _guided(
+    objective: str,
+    classifiers: Sequence[Logits],
+    denoised: torch.Tensor,
+    clean: torch.Tensor,
+    labels: torch.Tensor,
+    step: int,
+    guidance: str,
+) -> torch.Tensor:
     if not classifiers:
         raise ValueError(f"objective {objective!r} needs at least one classifier")
     if objective in ("stab", "stab+mse"):

@@ -28,7 +28,7 @@ from ..errors import InvalidInputError
 from .loop import LOG_FILE, TrainConfig, fit, training_device
 from .objectives import GUIDANCE_MODES, OBJECTIVES, guided_loss
 
-__all__ = ["psnr", "train_classifier", "train_denoiser"]
+__all__ = ["evaluate_denoiser", "psnr", "train_classifier", "train_denoiser"]
 
 DENOISER_FILE = "denoiser.safetensors"
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -107,6 +107,31 @@ def _denoiser_evaluation(
     return evaluate
 
 
+def evaluate_denoiser(
+    denoiser: nn.Module,
+    test_set: Dataset,
+    *,
+    sigma: float,
+    classifiers: Mapping[str, LocalModelAdapter] | None = None,
+    eval_size: int = 1_000,
+    seed: int = 0,
+    device: str | None = None,
+) -> dict[str, float]:
+    """The record :func:`train_denoiser` logs after an epoch, for ``denoiser`` as it is:
+    on the first ``eval_size`` items of ``test_set`` with the same noise draw (``seed``
+    is the run's ``TrainConfig.seed``), the PSNR before and after the denoiser and each
+    classifier's accuracy after it (``accuracy_<name>``). Gives a start to compare with."""
+    sigma = check_sigma(sigma)
+    where = training_device(TrainConfig(device=device))
+    watchers = dict(classifiers or {})
+    for adapter in watchers.values():
+        adapter.to(where).module.eval()
+    evaluate = _denoiser_evaluation(_held_out(test_set, eval_size, sigma, seed), watchers,
+                                    where, sigma)  # fmt: skip
+    with torch.inference_mode():
+        return evaluate(denoiser.to(where).eval())
+
+
 def train_denoiser(
     denoiser: nn.Module,
     train_set: Dataset,
@@ -116,6 +141,8 @@ def train_denoiser(
     objective: str = "mse",
     classifiers: Mapping[str, LocalModelAdapter] | None = None,
     guidance: str = "round-robin",
+    mse_weight: float = 0.0,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     test_set: Dataset | None = None,
     eval_classifiers: Mapping[str, LocalModelAdapter] | None = None,
     eval_size: int = 1_000,
@@ -127,8 +154,12 @@ def train_denoiser(
 
     ``objective`` is one of ``mse``, ``stab``, ``clf``, ``stab+mse``, ``clf+mse`` (the
     ``+mse`` forms fine-tune a denoiser already trained with MSE: load it first).
-    ``classifiers`` (name -> adapter) guide STAB/CLF, combined per ``guidance``.
-    Each epoch logs the training loss and, on ``eval_size`` noisy held-out images,
+    ``classifiers`` (name -> adapter) guide STAB/CLF, combined per ``guidance``;
+    ``mse_weight`` > 0 adds that multiple of the MSE to a guided loss (an anchor to the
+    clean image). ``augment(images, generator)``, if given, maps each training batch to
+    the clean images the step uses (e.g. :func:`~smoothapi.training.augment.random_view`),
+    drawing from the step's generator so a resumed run repeats it. Each epoch logs the
+    training loss and, on ``eval_size`` noisy held-out images,
     the PSNR of the noisy and denoised images and the accuracy under noise of every
     guiding and ``eval_classifiers`` classifier after the denoiser. The denoiser is
     saved to ``out_dir/denoiser.safetensors`` after every epoch, with its metadata; with
@@ -143,10 +174,19 @@ def train_denoiser(
     snapshots = _frozen(list(watchers.values()), device)
     logits = [adapter.logits for adapter in guides.values()]
 
+    if not mse_weight >= 0 or (mse_weight and objective == "mse"):
+        raise InvalidInputError(
+            f"mse_weight must be >= 0 and anchors a guided objective only, "
+            f"got {mse_weight} with {objective!r}"
+        )
+
     def loss_fn(model, images, labels, generator, step):
+        if augment is not None:
+            images = augment(images, generator)
         noise = torch.randn(images.shape, generator=generator, device=images.device)
         denoised = denoise(model, images + sigma * noise, sigma)  # noise-level aware: at sigma
-        return guided_loss(objective, logits, denoised, images, labels, step, guidance)
+        return guided_loss(objective, logits, denoised, images, labels, step, guidance,
+                           mse_weight)  # fmt: skip
 
     evaluate = None
     if test_set is not None:
@@ -156,6 +196,8 @@ def train_denoiser(
     info = dict(metadata or {})
     info.setdefault("input_size", list(train_set[0][0].shape[-2:]))
     info.update(sigma=sigma, objective=objective, surrogates=list(guides), guidance=guidance)
+    if mse_weight:
+        info.update(mse_weight=mse_weight)
 
     history = fit(denoiser, train_set, loss_fn, config, out_dir, evaluate=evaluate,
                   on_epoch_end=_denoiser_saver(out_dir, info, best_by))  # fmt: skip
