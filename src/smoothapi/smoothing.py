@@ -145,8 +145,9 @@ class SmoothedClassifier(_Closing):
             of a shipped denoiser or a ``.safetensors`` file (:func:`~smoothapi.load_denoiser`),
             ``None`` for none, or ``"auto"`` (the default): for a vision API (a
             :class:`~smoothapi.adapters.remote.RemoteAdapter`), the shipped natural-photo
-            denoiser trained for ``sigma`` (:func:`~smoothapi.denoisers.default_denoiser`),
-            applied to RGB images only, as ``smoothapi certify --api`` does; one line on the
+            denoiser for ``sigma`` (:func:`~smoothapi.denoisers.default_denoiser`: the one
+            trained for it, else the noise-level-aware ``photo-mse`` up to 0.5), applied to
+            RGB images only, as ``smoothapi certify --api`` does; one line on the
             ``"smoothapi"`` logger names it. No denoiser for a local model (pass your own), nor
             when none ships for ``sigma``. ``denoiser=None`` opts out. The denoiser is part of
             the journal's run key: ``"auto"`` keys a run as passing that denoiser does.

@@ -668,3 +668,15 @@ def test_the_plan_estimates_the_time_from_a_short_warm_up(capsys, monkeypatch, a
                         "--sigma", SIGMA, *COUNTS, "--denoiser", "none", "--rate", "2")
     assert code == api_cli.EXIT_NOT_RUN
     assert "time: about 74 s (2 requests/s)" in err  # 147 queries, one image a request
+
+
+def test_the_denoiser_line_warns_only_outside_what_the_denoiser_was_trained_for():
+    cpu = torch.device("cpu")
+    model, line = api_cli.choose_denoiser(None, 0.3, cpu)  # no per-sigma one for 0.3
+    assert line == "denoiser: photo-mse" and model is not None
+    _, line = api_cli.choose_denoiser("photo-mse", 0.12, cpu)
+    assert line == "denoiser: photo-mse"  # noise-level aware: 0.12 is in its range
+    _, line = api_cli.choose_denoiser("photo-mse", 0.7, cpu)
+    assert line.endswith("trained for sigma in [0, 0.5], not 0.7")
+    _, line = api_cli.choose_denoiser("photo-sigma0.25", 0.3, cpu)
+    assert line.endswith("it was trained for sigma=0.25, not 0.3")

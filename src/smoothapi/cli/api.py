@@ -38,6 +38,7 @@ from ..adapters.base import Adapter
 from ..adapters.remote import import_optional
 from ..certification import check_count, check_radius, max_certifiable_radius
 from ..denoisers import default_denoiser, load_denoiser
+from ..denoisers.noise_level import takes_noise_level
 from ..errors import AuthenticationError, Interrupted, InvalidInputError
 from ..pricing import PRICES
 from ..recording import Recording
@@ -269,9 +270,13 @@ def choose_denoiser(spec: str | None, sigma: float, device: torch.device,
     if spec.lower() == "none":
         return None, "denoiser: none (--denoiser none)"
     denoiser = load_denoiser(spec, device=device, dtype=dtype)
-    trained = (getattr(denoiser, "checkpoint_metadata", None) or {}).get("sigma")
+    meta = getattr(denoiser, "checkpoint_metadata", None) or {}
+    trained, span = meta.get("sigma"), meta.get("sigma_range")
     note = ""
-    if trained is not None and abs(float(trained) - sigma) > 1e-9:
+    if takes_noise_level(denoiser) and span is not None:  # one network for a range of sigma
+        if not span[0] - 1e-9 <= sigma <= span[1] + 1e-9:
+            note = f"; it was trained for sigma in [{span[0]:g}, {span[1]:g}], not {sigma:g}"
+    elif trained is not None and abs(float(trained) - sigma) > 1e-9:
         note = f"; it was trained for sigma={float(trained):g}, not {sigma:g}"
     return denoiser, f"denoiser: {spec}{note}"
 

@@ -3,7 +3,9 @@
 ``load_denoiser("photo-sigma0.25")`` reads a shipped safetensors file by name;
 :func:`pretrained_denoisers` lists each name with what it was trained for (read from the
 file's own metadata), and :func:`default_denoiser` picks the natural-photo denoiser for
-a noise level, if one ships for it. A name is listed only when its file is in the package.
+a noise level: the one trained for it if one ships, else the noise-level-aware
+``photo-mse`` for any sigma up to 0.5. A name is listed only when its file is in the
+package.
 """
 
 from __future__ import annotations
@@ -19,12 +21,24 @@ __all__ = ["PretrainedDenoiser", "default_denoiser", "pretrained_denoisers", "pr
 
 @dataclass(frozen=True)
 class PretrainedDenoiser:
-    """A shipped denoiser: its name, file, noise level and what it was trained for."""
+    """A shipped denoiser: its name, file, noise level and what it was trained for.
+
+    ``sigma_max`` is set for a noise-level-aware denoiser (one network, called with the
+    sigma, for any level in ``[0, sigma_max]``); ``sigma`` is then the level its
+    ``model(x)`` assumes. ``None``: trained for ``sigma`` only.
+    """
 
     name: str
     file: str
     sigma: float
     description: str
+    sigma_max: float | None = None
+
+    def serves(self, sigma: float) -> bool:
+        """Whether this denoiser was trained for noise level ``sigma``."""
+        if self.sigma_max is not None:
+            return 0 <= sigma <= self.sigma_max + 1e-9
+        return abs(self.sigma - sigma) < 1e-9
 
 
 _SHIPPED = (
@@ -37,6 +51,14 @@ _SHIPPED = (
             "and Lite1 only (never the target); for any vision API",
         )
         for sigma in (0.12, 0.25, 0.5)
+    ),
+    PretrainedDenoiser(
+        "photo-mse",
+        "natural_photos_drunet32_mse.safetensors",
+        0.25,
+        "RGB natural photos; MSE only (no classifier), noise-level aware: any sigma up to "
+        "0.5; for users without surrogates, or to fine-tune from",
+        sigma_max=0.5,
     ),
     PretrainedDenoiser(
         "fashion-mnist-sigma0.25-query",
@@ -74,8 +96,10 @@ def pretrained_path(name: str) -> Path:
 
 
 def default_denoiser(sigma: float) -> str | None:
-    """The shipped natural-photo denoiser trained for ``sigma``, or ``None``."""
-    for entry in pretrained_denoisers().values():
-        if entry.name.startswith("photo-") and abs(entry.sigma - sigma) < 1e-9:
+    """The shipped natural-photo denoiser for ``sigma``: the classifier-guided one trained
+    for it (``photo-sigma<sigma>``), else ``photo-mse`` if it serves ``sigma``, else ``None``."""
+    photo = [e for e in pretrained_denoisers().values() if e.name.startswith("photo-")]
+    for entry in sorted(photo, key=lambda e: e.sigma_max is not None):  # per-sigma ones first
+        if entry.serves(sigma):
             return entry.name
     return None
