@@ -71,21 +71,6 @@ def guided_loss(
     a guided objective gains ``mse_weight`` times the MSE (the anchor; 0: none)."""
     if objective == "mse":
         return mse_objective(denoised, clean)
-    guided = _guided(objective, classifiers, denoised, clean, labels, step, guidance)
-    if mse_weight:
-        return guided + mse_weight * mse_objective(denoised.float(), clean.float())
-    return guided
-
-
-def _guided(
-    objective: str,
-    classifiers: Sequence[Logits],
-    denoised: torch.Tensor,
-    clean: torch.Tensor,
-    labels: torch.Tensor,
-    step: int,
-    guidance: str,
-) -> torch.Tensor:
     if not classifiers:
         raise ValueError(f"objective {objective!r} needs at least one classifier")
     if objective in ("stab", "stab+mse"):
@@ -95,7 +80,11 @@ def _guided(
     else:
         raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     if guidance == "round-robin":
-        return one(classifiers[step % len(classifiers)])
-    if guidance == "mean":
-        return torch.stack([one(logits) for logits in classifiers]).mean()
-    raise ValueError(f"unknown guidance {guidance!r}; known: {', '.join(GUIDANCE_MODES)}")
+        loss = one(classifiers[step % len(classifiers)])
+    elif guidance == "mean":
+        loss = torch.stack([one(logits) for logits in classifiers]).mean()
+    else:
+        raise ValueError(f"unknown guidance {guidance!r}; known: {', '.join(GUIDANCE_MODES)}")
+    if mse_weight:
+        return loss + mse_weight * mse_objective(denoised.float(), clean.float())
+    return loss
