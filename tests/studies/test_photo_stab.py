@@ -46,6 +46,7 @@ def test_each_stage_fine_tunes_the_mse_denoiser_guided_by_its_access_level(run):
     assert any(not torch.equal(a, b) for a, b in
                zip(model.state_dict().values(), before.state_dict().values(), strict=True))
     assert meta["mse_weight"] == STAB_SCALES["tiny"].mse_weight > 0  # the anchor
+    assert meta["soft_labels"] is STAB_SCALES["tiny"].soft_labels is True
     assert meta["input_size"] == (64, 64)  # the largest random view, not the pool's tiles
     start_kept = stage["start"]["accuracy_target"]  # the MSE denoiser, same draws as epochs
     assert stage["beats_start"] == (stage["validation_kept"] > start_kept)

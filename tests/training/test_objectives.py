@@ -101,3 +101,20 @@ def test_the_mse_anchor_adds_its_multiple_of_the_mse_to_a_guided_loss():
     assert anchored.item() == pytest.approx(plain.item() + 50 * F.mse_loss(denoised, clean).item())
     assert guided_loss("mse", [], denoised, clean, args[4], 0, mse_weight=50.0).item() == (
         pytest.approx(F.mse_loss(denoised, clean).item()))
+
+
+def test_soft_stab_matches_the_clean_distribution_not_just_its_top_label():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(12, 5)
+
+    def logits(x):
+        return linear(x.flatten(1))
+
+    clean = torch.rand(6, 3, 2, 2)
+    assert stab_objective(logits, clean, clean, soft=True).item() == pytest.approx(0, abs=1e-6)
+    assert stab_objective(logits, clean, clean).item() > 0.1  # hard labels: CE of itself
+    denoised = torch.rand(6, 3, 2, 2)
+    p, q = F.softmax(logits(clean), 1), F.log_softmax(logits(denoised), 1)
+    expected = (p * (p.log() - q)).sum(1).mean()
+    assert stab_objective(logits, denoised, clean, soft=True).item() == pytest.approx(
+        expected.item(), rel=1e-5)

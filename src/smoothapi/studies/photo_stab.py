@@ -67,8 +67,9 @@ class StabScale:
     crop_sizes: tuple[int, ...] = (160, 192, 224)
     tiles: int = 4_000  # tiles in the pool, seen once an epoch
     batch_size: int = 8
-    lr: float = 5e-5
+    lr: float = 2e-5
     mse_weight: float = 1_000.0  # the MSE anchor (0: STAB alone, as in the paper)
+    soft_labels: bool = True  # STAB against the guides' whole distribution, not their top-1
     epochs: int = 8  # at most: the rate halves at a 1-epoch stall, the next one stops
     sigmas: tuple[float, ...] = (0.25, 0.12, 0.5)
     accesses: tuple[str, ...] = ("query", "full")
@@ -160,7 +161,8 @@ class PhotoStabRun(Stages):
         started = time.perf_counter()
         history = train_denoiser(
             denoiser, self.train_set, sigma=sigma, out_dir=folder, objective="stab+mse",
-            classifiers=guides, guidance="mean", mse_weight=s.mse_weight, augment=self.augment,
+            classifiers=guides, guidance="mean", mse_weight=s.mse_weight,
+            soft_labels=s.soft_labels, augment=self.augment,
             test_set=validation, eval_classifiers={"target": target},
             eval_size=len(validation), config=config, best_by=METRIC,
             metadata={"dataset": "natural photos", "access": access, "start": str(self.start),
@@ -192,7 +194,8 @@ class PhotoStabRun(Stages):
 
     def report(self, done: list[dict[str, Any]]) -> None:
         s = self.scale
-        anchor = f"STAB + {s.mse_weight:g} x MSE" if s.mse_weight else "STAB alone"
+        stab = "STAB (KL to the guides' distribution)" if s.soft_labels else "STAB"
+        anchor = f"{stab} + {s.mse_weight:g} x MSE" if s.mse_weight else f"{stab} alone"
         lines = [
             "# STAB+MSE photo denoisers (from the photo MSE denoiser)",
             "",

@@ -45,11 +45,22 @@ def mse_objective(denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(denoised, clean)
 
 
-def stab_objective(logits: Logits, denoised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``logits(D(x + delta))`` against the classifier's label on ``x`` (eq. 5)."""
+def stab_objective(
+    logits: Logits, denoised: torch.Tensor, clean: torch.Tensor, soft: bool = False
+) -> torch.Tensor:
+    """Cross-entropy of ``logits(D(x + delta))`` against the classifier's label on ``x`` (eq. 5).
+
+    ``soft``: against the classifier's whole output distribution on ``x`` instead of its
+    top label (the KL divergence from it, as in distillation; not in the paper): a crop the
+    classifier is unsure of asks the denoiser to keep that uncertainty, not one arbitrary
+    label."""
     with torch.no_grad():
-        pseudo_labels = logits(clean).argmax(dim=1)
-    return F.cross_entropy(logits(denoised), pseudo_labels)
+        target = logits(clean)
+    if soft:
+        return F.kl_div(F.log_softmax(logits(denoised).float(), dim=1),
+                        F.log_softmax(target.float(), dim=1), log_target=True,
+                        reduction="batchmean")  # fmt: skip
+    return F.cross_entropy(logits(denoised), target.argmax(dim=1))
 
 
 def clf_objective(logits: Logits, denoised: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -66,15 +77,17 @@ def guided_loss(
     step: int,
     guidance: str = "round-robin",
     mse_weight: float = 0.0,
+    soft: bool = False,
 ) -> torch.Tensor:
     """The loss of ``objective`` for one batch; ``step`` picks the round-robin classifier;
-    a guided objective gains ``mse_weight`` times the MSE (the anchor; 0: none)."""
+    a guided objective gains ``mse_weight`` times the MSE (the anchor; 0: none); ``soft``
+    makes STAB match each classifier's whole distribution on the clean image."""
     if objective == "mse":
         return mse_objective(denoised, clean)
     if not classifiers:
         raise ValueError(f"objective {objective!r} needs at least one classifier")
     if objective in ("stab", "stab+mse"):
-        one = lambda logits: stab_objective(logits, denoised, clean)  # noqa: E731
+        one = lambda logits: stab_objective(logits, denoised, clean, soft)  # noqa: E731
     elif objective in ("clf", "clf+mse"):
         one = lambda logits: clf_objective(logits, denoised, labels)  # noqa: E731
     else:

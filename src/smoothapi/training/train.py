@@ -142,6 +142,7 @@ def train_denoiser(
     classifiers: Mapping[str, LocalModelAdapter] | None = None,
     guidance: str = "round-robin",
     mse_weight: float = 0.0,
+    soft_labels: bool = False,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     test_set: Dataset | None = None,
     eval_classifiers: Mapping[str, LocalModelAdapter] | None = None,
@@ -156,14 +157,16 @@ def train_denoiser(
     ``+mse`` forms fine-tune a denoiser already trained with MSE: load it first).
     ``classifiers`` (name -> adapter) guide STAB/CLF, combined per ``guidance``;
     ``mse_weight`` > 0 adds that multiple of the MSE to a guided loss (an anchor to the
-    clean image). ``augment(images, generator)``, if given, maps each training batch to
-    the clean images the step uses (e.g. :func:`~smoothapi.training.augment.random_view`),
-    drawing from the step's generator so a resumed run repeats it. Each epoch logs the
-    training loss and, on ``eval_size`` noisy held-out images,
-    the PSNR of the noisy and denoised images and the accuracy under noise of every
-    guiding and ``eval_classifiers`` classifier after the denoiser. The denoiser is
-    saved to ``out_dir/denoiser.safetensors`` after every epoch, with its metadata; with
-    ``best_by`` (a key of the evaluation, higher is better) only after epochs that beat
+    clean image); ``soft_labels`` makes STAB match each classifier's whole distribution
+    on the clean image rather than its top label. ``augment(images, generator)``, if
+    given, maps each training batch to the clean images the step uses (e.g.
+    :func:`~smoothapi.training.augment.random_view`), drawing from the step's generator
+    so a resumed run repeats it. Each epoch logs the training loss and, on ``eval_size``
+    noisy held-out images, the PSNR of the noisy and denoised images and the accuracy
+    under noise of every guiding and ``eval_classifiers`` classifier after the denoiser.
+    The denoiser is saved to ``out_dir/denoiser.safetensors`` after every epoch, with its
+    metadata; with ``best_by`` (a key of the evaluation, higher is better) only after
+    epochs that beat
     every earlier one on it (the epoch chosen on held-out data).
     """
     sigma = check_sigma(sigma)
@@ -186,7 +189,7 @@ def train_denoiser(
         noise = torch.randn(images.shape, generator=generator, device=images.device)
         denoised = denoise(model, images + sigma * noise, sigma)  # noise-level aware: at sigma
         return guided_loss(objective, logits, denoised, images, labels, step, guidance,
-                           mse_weight)  # fmt: skip
+                           mse_weight, soft_labels)  # fmt: skip
 
     evaluate = None
     if test_set is not None:
@@ -198,6 +201,8 @@ def train_denoiser(
     info.update(sigma=sigma, objective=objective, surrogates=list(guides), guidance=guidance)
     if mse_weight:
         info.update(mse_weight=mse_weight)
+    if soft_labels:
+        info.update(soft_labels=True)
 
     history = fit(denoiser, train_set, loss_fn, config, out_dir, evaluate=evaluate,
                   on_epoch_end=_denoiser_saver(out_dir, info, best_by))  # fmt: skip
