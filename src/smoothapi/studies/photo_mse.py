@@ -44,7 +44,17 @@ from ..denoisers.noise_level import denoise
 from ..training.augment import random_view
 from ..training.data import ArrayDataset
 from ..training.loop import LOG_FILE, TrainConfig, fit
-from .photo_figures import CHOOSE_SIGMA, EVAL_SIGMAS, psnr, test_lines, validation_psnr
+from .photo_figures import (
+    CHOOSE_SIGMA,
+    EVAL_SIGMAS,
+    USER_SIDES,
+    comparison_lines,
+    photo_figures,
+    photo_lines,
+    psnr,
+    test_lines,
+    validation_psnr,
+)
 from .stages import Stages, launch, pick_scale
 
 __all__ = ["CANDIDATES", "MSE_SCALES", "MSEScale", "mse_loss", "psnr", "run_photo_mse"]
@@ -82,6 +92,7 @@ class MSEScale:
     val_photos: tuple[str, ...] = photo_data.VALIDATION_PHOTOS
     cpu_bfloat16: bool = True
     test_report: bool = True  # the report's final test table (Lite2 on the test photos)
+    user_sides: tuple[int, ...] = USER_SIDES  # the test photos whole, shorter side in px
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -244,8 +255,35 @@ class PhotoMSERun(Stages):
             _plot(history, self.out / "curves.png")
         checkpoint = self.out / "photo-mse.safetensors"
         if checkpoint.exists() and self.scale.test_report:
-            lines += test_lines(load_denoiser(checkpoint), self.scale.val_size)
+            model = load_denoiser(checkpoint)
+            lines += test_lines(model, self.scale.val_size)
+            lines += self.shipped_lines(model)
         (self.out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+    def shipped_lines(self, model: nn.Module) -> list[str]:
+        """This denoiser against the shipped per-sigma photo denoisers and none: on the
+        validation crops (what the default for each sigma is chosen by), then on the test
+        crops and the test photos whole at the sizes a user sends (reported only)."""
+        from ..denoisers import pretrained_denoisers
+
+        shipped = pretrained_denoisers()
+        models: dict[float, dict[str, nn.Module | None]] = {}
+        for sigma in EVAL_SIGMAS:
+            models[sigma] = {"none": None}
+            if f"photo-sigma{sigma:g}" in shipped:
+                models[sigma][f"photo-sigma{sigma:g}"] = load_denoiser(f"photo-sigma{sigma:g}")
+            models[sigma]["photo-mse"] = model
+        held_out = [photo_data.load_photo(p) for p in photo_data.available_photos("test")]
+        test_crops = torch.from_numpy(photo_data.test_crops(held_out, self.scale.val_size)[0])
+        rows = photo_figures(models[CHOOSE_SIGMA], self.scale.user_sides, sigma=CHOOSE_SIGMA)
+        return ["## Against the shipped per-σ photo denoisers", "",
+                f"Label kept as above, 4 noise draws per crop, the same draws for every "
+                f"denoiser. On the validation crops ({len(self.val_crops)}, whole photos held "
+                "out from training), which is what the default denoiser for each σ is chosen "
+                "by:", "", *comparison_lines(self.val_crops, models),
+                f"On the {len(test_crops)} test crops (reported only):", "",
+                *comparison_lines(test_crops.float() / 255, models),
+                *photo_lines(rows, list(models[CHOOSE_SIGMA]), CHOOSE_SIGMA, draws=4)]  # fmt: skip
 
 
 def _log(folder: Path) -> list[dict]:
