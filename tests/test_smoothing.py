@@ -550,8 +550,8 @@ def test_auto_denoiser_is_the_shipped_photo_one_for_a_vision_api_and_keeps_expli
     with caplog.at_level(logging.INFO, logger="smoothapi"):
         auto = SmoothedClassifier(FakeAdapter(), 0.25, device="cpu", seed=0)
     named = [r.getMessage() for r in caplog.records if r.name == "smoothapi"]
-    assert len(named) == 1 and "photo-sigma0.25" in named[0] and "denoiser=None" in named[0]
-    shipped = load_denoiser("photo-sigma0.25")
+    assert len(named) == 1 and "photo-mse" in named[0] and "denoiser=None" in named[0]
+    shipped = load_denoiser("photo-mse")
     assert module_digest(auto.denoiser) == module_digest(shipped)
     explicit = SmoothedClassifier(FakeAdapter(), 0.25, shipped, device="cpu", seed=0)
     assert auto.run_key == explicit.run_key  # "auto" keys a run as passing the denoiser does
@@ -563,8 +563,9 @@ def test_auto_denoiser_is_the_shipped_photo_one_for_a_vision_api_and_keeps_expli
     assert torch.equal(auto.sampler._denoise(grey, 0.25), grey)
     rgb = torch.rand(2, 3, 16, 16)
     assert not torch.equal(auto.sampler._denoise(rgb, 0.25), rgb)
-    # No shipped denoiser for the sigma: none; a local model: none (its users pass their own).
-    assert SmoothedClassifier(FakeAdapter(), 0.3, device="cpu", seed=0).denoiser is None
+    # No shipped denoiser for the sigma (photo-mse serves up to 0.5): none; a local model:
+    # none (its users pass their own).
+    assert SmoothedClassifier(FakeAdapter(), 0.7, device="cpu", seed=0).denoiser is None
     local = linear_adapter(torch.rand(1, 4, 4), 0.1)
     assert SmoothedClassifier(local, 0.25, device="cpu", seed=0).denoiser is None
     for s in (auto, explicit, off):

@@ -46,7 +46,7 @@ def test_demo_photos_without_a_shipped_denoiser_says_how_in_one_line(capsys, tmp
     code = main(["demo", "--photos", "--count", "1", "--out", str(tmp_path / "g.png")])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and "no shipped denoiser 'photo-sigma0.25'" in err
+    assert err.count("\n") == 1 and "no shipped denoiser 'photo-mse'" in err
 
 
 @pytest.mark.parametrize(

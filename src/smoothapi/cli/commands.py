@@ -464,7 +464,7 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
                         help="classifier checkpoint (.safetensors) saved by LocalModelAdapter.save")
     parser.add_argument("--denoiser", default=None, metavar="NAME|PATH|none",
                         help="denoiser run before the classifier: a shipped name (e.g. "
-                             "photo-sigma0.25), a .safetensors file, or none (default: none "
+                             "photo-mse), a .safetensors file, or none (default: none "
                              "with --model; with --api the shipped photo denoiser for --sigma)")
     parser.add_argument("--denoiser-dtype", default=None, choices=("float32", "bfloat16"),
                         help="run the denoiser in this precision (default: float32; bfloat16 "

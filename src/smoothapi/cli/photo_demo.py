@@ -3,9 +3,9 @@
 EfficientNet-Lite2 (published ImageNet weights) is served on loopback HTTP as a vision
 API, every request carrying PNG images; held-out photos (scikit-image's and
 scikit-learn's, never seen by the denoiser) are certified with no denoiser and behind
-the shipped query-access photo denoiser, side by side. The labels certified are the
-API's own answers on the clean photos, as in the paper's vision-API experiments. A PNG
-grid shows each photo clean, one noisy sample, and that sample denoised, with the
+the shipped photo denoiser for sigma (``default_denoiser``), side by side. The labels
+certified are the API's own answers on the clean photos, as in the paper's vision-API
+experiments. A PNG grid shows each photo clean, one noisy sample, and that sample denoised, with the
 certificate under each column beside the API's clean answer, and a title saying what the
 radius means.
 """
@@ -24,7 +24,7 @@ from .. import photos
 from ..adapters.encoding import to_pil
 from ..adapters.http import HTTPAdapter
 from ..certification import Certification, max_certifiable_radius
-from ..denoisers import load_denoiser
+from ..denoisers import default_denoiser, load_denoiser
 from ..denoisers.noise_level import denoise
 from ..smoothing import RateLimits, SmoothedClassifier
 from ..testing import LoopbackProvider
@@ -102,7 +102,7 @@ def run_photo_demo(
     out = sys.stdout if out is None else out
     names, clean = _photo_crops(count)
     target = load_classifier("efficientnet_lite2", input_size=SIZE)
-    shipped = load_denoiser(denoiser or f"photo-sigma{sigma:g}")
+    shipped = load_denoiser(denoiser or default_denoiser(sigma) or "photo-mse")
     answers = target.top_labels(clean)
     columns: dict[str, list[Certification]] = {"no denoiser": [], "photo denoiser": []}
     print(f"smoothapi demo --photos: EfficientNet-Lite2 (ImageNet) served as a vision API on "
