@@ -41,6 +41,7 @@ def test_every_configuration_is_certified_and_reported(study):
         "whitebox",
         "api-none",
         "api-stab+mse-query",
+        "photo-mse",  # the shipped noise-level-aware denoiser, at every sigma
     ]
     for method in methods:
         log = read_log(study / "logs" / f"{method}@0.25.tsv", method)
@@ -48,7 +49,7 @@ def test_every_configuration_is_certified_and_reported(study):
     summary = json.loads((study / "summary.json").read_text())
     assert set(summary["methods"]) == set(methods)
     # The other sigma certifies every extras_every-th crop, keeping the crops' indices.
-    for method in ("none", "stab+mse-query", "stab+mse-full", "whitebox", "mse"):
+    for method in ("none", "stab+mse-query", "stab+mse-full", "whitebox", "mse", "photo-mse"):
         rows = read_log_rows(study / "logs" / f"{method}@0.5.tsv")
         assert [int(row["idx"]) for row in rows] == list(range(0, scale.certify_images,
                                                                scale.extras_every))
@@ -60,6 +61,7 @@ def test_every_configuration_is_certified_and_reported(study):
     assert "3 test images at sigma 0.25, 2 at 0.5" in report and "every 1th" not in report
     assert "best sigma per radius, on the 2 test images certified at every sigma" in report
     assert "Denoisers run in bfloat16" in report
+    assert '`load_denoiser("photo-mse")`' in report and "- photo-mse (over none)" in report
     assert (study / "denoising_examples_sigma0.25.png").stat().st_size > 0
     assert (study / "curves_sigma0.25.png").stat().st_size > 0
 
@@ -68,7 +70,8 @@ def test_query_access_rows_go_through_the_loopback_vision_api(study):
     from smoothapi.journal import Journal
 
     for method, adapter in (("api-none", "clarifai"), ("stab+mse-query", "clarifai"),
-                            ("stab+mse-full", "local"), ("whitebox", "local")):
+                            ("photo-mse", "clarifai"), ("stab+mse-full", "local"),
+                            ("whitebox", "local")):
         with Journal(study / "journals" / f"{method}@0.25.sqlite") as journal:
             [config] = journal.runs().values()
         assert config["adapter"]["adapter"] == adapter, method
