@@ -77,6 +77,27 @@ def test_query_access_rows_go_through_the_loopback_vision_api(study):
         assert config["adapter"]["adapter"] == adapter, method
 
 
+def test_the_test_photos_whole_are_certified_with_the_apis_clean_answer_beside(study):
+    from smoothapi.analysis import read_log_rows
+    from smoothapi.studies.photo_certify import WHOLE_METHODS, whole_log_path
+
+    scale = PHOTO_SCALES["tiny"]
+    [side] = scale.whole_sides
+    photos = json.loads((study / "manifest.json").read_text())
+    tested = [p for p in photos["photos"] if p["split"] == "test"]
+    for method in WHOLE_METHODS:
+        rows = read_log_rows(whole_log_path(study, method, 0.25, side))
+        assert len(rows) == len(tested)
+        # The label is the local target's clean top-1; the API, asked once on the clean
+        # photo, gives the same answer (it serves that model, PNG is lossless).
+        assert all(row["clean"] == row["label"] for row in rows)
+        assert all(row["differs"] == str(int(row["predict"] != row["clean"])) for row in rows)
+    report = (study / "README.md").read_text()
+    section = report[report.index("## Test photos whole"):]
+    assert f"| {tested[0]['name']} | {side} | " in section
+    assert "| 48 | all (" in section and "| photo-mse |" in section
+
+
 def test_the_white_box_is_distilled_on_crops_of_its_own_size(study):
     from safetensors import safe_open
 

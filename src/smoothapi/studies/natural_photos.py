@@ -18,7 +18,9 @@
    format and gRPC client, PNG images, tags named by ImageNet class), full-access
    STAB+MSE and the white-box model locally, plus the paper's API budget (n0 = 20,
    n = 100) for no denoiser and query access; last, the shipped ``photo-mse`` (a
-   noise-level-aware DRUNet trained apart, on the same split) through the API;
+   noise-level-aware DRUNet trained apart, on the same split) through the API; then the
+   test photos whole at the sizes a user sends (``whole_sides``), with no denoiser and
+   with ``photo-mse``, the API's clean answer asked beside each certificate;
 5. **report**: tables, curves, the share of the white-box gap closed with bootstrap
    intervals, denoising examples, stage times and ``summary.json``.
 
@@ -37,6 +39,7 @@ import json
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,12 +52,13 @@ from ..adapters.clarifai import ClarifaiAdapter
 from ..adapters.local import LocalModelAdapter
 from ..errors import InvalidInputError
 from ..journal import Journal
-from ..runs import LogWriter, certify_many, write_log
+from ..runs import CERTIFY_COLUMNS, CLEAN_COLUMNS, LogWriter, certify_many, write_log
 from ..smoothing import RateLimits, SmoothedClassifier
 from ..testing import LoopbackProvider
 from ..training.data import ArrayDataset
 from ..training.loop import fit
 from ..zoo import IMAGENET_MEAN, IMAGENET_STD, load_classifier
+from .photo_certify import WHOLE_METHODS, whole_lines, whole_log_path, whole_photos
 from .photo_levers import Lever, chosen_lever, diagnose, lever_lines, train_lever
 from .snapshots import restore
 from .stages import Stages
@@ -106,6 +110,8 @@ class PhotoScale:
     whitebox_params: str = "all"
     levers: tuple[Lever, ...] = ()  # tried at extras_sigma after its certifications
     diagnose_draws: int = 20  # noise draws per test crop in the levers' diagnostic
+    # The test photos whole, at these shorter sides, certified at extras_sigma (last).
+    whole_sides: tuple[int, ...] = ()
 
     @property
     def test_crop_size(self) -> int:
@@ -142,6 +148,7 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         whitebox_lr=1e-3,
         denoiser_dtype="bfloat16",  # 2.7x faster on this CPU, -0.06 dB (bench_denoiser.py)
         extras_every=3,  # sigma 0.12 and 0.5 on 42 of the 126 crops (6 per photo)
+        whole_sides=(224, 384),
         levers=(
             Lever("stab+mse-query-rr", "surrogates in turn, one per batch, not averaged",
                   start="mse", epochs=2, guidance="round-robin"),
@@ -177,6 +184,7 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         whitebox_params="batchnorm",
         denoiser_dtype="bfloat16",
         extras_every=2,
+        whole_sides=(48,),
         levers=(
             Lever("stab+mse-query-rr", "round-robin", start="mse", epochs=1,
                   guidance="round-robin"),
@@ -198,6 +206,7 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         batch_size=64,
         stab_lr=1e-5,
         whitebox_lr=1e-5,
+        whole_sides=(224, 384, 512),
     ),
 }
 
@@ -373,6 +382,31 @@ class PhotoStudy(Study[PhotoScale]):
         return list(range(0, len(self.test), every))
 
     def certify(self, method: str, sigma: float) -> None:
+        indices = self.certified_indices(sigma)
+        images, labels = zip(*(self.test[i] for i in indices), strict=True)
+        self._certify(method, sigma, list(images),
+                      [self.class_names[label] for label in labels], indices,
+                      self.log_path(method, sigma),
+                      self.out / "journals" / f"{method}@{sigma:g}.sqlite")  # fmt: skip
+
+    def whole_photos(self, side: int) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """The test photos whole at shorter side ``side`` (:func:`.photo_certify.whole_photos`)."""
+        return whole_photos(self.test_photos, side, self.classifier("target"))
+
+    def certify_whole(self, method: str, sigma: float, side: int) -> None:
+        """Certify the test photos whole, at shorter side ``side``, with the API's clean
+        answer asked beside each (labels: the target's clean top-1)."""
+        images, meta = self.whole_photos(side)
+        self._certify(method, sigma, images, [m["answer"] for m in meta],
+                      list(range(len(images))), whole_log_path(self.out, method, sigma, side),
+                      self.out / "journals" / f"whole-{method}@{sigma:g}_{side}px.sqlite",
+                      clean=True)  # fmt: skip
+
+    def _certify(self, method: str, sigma: float, images: list, labels: list[str],
+                 indices: list[int], path: Path, journal_path: Path,
+                 clean: bool = False) -> None:  # fmt: skip
+        """CERTIFY ``images`` with ``method`` at ``sigma`` into the log ``path``, every
+        answer journaled in ``journal_path`` (a killed run resumes from it)."""
         from ..denoisers import load_denoiser
 
         scale = self.scale
@@ -385,30 +419,29 @@ class PhotoStudy(Study[PhotoScale]):
             denoiser = load_denoiser(self.denoiser_path(base, sigma), self.device,
                                      scale.denoiser_dtype)
         local = self.classifier(f"whitebox@{sigma:g}" if base == "whitebox" else "target")
-        path = self.log_path(method, sigma)
         path.parent.mkdir(parents=True, exist_ok=True)
-        journal_path = self.out / "journals" / f"{method}@{sigma:g}.sqlite"
+        journal_path.parent.mkdir(parents=True, exist_ok=True)
         if restore(journal_path):  # a snapshot committed by an earlier session
             print(f"[experiment] resuming {journal_path.name} from its snapshot", flush=True)
         journal = Journal(journal_path)
-        indices = self.certified_indices(sigma)
-        images, labels = zip(*(self.test[i] for i in indices), strict=True)
         with LoopbackProvider(local, rate_limit=None) as api:
             adapter: Adapter = local
-            if base in (*API_METHODS, *SHIPPED_METHODS) or base.startswith("stab+mse-query"):  # Clarifai's gRPC
-                # client and wire format, PNG images
-                # The loopback server computes every request on this machine's CPU: a long
-                # timeout and 2 in flight, or a busy machine times requests out, and their
-                # retries queue behind the work already started (the study died that way).
+            if base in (*API_METHODS, *SHIPPED_METHODS) or base.startswith("stab+mse-query"):
+                # Clarifai's gRPC client and wire format, PNG images. The loopback server
+                # computes every request on this machine's CPU: a long timeout and 2 in
+                # flight, or a busy machine times requests out, and their retries queue
+                # behind the work already started (the study died that way).
                 adapter = ClarifaiAdapter(target=api.target(), insecure=True, pat="loopback",
                                           timeout=900)  # fmt: skip
             smoothed = SmoothedClassifier(adapter, sigma, denoiser, batch_size=100, seed=0,
                                           device=self.device, journal=journal,
                                           limits=RateLimits(max_in_flight=2))
+            columns = (*CERTIFY_COLUMNS, *CLEAN_COLUMNS) if clean else CERTIFY_COLUMNS
             with smoothed, open(path.with_suffix(".part"), "w", encoding="utf-8") as f:
-                outcomes = certify_many(smoothed, images, n0, n, scale.alpha, shard=False)
-                write_log(outcomes, LogWriter(f), indices=indices,
-                          labels=[self.class_names[label] for label in labels])
+                outcomes = certify_many(smoothed, images, n0, n, scale.alpha, shard=False,
+                                        clean=clean)  # fmt: skip
+                write_log(outcomes, LogWriter(f, columns=columns), indices=indices,
+                          labels=labels)
         journal.close()
         path.with_suffix(".part").rename(path)
 
@@ -481,7 +514,14 @@ class PhotoStudy(Study[PhotoScale]):
     targets_source = "the paper on ImageNet: 53% / 56% in query access, 60% / 60% in full"
 
     def extra_sections(self) -> list[str]:
-        return lever_lines(self, self.scale.extras_sigma)
+        scale, sigma = self.scale, self.scale.extras_sigma
+        lines = lever_lines(self, sigma)
+        if any(whole_log_path(self.out, m, sigma, side).exists()
+               for side in scale.whole_sides for m in WHOLE_METHODS):  # fmt: skip
+            meta = {side: self.whole_photos(side)[1] for side in scale.whole_sides}
+            lines += whole_lines(self.out, meta, sigma, WHOLE_METHODS, scale.n0, scale.n,
+                                 scale.alpha)  # fmt: skip
+        return lines
 
     def report_notes(self) -> list[str]:
         scale = self.scale
@@ -543,6 +583,10 @@ def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = No
                     lambda: study.certify(best, scale.extras_sigma))
     for method, sigma in shipped:  # added after the rest was done: certified after it
         _certify_stage(study, method, sigma)
+    for side in scale.whole_sides:
+        for method in WHOLE_METHODS:
+            study.stage(f"certify-whole:{method}@{scale.extras_sigma:g}:{side}px",
+                        partial(study.certify_whole, method, scale.extras_sigma, side))
     study.report()
     print(study.closing_line())
     return out
