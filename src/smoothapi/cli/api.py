@@ -37,6 +37,7 @@ from ..adapters import PROVIDERS, create_adapter
 from ..adapters.base import Adapter
 from ..adapters.remote import import_optional
 from ..certification import check_count, check_radius, max_certifiable_radius
+from ..decisions import Decision
 from ..denoisers import default_denoiser, load_denoiser
 from ..denoisers.noise_level import takes_noise_level
 from ..errors import AuthenticationError, Interrupted, InvalidInputError
@@ -88,6 +89,12 @@ FLAGS: dict[str, dict[str, str]] = {
 
 def add_api_options(parser: argparse.ArgumentParser, certify: bool) -> None:
     """The ``--api`` provider flags and the run options (caps, journal, recording)."""
+    _add_provider_options(parser)
+    _add_paid_run_options(parser, certify)
+
+
+def _add_provider_options(parser: argparse.ArgumentParser) -> None:
+    """The "vision API" group: ``--api``, each provider's flags, the rate and the price."""
     api = parser.add_argument_group(
         "vision API (instead of --model; credentials come from the environment, as the "
         "adapters read them)")
@@ -125,6 +132,11 @@ def add_api_options(parser: argparse.ArgumentParser, certify: bool) -> None:
                      help="requests outstanding at once (default: the adapter's)")
     api.add_argument("--price", type=float, metavar="USD",
                      help="USD per 1,000 images, instead of smoothapi.pricing's figure")
+
+
+def _add_paid_run_options(parser: argparse.ArgumentParser, certify: bool) -> None:
+    """The "paid runs" group: ``--radius`` and ``--selection`` (``certify`` only), the caps,
+    ``--yes``, ``--progress``, and ``--record`` or ``--replay``."""
     run = parser.add_argument_group("paid runs")
     if certify:
         run.add_argument("--radius", type=float, default=None, metavar="R",
@@ -486,18 +498,10 @@ def run_api(args: argparse.Namespace, certify: bool, entries: Sequence[Any], dev
     images = ApiImages([e.path for e in entries], _channels(denoiser), args.max_side)
     unreadable = images.check()
     shapes = sorted(set(images.shapes.values()))
+    indices = _readable_indices(args, len(entries), unreadable)
     if unreadable:
-        if len(unreadable) == len(entries) or getattr(args, "strict", False):
-            why = "--strict: " if len(unreadable) < len(entries) else "no image could be read: "
-            raise InvalidInputError(f"{why}{len(unreadable)} unreadable image(s): "
-                                    f"{'; '.join(unreadable.values())}")  # fmt: skip
-        for reason in unreadable.values():
-            say(reason)
-        indices = [i for i in range(len(entries)) if i not in unreadable]
         entries = [entries[i] for i in indices]
         images = ApiImages([e.path for e in entries], images.channels, args.max_side)
-    else:
-        indices = list(range(len(entries)))
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(7), "big")
     floats = PEAK_FLOATS_PER_PIXEL if denoiser is not None else 0
     args.batch_size_given = args.batch_size is not None
@@ -507,15 +511,7 @@ def run_api(args: argparse.Namespace, certify: bool, entries: Sequence[Any], dev
                                     limits=_limits(args), decision=decision)
     paid = _journaled(args.journal, SmoothedClassifier(adapter, args.sigma, denoiser, **settings))
     lines, cost = plan(args, len(images), certify, paid)
-    say(which)
-    if decision is not None:  # the default question (top label) adds no line
-        say(f"question: {describe(decision)}")
-    for line in lines:
-        say(line)
-    say(batch_line if batch_size == args.batch_size else f"batch size {batch_size} (a round "
-        "of requests: the sequential test's stop is seen before the next is paid for)")
-    if args.max_side is not None:
-        say(resized_note(args.max_side))
+    _show_plan(args, which, decision, lines, batch_line, batch_size)
     largest = max(shapes, key=lambda shape: math.prod(shape)) if shapes else None
     left = queries_left(args, len(images), certify, paid)[3]
     estimate = time_estimate(denoiser, largest, batch_size, device, left,
@@ -527,11 +523,7 @@ def run_api(args: argparse.Namespace, certify: bool, entries: Sequence[Any], dev
         say(refusal)
         return EXIT_NOT_RUN
     smoothed = SmoothedClassifier(adapter, args.sigma, denoiser, journal=args.journal, **settings)
-    if args.journal:
-        say(f"seed {seed}, journal {args.journal}: to resume after an interruption, rerun "
-            f"with --seed {seed}; answers already journaled are not sent again")
-    else:
-        say(f"seed {seed}")
+    say(_seed_line(args.journal, seed))
     with smoothed, out_file(args.output) as out:
         try:
             _write_rows(args, certify, smoothed, images, entries, indices, out, cost)
@@ -545,6 +537,43 @@ def run_api(args: argparse.Namespace, certify: bool, entries: Sequence[Any], dev
             f"{len(entries)} were processed")
         return EXIT_PARTIAL
     return 0
+
+
+def _readable_indices(args: argparse.Namespace, count: int,
+                      unreadable: dict[int, str]) -> list[int]:  # fmt: skip
+    """The indices of the readable images among ``count`` (``unreadable``: why each other one
+    cannot be used, by index). Each unreadable one is reported on stderr; with ``--strict``,
+    or when no image can be read, the run is refused instead."""
+    if unreadable and (len(unreadable) == count or getattr(args, "strict", False)):
+        why = "--strict: " if len(unreadable) < count else "no image could be read: "
+        raise InvalidInputError(f"{why}{len(unreadable)} unreadable image(s): "
+                                f"{'; '.join(unreadable.values())}")  # fmt: skip
+    for reason in unreadable.values():
+        _stderr(reason)
+    return [i for i in range(count) if i not in unreadable]
+
+
+def _show_plan(args: argparse.Namespace, which: str, decision: Decision | None,
+               lines: list[str], batch_line: str, batch_size: int) -> None:  # fmt: skip
+    """Print the plan on stderr before any query: which denoiser, the question (unless the
+    default top label), the plan's ``lines``, the batch size, and what ``--max-side`` does."""
+    _stderr(which)
+    if decision is not None:  # the default question (top label) adds no line
+        _stderr(f"question: {describe(decision)}")
+    for line in lines:
+        _stderr(line)
+    _stderr(batch_line if batch_size == args.batch_size else f"batch size {batch_size} (a "
+            "round of requests: the sequential test's stop is seen before the next is paid for)")
+    if args.max_side is not None:
+        _stderr(resized_note(args.max_side))
+
+
+def _seed_line(journal: str | None, seed: int) -> str:
+    """The run's seed, and with a journal how to resume the run after an interruption."""
+    if journal:
+        return (f"seed {seed}, journal {journal}: to resume after an interruption, rerun "
+                f"with --seed {seed}; answers already journaled are not sent again")
+    return f"seed {seed}"
 
 
 def _journaled(journal: str | None, smoothed: SmoothedClassifier) -> int:

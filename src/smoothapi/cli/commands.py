@@ -53,6 +53,7 @@ from ..analysis import (
     read_log,
 )
 from ..certification import check_alpha, check_count, check_sigma
+from ..decisions import Decision
 from ..denoisers import load_denoiser
 from ..errors import Interrupted, InvalidInputError, SmoothAPIError
 from ..journal import Journal
@@ -273,6 +274,8 @@ def _has_required(args: argparse.Namespace) -> bool:
 
 
 def _run_images(args: argparse.Namespace, certify: bool) -> int:
+    """``certify`` or ``predict``: from a journal, through ``--api``, or with the local model
+    ``--model``, writing one row per image; returns the exit status."""
     if getattr(args, "from_journal", None) is not None:
         return run_from_journal(args, _output)
     if not _has_required(args):
@@ -303,33 +306,15 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
     _check_images(entries, adapter, denoiser, min(args.batch_size, samples), device,
                   args.max_side)
     shard = Shard.from_env()
-    if shard.world > 1 and (args.output is None or args.output == "-"):
-        raise InvalidInputError("under torchrun, give --output: each process writes its "
-                                "share and the first one merges them there")
-    if shard.world > 1 and args.format == "text":
-        raise InvalidInputError("under torchrun, give --format tsv or json (merged by idx)")
-    if shard.world > 1 and args.seed is None:
-        raise InvalidInputError("under torchrun, give --seed so that all processes agree")
+    _check_shard(args, shard)
     smoothed = SmoothedClassifier(
         adapter, args.sigma, denoiser, batch_size=args.batch_size, device=device, seed=args.seed,
         journal=args.journal, decision=decision,
     )
-    radius = getattr(args, "radius", None)
-    options = dict(shard=shard, max_queries=args.max_queries, progress=args.progress)
-    if radius is not None:
-        options.update(radius=radius, selection=args.selection, target_radius=radius)
-    columns = (PREDICT_COLUMNS if not certify else
-               CERTIFY_COLUMNS if radius is None else RADIUS_COLUMNS)  # fmt: skip
+    options, columns = _run_options(args, certify, shard)
     with smoothed, _output(shard.output(args.output)) as out:
-        what = f"certify n0={args.n0} n={args.n}" if certify else f"predict n={args.n}"
-        share = f" (process {shard.rank} of {shard.world})" if shard.world > 1 else ""
-        print(f"{PROG}: {what} alpha={args.alpha} sigma={args.sigma} seed={smoothed.seed} "
-              f"on {len(entries)} image(s){share}, device {device}, {batch_line}",
-              file=sys.stderr, flush=True)  # fmt: skip
-        if decision is not None:  # the default question (top label) adds no line
-            print(f"{PROG}: question: {describe(decision)}", file=sys.stderr, flush=True)
-        if args.max_side is not None:
-            print(f"{PROG}: {resized_note(args.max_side)}", file=sys.stderr, flush=True)
+        _announce_local_run(args, certify, smoothed.seed, len(entries), shard, device, batch_line,
+                            decision)  # fmt: skip
         images = _LazyImages(entries, args.max_side)
         if certify:
             outcomes = certify_many(smoothed, images, args.n0, args.n, args.alpha, **options)
@@ -346,6 +331,49 @@ def _run_images(args: argparse.Namespace, certify: bool) -> int:
               f"{len(entries)} were processed", file=sys.stderr)
         return EXIT_PARTIAL
     return EXIT_OK
+
+
+def _check_shard(args: argparse.Namespace, shard: Shard) -> None:
+    """Under torchrun (more than one process), refuse a run the processes cannot share: each
+    needs ``--output`` to write its share, a format merged by idx, and the same ``--seed``."""
+    if shard.world > 1 and (args.output is None or args.output == "-"):
+        raise InvalidInputError("under torchrun, give --output: each process writes its "
+                                "share and the first one merges them there")
+    if shard.world > 1 and args.format == "text":
+        raise InvalidInputError("under torchrun, give --format tsv or json (merged by idx)")
+    if shard.world > 1 and args.seed is None:
+        raise InvalidInputError("under torchrun, give --seed so that all processes agree")
+
+
+def _run_options(args: argparse.Namespace, certify: bool,
+                 shard: Shard) -> tuple[dict[str, Any], tuple[str, ...]]:  # fmt: skip
+    """The options of :func:`~smoothapi.runs.certify_many` (or ``predict_many``) for a local
+    run, ``--radius`` included, and the log's columns."""
+    radius = getattr(args, "radius", None)
+    options: dict[str, Any] = dict(shard=shard, max_queries=args.max_queries,
+                                   progress=args.progress)  # fmt: skip
+    if radius is not None:
+        options.update(radius=radius, selection=args.selection, target_radius=radius)
+    columns = (PREDICT_COLUMNS if not certify else
+               CERTIFY_COLUMNS if radius is None else RADIUS_COLUMNS)  # fmt: skip
+    return options, columns
+
+
+def _announce_local_run(args: argparse.Namespace, certify: bool, seed: int, count: int,
+                        shard: Shard, device: torch.device, batch_line: str,
+                        decision: Decision | None) -> None:  # fmt: skip
+    """Print on stderr what the run does: the command's settings and ``seed`` for ``count``
+    images (with this process's share under torchrun), the device and the batch size; then
+    the question, unless the default top label, and what ``--max-side`` does."""
+    what = f"certify n0={args.n0} n={args.n}" if certify else f"predict n={args.n}"
+    share = f" (process {shard.rank} of {shard.world})" if shard.world > 1 else ""
+    print(f"{PROG}: {what} alpha={args.alpha} sigma={args.sigma} seed={seed} "
+          f"on {count} image(s){share}, device {device}, {batch_line}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    if decision is not None:  # the default question (top label) adds no line
+        print(f"{PROG}: question: {describe(decision)}", file=sys.stderr, flush=True)
+    if args.max_side is not None:
+        print(f"{PROG}: {resized_note(args.max_side)}", file=sys.stderr, flush=True)
 
 
 def _cmd_certify(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -23,7 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .. import photos
 from ..adapters.encoding import to_pil
 from ..adapters.http import HTTPAdapter
-from ..certification import Certification, max_certifiable_radius
+from ..adapters.local import LocalModelAdapter
+from ..certification import Certification, Label, max_certifiable_radius
 from ..denoisers import default_denoiser, load_denoiser
 from ..denoisers.noise_level import denoise
 from ..smoothing import RateLimits, SmoothedClassifier
@@ -104,19 +106,50 @@ def run_photo_demo(
     target = load_classifier("efficientnet_lite2", input_size=SIZE)
     shipped = load_denoiser(denoiser or default_denoiser(sigma) or "photo-mse")
     answers = target.top_labels(clean)
-    columns: dict[str, list[Certification]] = {"no denoiser": [], "photo denoiser": []}
     print(f"smoothapi demo --photos: EfficientNet-Lite2 (ImageNet) served as a vision API on "
           f"loopback; {len(names)} held-out photos at {SIZE} px, sigma={sigma}, n0={n0}, n={n}, "
           f"alpha={alpha} (largest radius {max_certifiable_radius(n, alpha, sigma):.2f}).",
           file=out)
+    denoisers = {"no denoiser": None, "photo denoiser": shipped}
+    columns = _certify_through_api(target, denoisers, names, clean, answers, sigma=sigma, n0=n0,
+                                   n=n, alpha=alpha, seed=seed, out=out)  # fmt: skip
+    noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        denoised = denoise(shipped, noisy, sigma)
+    results = [{c: columns[c][i] for c in columns} for i in range(len(names))]
+    title = (f"EfficientNet-Lite2 as a vision API; sigma = {sigma:g}, n0 = {n0}, n = {n}, "
+             f"alpha = {alpha:g}.\nr: no image within l2 distance r (pixels in [0, 1]) of the "
+             f"photo changes the certified answer, with probability >= {1 - alpha:g}.")
+    _grid(names, answers, clean, noisy, denoised, results, Path(out_png), title)
+    _print_summary(columns, answers, out)
+    print(f"picture: {Path(out_png).resolve()}", file=out)
+    return columns
+
+
+def _certify_through_api(
+    target: LocalModelAdapter,
+    denoisers: dict[str, torch.nn.Module | None],
+    names: list[str],
+    clean: torch.Tensor,
+    answers: Sequence[Label | None],
+    *,
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    seed: int,
+    out: TextIO,
+) -> dict[str, list[Certification]]:
+    """Serve ``target`` on loopback HTTP as a vision API and certify each photo through it
+    once per column of ``denoisers`` (column name -> denoiser, ``None`` for none), printing
+    a table row per photo as it is done; returns the certificates per column."""
+    columns: dict[str, list[Certification]] = {column: [] for column in denoisers}
     with LoopbackProvider(target) as api:
         http = HTTPAdapter(api.url("generic-batch"), send="json", field="images", max_batch=16,
                            batch_path="results")
         limits = RateLimits(max_in_flight=4)
-        smoothers = {
-            "no denoiser": SmoothedClassifier(http, sigma, None, seed=seed, limits=limits),
-            "photo denoiser": SmoothedClassifier(http, sigma, shipped, seed=seed, limits=limits),
-        }
+        smoothers = {column: SmoothedClassifier(http, sigma, denoiser, seed=seed, limits=limits)
+                     for column, denoiser in denoisers.items()}  # fmt: skip
         header = f"{'photo':<14} {'API answer':<22}" + "".join(f"{c:>30}" for c in columns)
         print(header, file=out)
         for name, image, answer in zip(names, clean, answers, strict=True):
@@ -131,17 +164,14 @@ def run_photo_demo(
             print(f"{name:<14} {str(answer)[:22]:<22}" + "".join(cells), file=out)
         for smoothed in smoothers.values():
             smoothed.close()
-    noisy = clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
-    with torch.inference_mode():
-        denoised = denoise(shipped, noisy, sigma)
-    results = [{c: columns[c][i] for c in columns} for i in range(len(names))]
-    title = (f"EfficientNet-Lite2 as a vision API; sigma = {sigma:g}, n0 = {n0}, n = {n}, "
-             f"alpha = {alpha:g}.\nr: no image within l2 distance r (pixels in [0, 1]) of the "
-             f"photo changes the certified answer, with probability >= {1 - alpha:g}.")
-    _grid(names, answers, clean, noisy, denoised, results, Path(out_png), title)
+    return columns
+
+
+def _print_summary(columns: dict[str, list[Certification]], answers: Sequence[Label | None],
+                   out: TextIO) -> None:  # fmt: skip
+    """One line per column: how many photos were certified with the API's own clean answer,
+    and the mean radius."""
     for column, certs in columns.items():
         kept = sum(not c.abstained and c.label == a for c, a in zip(certs, answers, strict=True))
         print(f"{column}: {kept}/{len(certs)} certified with the API's own answer, mean radius "
               f"{sum(c.radius for c in certs) / len(certs):.2f}", file=out)
-    print(f"picture: {Path(out_png).resolve()}", file=out)
-    return columns

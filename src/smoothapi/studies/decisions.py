@@ -487,11 +487,32 @@ def _check_lines(study: DecisionsStudy, found: dict[str, Any], settings: list[st
 
 def report_lines(study: DecisionsStudy, found: dict[str, Any]) -> list[str]:
     """The report: settings, the questions, the table, the queries paid, k."""
+    lines = _intro_lines(study)
+    if not found:
+        return [*lines, "No question has been certified yet.", ""]
+    first = next(iter(found.values()))
+    names = list(first["questions"])
+    settings = [s for s in SETTINGS if s in found]
+    lines += _table_lines(found, names, settings, study.scale.radii)
+    lines += _question_lines(study.scale, first, names)
+    lines += _query_lines(study, found, settings, names)
+    lines += ["", "## Checks", ""]
+    lines += _check_lines(study, found, settings, names[0])
+    if study.times:
+        lines += ["", "## Stage times (2 CPU cores unless noted)", ""]
+        lines += [f"- {name}: {seconds / 60:.1f} min" for name, seconds in study.times.items()]
+    lines.append("")
+    return lines
+
+
+def _intro_lines(study: DecisionsStudy) -> list[str]:
+    """The report's title and how it was made: the command, the images, the API served, and
+    how one paid run per setting answers every question."""
     scale = study.scale
     crops = sum(image.box is not None for image in study.images)
     wholes = len(study.images) - crops
     total = len(study.images)
-    lines = [
+    return [
         "# Decisions: pay once, ask many",
         "",
         f"`smoothapi experiment decisions --scale {_scale_name(scale)}`: CERTIFY (n0 = "
@@ -515,19 +536,13 @@ def report_lines(study: DecisionsStudy, found: dict[str, Any]) -> list[str]:
         "radius >= r.",
         "",
     ]
-    if not found:
-        return [*lines, "No question has been certified yet.", ""]
-    first = next(iter(found.values()))
-    names = list(first["questions"])
-    settings = [s for s in SETTINGS if s in found]
-    lines += _table_lines(found, names, settings, scale.radii)
+
+
+def _question_lines(scale: DecisionScale, first: dict[str, Any], names: list[str]) -> list[str]:
+    """What the table's columns mean, then the questions (``first``: one setting's results,
+    for their descriptions) and how to read them."""
     ceiling = max_certifiable_radius(scale.n, scale.alpha, scale.sigma)
-    # Each image's k: the questions its samples answered once all were asked (the count a
-    # question's row holds is the count when it was asked: the last one's is final).
-    k_counts = sorted({max(q["rows"][i]["questions"] for q in found[s]["questions"].values())
-                       for s in settings for i in range(total)})  # fmt: skip
-    k = max(k_counts)
-    lines += [
+    return [
         "",
         "\"classes\": distinct ground-truth answers over the images; \"truth other\": images "
         "whose clean answer the question decides as \"other\" (a certificate of \"other\" "
@@ -545,10 +560,20 @@ def report_lines(study: DecisionsStudy, found: dict[str, Any]) -> list[str]:
         "study's. `Ancestor`, `Vocabulary` and `Flag` read past a top label coarser than "
         "their targets: `Ancestor` decides by the highest-ranked label at or below one of "
         "its targets, `Vocabulary` by the highest-ranked label in it, `Flag` by any label.",
-        "",
-        "## Queries and the joint guarantee",
-        "",
     ]
+
+
+def _query_lines(study: DecisionsStudy, found: dict[str, Any], settings: list[str],
+                 names: list[str]) -> list[str]:  # fmt: skip
+    """The queries each setting paid for (once) and added offline, and the number ``k`` of
+    questions asked of each image's samples, with the joint guarantee at ``k * alpha``."""
+    scale, total = study.scale, len(study.images)
+    # Each image's k: the questions its samples answered once all were asked (the count a
+    # question's row holds is the count when it was asked: the last one's is final).
+    k_counts = sorted({max(q["rows"][i]["questions"] for q in found[s]["questions"].values())
+                       for s in settings for i in range(total)})  # fmt: skip
+    k = max(k_counts)
+    lines = ["", "## Queries and the joint guarantee", ""]
     per_image = scale.n0 + scale.n + 1
     for setting in settings:
         data = found[setting]
@@ -564,15 +589,7 @@ def report_lines(study: DecisionsStudy, found: dict[str, Any]) -> list[str]:
         f"certificate holds at alpha = {scale.alpha:g} on its own; all {k} together hold at "
         f"k * alpha = {k * scale.alpha:g} (union bound). The two settings are separate runs "
         "(other samples), each with its own k.",
-        "",
-        "## Checks",
-        "",
     ]
-    lines += _check_lines(study, found, settings, names[0])
-    if study.times:
-        lines += ["", "## Stage times (2 CPU cores unless noted)", ""]
-        lines += [f"- {name}: {seconds / 60:.1f} min" for name, seconds in study.times.items()]
-    lines.append("")
     return lines
 
 

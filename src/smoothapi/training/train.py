@@ -175,13 +175,47 @@ def train_denoiser(
     watchers = {**guides, **(eval_classifiers or {})}
     device = training_device(config)
     snapshots = _frozen(list(watchers.values()), device)
-    logits = [adapter.logits for adapter in guides.values()]
 
+    _check_mse_weight(mse_weight, objective)
+    loss_fn = _denoiser_loss(objective, guides, sigma, guidance, mse_weight, soft_labels, augment)
+
+    evaluate = None
+    if test_set is not None:
+        held_out = _held_out(test_set, eval_size, sigma, config.seed)
+        evaluate = _denoiser_evaluation(held_out, watchers, device, sigma)
+    out_dir = Path(out_dir)
+    info = _denoiser_info(metadata, train_set, sigma, objective, list(guides), guidance,
+                          mse_weight, soft_labels)  # fmt: skip
+
+    history = fit(denoiser, train_set, loss_fn, config, out_dir, evaluate=evaluate,
+                  on_epoch_end=_denoiser_saver(out_dir, info, best_by))  # fmt: skip
+    _check_unchanged(list(watchers.values()), snapshots)
+    return history
+
+
+def _check_mse_weight(mse_weight: float, objective: str) -> None:
+    """Refuse a negative ``mse_weight``, or one given with the plain MSE objective (it only
+    anchors a guided objective to the clean image)."""
     if not mse_weight >= 0 or (mse_weight and objective == "mse"):
         raise InvalidInputError(
             f"mse_weight must be >= 0 and anchors a guided objective only, "
             f"got {mse_weight} with {objective!r}"
         )
+
+
+def _denoiser_loss(
+    objective: str,
+    guides: Mapping[str, LocalModelAdapter],
+    sigma: float,
+    guidance: str,
+    mse_weight: float,
+    soft_labels: bool,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None,
+) -> Callable[..., torch.Tensor]:
+    """The denoiser's training loss for ``fit``: each batch (after ``augment``, if given) is
+    noised at ``sigma`` from the step's generator, denoised, and scored by ``objective``
+    with the ``guides``' logits."""
+    logits = [adapter.logits for adapter in guides.values()]
 
     def loss_fn(model, images, labels, generator, step):
         if augment is not None:
@@ -191,23 +225,29 @@ def train_denoiser(
         return guided_loss(objective, logits, denoised, images, labels, step, guidance,
                            mse_weight, soft_labels)  # fmt: skip
 
-    evaluate = None
-    if test_set is not None:
-        held_out = _held_out(test_set, eval_size, sigma, config.seed)
-        evaluate = _denoiser_evaluation(held_out, watchers, device, sigma)
-    out_dir = Path(out_dir)
+    return loss_fn
+
+
+def _denoiser_info(
+    metadata: Mapping[str, Any] | None,
+    train_set: Dataset,
+    sigma: float,
+    objective: str,
+    surrogates: list[str],
+    guidance: str,
+    mse_weight: float,
+    soft_labels: bool,
+) -> dict[str, Any]:
+    """The metadata saved with the denoiser: ``metadata``, the training images' size unless
+    given there, and the training settings (``mse_weight`` and ``soft_labels`` when used)."""
     info = dict(metadata or {})
     info.setdefault("input_size", list(train_set[0][0].shape[-2:]))
-    info.update(sigma=sigma, objective=objective, surrogates=list(guides), guidance=guidance)
+    info.update(sigma=sigma, objective=objective, surrogates=surrogates, guidance=guidance)
     if mse_weight:
         info.update(mse_weight=mse_weight)
     if soft_labels:
         info.update(soft_labels=True)
-
-    history = fit(denoiser, train_set, loss_fn, config, out_dir, evaluate=evaluate,
-                  on_epoch_end=_denoiser_saver(out_dir, info, best_by))  # fmt: skip
-    _check_unchanged(list(watchers.values()), snapshots)
-    return history
+    return info
 
 
 def _denoiser_saver(
