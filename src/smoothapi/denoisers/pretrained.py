@@ -43,8 +43,8 @@ class PretrainedDenoiser:
 
 #: In order of preference: :func:`default_denoiser` picks the first photo denoiser that
 #: serves a sigma. ``photo-mse`` comes first: on the validation photos' crops Lite2 keeps
-#: its clean label after it far more often than after the per-sigma ones (45% / 28% / 12%
-#: at sigma 0.12 / 0.25 / 0.5, against 24% / 9% / 1%; results/photo-mse/README.md).
+#: its clean label after it far more often than after the per-sigma ones (43% / 29% / 11%
+#: at sigma 0.12 / 0.25 / 0.5, against 25% / 9% / 2%; results/photo-mse/README.md).
 _SHIPPED = (
     PretrainedDenoiser(
         "photo-mse",

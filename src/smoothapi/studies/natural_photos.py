@@ -34,7 +34,6 @@ photos alone, for tests.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import photos as photo_data
@@ -56,10 +54,10 @@ from ..runs import CERTIFY_COLUMNS, CLEAN_COLUMNS, LogWriter, certify_many, writ
 from ..smoothing import RateLimits, SmoothedClassifier
 from ..testing import LoopbackProvider
 from ..training.data import ArrayDataset
-from ..training.loop import fit
-from ..zoo import IMAGENET_MEAN, IMAGENET_STD, load_classifier
+from ..zoo import load_classifier
 from .photo_certify import WHOLE_METHODS, whole_lines, whole_log_path, whole_photos
 from .photo_levers import Lever, chosen_lever, diagnose, lever_lines, train_lever
+from .photo_whitebox import train_whitebox
 from .snapshots import restore
 from .stages import Stages
 from .study import Study
@@ -289,57 +287,7 @@ class PhotoStudy(Study[PhotoScale]):
 
     def train_whitebox(self, sigma: float) -> None:
         """Fine-tune the target under noise so it keeps its clean predictions."""
-        from safetensors.torch import save_file
-
-        teacher = self.classifier("target")
-        teacher.module.requires_grad_(False)
-        student = copy.deepcopy(teacher.module).train()
-        only_norms = self.scale.whitebox_params == "batchnorm"
-        student.requires_grad_(not only_norms)
-        for layer in student.modules() if only_norms else ():
-            if isinstance(layer, nn.BatchNorm2d):
-                layer.requires_grad_(True)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-        def loss_fn(model, images, labels, generator, step):
-            with torch.no_grad():
-                soft = teacher.logits(images).softmax(dim=1)
-            noisy = images + sigma * torch.randn(
-                images.shape, generator=generator, device=images.device
-            )
-            log_probs = model((noisy - mean.to(images)) / std.to(images)).log_softmax(dim=1)
-            return F.kl_div(log_probs, soft, reduction="batchmean")
-
-        path = self.classifier_path(f"whitebox@{sigma:g}")
-
-        def save(model, epoch, record):
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                str(path),
-                metadata={
-                    "smoothapi": json.dumps(
-                        {
-                            "kind": "classifier",
-                            "arch": self.scale.target,
-                            "sigma": sigma,
-                            "recipe": "distillation under noise",
-                            "epochs": epoch,
-                            "crop": self.scale.whitebox_crop or self.scale.size,
-                            "trained": self.scale.whitebox_params,
-                        }
-                    )
-                },
-            )
-
-        fit(
-            student,
-            self.train_set(self.scale.whitebox_crop),
-            loss_fn,
-            self.config(self.scale.whitebox_epochs, self.scale.whitebox_lr),
-            path.parent,
-            on_epoch_end=save,
-        )
+        train_whitebox(self, sigma)
 
     def initial_denoiser(self, objective: str, sigma: float) -> tuple[nn.Module, int, float]:
         """As the base study, except that MSE at the other sigmas starts from the headline
