@@ -52,10 +52,8 @@ the last commits on power loss, in exchange for speed.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -66,15 +64,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._journal_lock import WriterLock, check_file, identity, take_writer
 from .certification import Certification, Label, certify_counts
 from .decisions import Decision, Ranked
-from .errors import (
-    ImageMismatchError,
-    InvalidInputError,
-    JournalError,
-    JournalLockedError,
-    UsageError,
-)
+from .errors import ImageMismatchError, InvalidInputError, JournalError, UsageError
 from .sampling import ImageKey, Phase
 
 __all__ = [
@@ -120,6 +113,25 @@ CREATE TABLE IF NOT EXISTS writer (
     since TEXT NOT NULL
 );
 """
+
+
+def _connect(path: Path, durability: str) -> tuple[sqlite3.Connection, bool]:
+    """A connection to the journal at ``path`` with the schema in place, and whether its
+    samples have the column of ranked answers. Journals from before ranked answers were kept
+    get the column at their first write (under the writer's lock), not here: a reader must not
+    alter a journal."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={durability.upper()}")
+    columns = [row[1] for row in db.execute("PRAGMA table_info(samples)")]
+    if columns and "attempt" not in columns:
+        db.close()
+        raise JournalError(
+            f"{path} was written by an earlier smoothapi (noise scheme 1), whose "
+            "answers cannot be replayed; keep it for its records and start a new journal"
+        )
+    db.executescript(_SCHEMA)
+    return db, not columns or "ranked" in columns
 
 
 class RepeatedAttemptWarning(UserWarning):
@@ -236,26 +248,12 @@ class Journal:
             raise JournalError(f"the journal {self.path} is a folder; give a file in it, "
                                f"e.g. {self.path / 'journal.sqlite'}")  # fmt: skip
         self._lock = threading.RLock()
-        self._writer: _WriterLock | None = None
+        self._writer: WriterLock | None = None
+        self._db: sqlite3.Connection | None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db: sqlite3.Connection | None = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={durability.upper()}")
-            columns = [row[1] for row in self._db.execute("PRAGMA table_info(samples)")]
-            if columns and "attempt" not in columns:
-                self._db.close()
-                raise JournalError(
-                    f"{self.path} was written by an earlier smoothapi (noise scheme 1), whose "
-                    "answers cannot be replayed; keep it for its records and start a new journal"
-                )
-            self._db.executescript(_SCHEMA)
-            # Journals from before ranked answers were kept get the column at their first
-            # write (under the writer's lock), not here: a reader must not alter a journal.
-            self._ranked = not columns or "ranked" in columns
-            self._file = _identity(self.path)
+            self._db, self._ranked = _connect(self.path, durability)
+            self._file = identity(self.path)
         except (OSError, sqlite3.Error) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise JournalError(f"cannot use {self.path} as a journal: {reason}") from exc
@@ -284,46 +282,12 @@ class Journal:
                 raise UsageError(f"the journal {self.path} is closed")
             try:
                 if write:
-                    self._check_file()
+                    check_file(self.path, self._file)
                 if write and self._writer is None:
-                    self._writer = self._take_writer(self._db)
+                    self._writer = take_writer(self._db, self.path, self._file)
                 yield self._db
             except (OSError, sqlite3.Error) as exc:
                 raise JournalError(f"the journal {self.path} cannot be used: {exc}") from exc
-
-    def _check_file(self) -> None:
-        """Refuse to write once the journal's file was deleted or replaced under this object:
-        SQLite would go on writing to a file that no rerun finds."""
-        try:
-            same: bool | None = _identity(self.path) == self._file
-        except FileNotFoundError:
-            same = None
-        if not same:
-            what = "deleted" if same is None else "replaced by another file"
-            raise JournalError(
-                f"the journal {self.path} was {what} while this process was writing to it: "
-                "its answers are gone with it and no more can be kept, so the run stopped "
-                "(restore the file to resume, or start again with a new journal)"
-            )
-
-    def _take_writer(self, db: sqlite3.Connection) -> _WriterLock:
-        """The writer's lock; the journal then names this process as the holder."""
-        try:
-            lock, taken = _WriterLock.acquire(self.path, self._file)
-        except BlockingIOError:  # held by another process
-            row = db.execute("SELECT pid, host, since FROM writer").fetchone()
-            holder = dict(zip(("pid", "host", "since"), row or (), strict=False))
-            who = ", ".join(f"{k} {v}" for k, v in holder.items()) or "holder unknown"
-            raise JournalLockedError(
-                f"the journal {self.path} is being written by another process ({who}); a "
-                "journal has one writer at a time: wait for it, or give this run another one",
-                holder,
-            ) from None
-        if taken:
-            since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-            db.execute("INSERT OR REPLACE INTO writer VALUES (1, ?, ?, ?)",
-                       (os.getpid(), socket.gethostname(), since))  # fmt: skip
-        return lock
 
     def start_run(self, run: str, config: Mapping[str, Any]) -> None:
         """Register a run (idempotent): ``config`` is kept to show what the run was."""
@@ -347,11 +311,7 @@ class Journal:
     def answers(self, run: str, key: ImageKey, phase: int) -> dict[int, Label | None]:
         """Sample index -> recorded answer, for one phase of one image key."""
         with self._sql() as db:
-            rows = db.execute(
-                "SELECT idx, label FROM samples WHERE run=? AND image=? AND attempt=? "
-                "AND occurrence=? AND phase=?",
-                (run, key.digest, key.attempt, key.occurrence, int(phase)),
-            ).fetchall()
+            rows = _stream_rows(db, "label", run, key, phase)
         return {idx: _decode_label(label) for idx, label in rows}
 
     def record(
@@ -386,21 +346,13 @@ class Journal:
         if not self._ranked:
             return dict.fromkeys(self.answers(run, key, phase))
         with self._sql() as db:
-            rows = db.execute(
-                "SELECT idx, ranked FROM samples WHERE run=? AND image=? AND attempt=? "
-                "AND occurrence=? AND phase=?",
-                (run, key.digest, key.attempt, key.occurrence, int(phase)),
-            ).fetchall()
+            rows = _stream_rows(db, "ranked", run, key, phase)
         return {idx: _decode_ranked(text) for idx, text in rows}
 
     def scores(self, run: str, key: ImageKey, phase: int) -> dict[int, float | None]:
         """Sample index -> the score of the recorded label (``None`` where none was given)."""
         with self._sql() as db:
-            return dict(db.execute(
-                "SELECT idx, score FROM samples WHERE run=? AND image=? AND attempt=? "
-                "AND occurrence=? AND phase=?",
-                (run, key.digest, key.attempt, key.occurrence, int(phase)),
-            ).fetchall())
+            return dict(_stream_rows(db, "score", run, key, phase))
 
     def images(self, run: str) -> list[ImageKey]:
         """The image keys (image, attempt, occurrence) with answers in ``run``."""
@@ -543,37 +495,7 @@ class Journal:
         of ``method`` these pixels have in the journal (any run, any id) if the attempt is new
         (0 for a rerun of it). Raises :class:`ImageMismatchError`."""
         with self._sql(write=True) as db:
-            return self._begin_locked(db, run, key, method, settings)
-
-    @staticmethod
-    def _begin_locked(
-        db: sqlite3.Connection, run: str, key: ImageKey, method: str, settings: Mapping[str, Any]
-    ) -> int:
-        pixels = _pixels(key)
-        db.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?)", (run, key.digest, pixels))
-        (stored,) = db.execute(
-            "SELECT content FROM images WHERE run=? AND image=?", (run, key.digest)
-        ).fetchone()
-        if stored != pixels:
-            raise ImageMismatchError(
-                "this journal run holds answers for other pixels under the same image_id "
-                f"(stored image digest {stored[:12]}..., given {pixels[:12]}...); "
-                "give every image its own id, or use another journal"
-            )
-        inserted = db.execute(
-            "INSERT OR IGNORE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-            (run, key.digest, key.attempt, key.occurrence, method,
-             json.dumps(dict(settings), sort_keys=True, default=str), time.time()),
-        ).rowcount  # fmt: skip
-        if not inserted:  # a rerun of this very attempt: it replays its own answers
-            return 0
-        (others,) = db.execute(  # by the pixels: in any run (seed), under any id
-            "SELECT COUNT(*) FROM attempts a JOIN images i ON i.run = a.run AND i.image = a.image "
-            "WHERE i.content=? AND a.method=? "
-            "AND NOT (a.run=? AND a.image=? AND a.attempt=? AND a.occurrence=?)",
-            (pixels, method, run, key.digest, key.attempt, key.occurrence),
-        ).fetchone()
-        return others
+            return _record_attempt(db, run, key, method, settings)
 
     def _finish(self, run: str, key: ImageKey, result: Mapping[str, Any]) -> None:
         with self._sql(write=True) as db:
@@ -585,81 +507,51 @@ class Journal:
             )  # fmt: skip
 
 
-class _WriterLock:
-    """An exclusive ``flock`` on the journal file itself, one per process and file, shared by
-    the ``Journal`` objects of that process that write to it. The OS drops it when the process
-    ends, however it ends, and no file can be deleted to get around it but the journal itself
-    (which stops its writer: :meth:`Journal._check_file`). On Windows, ``msvcrt`` locks
-    ``<journal>.lock``, which cannot be deleted while it is open.
-
-    The descriptor stays open while the process lives, unlocked when no ``Journal`` writes:
-    closing a descriptor of an SQLite file would drop the POSIX locks that SQLite's own
-    connections hold on it in this process."""
-
-    _held: dict[tuple[int, ...], _WriterLock] = {}
-    _files: dict[tuple[int, ...], int] = {}
-    _guard = threading.Lock()
-
-    def __init__(self, key: tuple[int, ...], fd: int) -> None:
-        self.key, self.fd, self.users = key, fd, 0
-
-    @classmethod
-    def acquire(cls, journal: Path, identity: tuple[int, int]) -> tuple[_WriterLock, bool]:
-        """The lock of the journal file ``identity`` (device, inode), and whether this call
-        took it from the OS; BlockingIOError if another process holds it."""
-        key = (os.getpid(), *identity)  # a forked child does not hold its parent's lock
-        with cls._guard:
-            lock = cls._held.get(key)
-            if lock is None:
-                if key not in cls._files:
-                    cls._files[key] = _lock_file(journal)
-                _lock(cls._files[key], True)
-                lock = cls._held[key] = cls(key, cls._files[key])
-            lock.users += 1
-            return lock, lock.users == 1
-
-    def release(self) -> None:
-        with self._guard:
-            self.users -= 1
-            if self.users == 0:
-                del self._held[self.key]
-                _lock(self.fd, False)  # the descriptor stays open: see the class docstring
+def _stream_rows(
+    db: sqlite3.Connection, column: str, run: str, key: ImageKey, phase: int
+) -> list[tuple[int, Any]]:
+    """``(sample index, column)`` of each answer of one stream: one phase of one image key."""
+    return db.execute(
+        f"SELECT idx, {column} FROM samples WHERE run=? AND image=? AND attempt=? "
+        "AND occurrence=? AND phase=?",
+        (run, key.digest, key.attempt, key.occurrence, int(phase)),
+    ).fetchall()
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    """Which file ``path`` is: its device and inode."""
-    stat = os.stat(path)
-    return stat.st_dev, stat.st_ino
+def _record_attempt(
+    db: sqlite3.Connection, run: str, key: ImageKey, method: str, settings: Mapping[str, Any]
+) -> int:
+    """:meth:`Journal._begin` under the writer's lock, on ``db``."""
+    pixels = _pixels(key)
+    db.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?)", (run, key.digest, pixels))
+    (stored,) = db.execute(
+        "SELECT content FROM images WHERE run=? AND image=?", (run, key.digest)
+    ).fetchone()
+    if stored != pixels:
+        raise ImageMismatchError(
+            "this journal run holds answers for other pixels under the same image_id "
+            f"(stored image digest {stored[:12]}..., given {pixels[:12]}...); "
+            "give every image its own id, or use another journal"
+        )
+    inserted = db.execute(
+        "INSERT OR IGNORE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+        (run, key.digest, key.attempt, key.occurrence, method,
+         json.dumps(dict(settings), sort_keys=True, default=str), time.time()),
+    ).rowcount  # fmt: skip
+    if not inserted:  # a rerun of this very attempt: it replays its own answers
+        return 0
+    (others,) = db.execute(  # by the pixels: in any run (seed), under any id
+        "SELECT COUNT(*) FROM attempts a JOIN images i ON i.run = a.run AND i.image = a.image "
+        "WHERE i.content=? AND a.method=? "
+        "AND NOT (a.run=? AND a.image=? AND a.attempt=? AND a.occurrence=?)",
+        (pixels, method, run, key.digest, key.attempt, key.occurrence),
+    ).fetchone()
+    return others
 
 
 def _pixels(key: ImageKey) -> str:
     """The digest of an image's pixels (or its key's digest, for a key made without them)."""
     return key.content or key.digest
-
-
-def _lock_file(journal: Path) -> int:
-    """A descriptor to lock: of the journal itself, or on Windows (where a lock on it would
-    block SQLite's own reads) of ``<journal>.lock``, which cannot be deleted while open."""
-    if os.name == "nt":
-        return os.open(journal.with_name(journal.name + ".lock"), os.O_RDWR | os.O_CREAT)
-    return os.open(journal, os.O_RDWR)
-
-
-def _lock(fd: int, take: bool) -> None:
-    """Take an exclusive lock on ``fd`` without waiting (BlockingIOError if another process
-    holds it), or drop it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        os.lseek(fd, 0, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]  # Windows-only stubs
-        except OSError as exc:
-            raise BlockingIOError(exc.errno, exc.strerror) from exc
-        return
-    fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if take else fcntl.LOCK_UN)
 
 
 class JournalRun:

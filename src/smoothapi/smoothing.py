@@ -18,47 +18,39 @@ import json
 import logging
 import os
 import secrets
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 
 from ._checkpoint import module_digest
-from ._images import PEAK_FLOATS_PER_PIXEL, ImageLike, as_image_tensor, check_batch_memory
+from ._images import ImageLike
+from ._queries import Attempts, Queries
 from .adapters.base import Adapter
-from .adapters.local import LocalModelAdapter
 from .adapters.remote import RemoteAdapter
 from .certification import (
-    ABSTAIN,
     Certification,
     Label,
     Prediction,
-    certify_counts,
     check_alpha,
     check_count,
     check_radius,
     check_seed,
     check_sigma,
-    predict_counts,
-    top_label,
 )
 from .decisions import Decision, Ranked, as_decision
 from .dispatch import (
-    UNRECORDED,
-    AnswerStore,
     ClientStats,
     Dispatcher,
     RateLimits,
     RetryPolicy,
     SyncBridge,
-    all_or_nothing,
     interruptible,
 )
 from .errors import InvalidInputError, UsageError
 from .journal import Journal, JournalRun
-from .sampling import NOISE_SCHEME, ImageKey, Phase, Sampler
-from .sequential import Outcome, RadiusCertification, SequentialTest
+from .sampling import NOISE_SCHEME, Sampler
+from .sequential import RadiusCertification, SequentialTest
 
 if TYPE_CHECKING:  # smoothapi.runs imports this module at load, never the reverse
     from .runs import ImageOutcome
@@ -70,7 +62,6 @@ log = logging.getLogger("smoothapi")
 
 _T = TypeVar("_T")
 _Self = TypeVar("_Self", bound="_Closing")
-R = TypeVar("R", Certification, Prediction, RadiusCertification)
 
 
 
@@ -188,12 +179,7 @@ class SmoothedClassifier(_Closing):
         limits: RateLimits = RateLimits(),
         decision: Decision | Callable[[Ranked], Label | None] | None = None,
     ) -> None:
-        if not isinstance(adapter, Adapter):
-            raise InvalidInputError(
-                f"adapter must be a smoothapi Adapter, got {type(adapter).__name__}; "
-                "wrap a torch model in LocalModelAdapter"
-            )
-        self.adapter = adapter
+        self.adapter = _checked_adapter(adapter)
         self.sigma = check_sigma(sigma)
         self.batch_size = check_count("batch_size", batch_size)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -201,11 +187,7 @@ class SmoothedClassifier(_Closing):
         self.denoiser = None if denoiser is None else denoiser.to(self.device).eval()
         seed = check_seed(seed)
         self.seed = secrets.randbits(63) if seed is None else seed
-        self._owns_journal = journal is not None and not isinstance(journal, Journal)
-        if journal is None or isinstance(journal, Journal):
-            self.journal: Journal | None = journal
-        else:
-            self.journal = Journal(journal)
+        self.journal, self._owns_journal = _open_journal(journal)
         self.sampler = Sampler(self.sigma, self.seed, self.device, self.denoiser, self.batch_size,
                                channels)
         self.decision = None if decision is None else as_decision(decision)
@@ -219,7 +201,8 @@ class SmoothedClassifier(_Closing):
         #: Called with the number of answers of each batch as it arrives (those found in the
         #: journal too): :mod:`smoothapi.runs`' progress bar moves with them.
         self.answer_listeners: list[Callable[[int], None]] = []
-        self._attempts = _Attempts(self.sampler, self._journal_run, self.answer_listeners)
+        attempts = Attempts(self.sampler, self._journal_run, self.answer_listeners)
+        self._queries = Queries(adapter, self.sampler, self.dispatcher, attempts)
 
     @functools.cached_property
     def run_key(self) -> str:
@@ -239,19 +222,6 @@ class SmoothedClassifier(_Closing):
             **({} if self.decision is None else {"decision": self.decision.identity()}),
         }
 
-    def _image(self, image: ImageLike, samples: int) -> torch.Tensor:
-        """``image`` as a tensor, once its largest noisy batch is known to fit in memory."""
-        x = as_image_tensor(image)
-        local = self.denoiser is not None or isinstance(self.adapter, LocalModelAdapter)
-        check_batch_memory(tuple(x.shape), min(self.batch_size, samples), self.device,
-                           floats_per_pixel=PEAK_FLOATS_PER_PIXEL if local else 0)  # fmt: skip
-        return x
-
-    async def _counts(self, x: torch.Tensor, key: ImageKey, phase: Phase, num: int) -> Counter:
-        """How often ``f(D(x + delta))`` returns each label over ``num`` noise draws."""
-        produce = functools.partial(self.sampler.noisy_batch, x, key, phase)
-        return await self.dispatcher.counts(produce, num, self._attempts.store(key, phase))
-
     # --- Cohen et al.'s algorithms ----------------------------------------------------
 
     def predict(
@@ -268,10 +238,7 @@ class SmoothedClassifier(_Closing):
     ) -> Prediction:
         """Async :meth:`predict`; ``image_id`` as in :meth:`acertify`."""
         n, alpha = check_count("n", n), check_alpha(alpha)
-        x = self._image(image, n)
-        key = self._attempts.begin(x, image_id, {"method": "predict", "n": n, "alpha": alpha})
-        prediction = predict_counts(await self._counts(x, key, Phase.PREDICTION, n), alpha)
-        return self._attempts.finish(key, prediction)
+        return await self._queries.predict(self._queries.image(image, n), image_id, n, alpha)
 
     def clean_answer(self, image: ImageLike, *, image_id: str | None = None) -> Label | None:
         """The base classifier's own answer on the clean image: ``f(x)``, no noise and no
@@ -282,14 +249,7 @@ class SmoothedClassifier(_Closing):
     @_entry
     async def aclean_answer(self, image: ImageLike, *, image_id: str | None = None) -> Label | None:
         """Async :meth:`clean_answer`."""
-        x = self._image(image, 1)
-        key = self._attempts.begin(x, image_id, {"method": "clean_answer"})
-        store = self._attempts.store(key, Phase.CLEAN_SELECTION)
-        known = store.answers()
-        answer = known[0] if 0 in known else (await self.dispatcher.ask(x[None], [0], store))[0]
-        if self._journal_run is not None:
-            self._journal_run.finish(key, {"label": answer, "n": 1})
-        return answer
+        return await self._queries.clean_answer(self._queries.image(image, 1), image_id)
 
     @overload
     def certify(
@@ -359,22 +319,14 @@ class SmoothedClassifier(_Closing):
         """
         n = n if budget is None else budget  # ``budget`` names ``n``: the samples to spend
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-        x = self._image(image, max(n0, n))
+        x = self._queries.image(image, max(n0, n))
         if radius is not None:  # the default selection there: one query on the clean image
             options = dict(selection="clean" if selection is None else selection,
                            futility=futility, image_id=image_id)
             return await self.acertify_radius(x, radius, n0, n, alpha, **options)
         if selection not in (None, "samples"):
             raise InvalidInputError("selection is only used with radius=...; leave it out")
-        settings = {"method": "certify", "n0": n0, "n": n, "alpha": alpha}
-        key = self._attempts.begin(x, image_id, settings)
-        # Independent sample sets, drawn at once; the candidate still comes from selection alone.
-        selection_counts, estimation_counts = await all_or_nothing(
-            self._counts(x, key, Phase.SELECTION, n0), self._counts(x, key, Phase.ESTIMATION, n)
-        )
-        return self._attempts.finish(
-            key, certify_counts(selection_counts, estimation_counts, self.sigma, alpha)
-        )
+        return await self._queries.certify(x, image_id, n0, n, alpha)
 
     # --- certifying one radius with the fewest queries -----------------------------------
 
@@ -434,30 +386,9 @@ class SmoothedClassifier(_Closing):
         ``p``). Only samples the test will use are asked for: none past its stop.
         """
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-        x = self._image(image, max(n0, n))
+        x = self._queries.image(image, max(n0, n))
         test = SequentialTest(check_radius(radius), self.sigma, alpha, n, futility)
-        if not isinstance(selection, Adapter) and selection not in ("samples", "clean"):
-            raise InvalidInputError(
-                f"selection must be 'samples', 'clean' or an Adapter, got {selection!r}"
-            )
-        key = self._attempts.begin(x, image_id, _radius_settings(test, selection, n0))
-        candidate, selection_queries = await _select(self, x, key, selection, n0)
-        counts: Counter = Counter()
-        evaluated = 0
-        if candidate is None:  # nothing to test: no class was ever returned
-            outcome = Outcome.NO_CANDIDATE
-        else:
-            counts, evaluated = await self._sequential_counts(x, key, candidate, test)
-            outcome = _radius_outcome(test, candidate, counts)
-        certified = outcome is Outcome.CERTIFIED
-        return self._attempts.finish(key, RadiusCertification(
-            label=candidate if certified else ABSTAIN,
-            radius=test.radius if certified else 0.0,
-            outcome=outcome,
-            n=test.t, alpha=alpha, sigma=self.sigma, tested_radius=test.radius,
-            candidate=candidate, counts=dict(counts), selection_queries=selection_queries,
-            estimation_queries=evaluated, max_n=n,
-        ))  # fmt: skip
+        return await self._queries.certify_radius(x, image_id, test, selection, n0)
 
     # --- many images: the dataset layer (smoothapi.runs), imported when first used ---------
 
@@ -490,21 +421,6 @@ class SmoothedClassifier(_Closing):
 
         return runs.acertify_many(self, images, n0, n, alpha, **options)
 
-    async def _sequential_counts(
-        self, x: torch.Tensor, key: ImageKey, candidate: Label, test: SequentialTest
-    ) -> tuple[Counter, int]:
-        """Feed ``test`` noisy answers until it stops; returns the labels of the samples
-        it used and how many estimation answers were paid for (now or in an earlier run)."""
-        produce = functools.partial(self.sampler.noisy_batch, x, key, Phase.SEQUENTIAL)
-        stop = lambda: test.outcome is not None  # noqa: E731
-        # Only ask for samples the test will surely use: it cannot stop sooner than
-        # samples_to_decide() more, so those may be in flight at once, and none past them.
-        window = self.dispatcher.in_flight * self.dispatcher.request_size
-        wanted = lambda: test.t + test.samples_to_decide(window)  # noqa: E731
-        store = self._attempts.store(key, Phase.SEQUENTIAL)
-        answers = self.dispatcher.answers(produce, test.max_n, store, stop, wanted)
-        return await _feed(test, candidate, answers)
-
     # --- datasets: smoothapi.runs -------------------------------------------------------
 
 
@@ -536,126 +452,19 @@ def _choose_denoiser(
     return load_denoiser(name, device=device), 3
 
 
-class _Attempts:
-    """Keys each call of one classifier and records it in its journal run, if it has one."""
-
-    def __init__(
-        self,
-        sampler: Sampler,
-        run: JournalRun | None,
-        listeners: list[Callable[[int], None]] | None = None,
-    ) -> None:
-        self.sampler, self.run = sampler, run
-        self.listeners = [] if listeners is None else listeners
-
-    def begin(self, x: torch.Tensor, image_id: str | None, settings: dict[str, Any]) -> ImageKey:
-        """The key of this call (its settings make it an attempt of its own); with a journal,
-        the attempt is recorded first (and an id for other pixels refused)."""
-        key = self.sampler.key(x, image_id, settings)
-        if self.run is not None:
-            self.run.begin(key, settings["method"], settings)
-        return key
-
-    def store(self, key: ImageKey, phase: Phase) -> AnswerStore:
-        """Where the answers of one stream are kept: the journal run, if there is one (each
-        batch of answers, and those found there, told to the listeners)."""
-        store = UNRECORDED if self.run is None else self.run.stream(key, phase)
-        return _Told(store, self.listeners) if self.listeners else store
-
-    def finish(self, key: ImageKey, result: R) -> R:
-        """Record ``result`` as the attempt's outcome (with a journal); return it."""
-        if self.run is not None:
-            summary = {"label": None if result.abstained else result.label, "n": result.n}
-            for name in ("outcome", "radius", "n0", "p_a_lower", "queries"):
-                if hasattr(result, name):
-                    summary[name] = getattr(result, name)
-            self.run.finish(key, summary)
-        return result
+def _checked_adapter(adapter: Adapter) -> Adapter:
+    """``adapter``, once it is known to be a smoothapi Adapter."""
+    if not isinstance(adapter, Adapter):
+        raise InvalidInputError(
+            f"adapter must be a smoothapi Adapter, got {type(adapter).__name__}; "
+            "wrap a torch model in LocalModelAdapter"
+        )
+    return adapter
 
 
-class _Told:
-    """An answer store that tells listeners how many answers each batch brought."""
-
-    def __init__(self, store: AnswerStore, listeners: list[Callable[[int], None]]) -> None:
-        self.store, self.listeners = store, listeners
-
-    def _tell(self, count: int) -> None:
-        for listener in list(self.listeners):
-            listener(count)
-
-    def answers(self) -> dict[int, Label | None]:
-        known = self.store.answers()
-        if known:
-            self._tell(len(known))
-        return known
-
-    def record(self, answers: Iterable[tuple[int, Label | None, float | None, Any]]) -> None:
-        answers = list(answers)
-        self.store.record(answers)
-        self._tell(len(answers))
-
-
-async def _select(
-    smoothed: SmoothedClassifier, x: torch.Tensor, key: ImageKey, selection: str | Adapter, n0: int
-) -> tuple[Label | None, int]:
-    """The candidate class and the queries of ``smoothed.adapter`` it takes."""
-    if isinstance(selection, str) and selection == "samples":
-        return top_label(await smoothed._counts(x, key, Phase.SELECTION, n0)), n0
-    clean = smoothed.sampler.clean_batch(x)
-    if isinstance(selection, Adapter):
-        decision = smoothed.dispatcher.decision
-        if decision is None:
-            return (await selection.atop_labels(clean))[0], 0
-        answer = (await selection.aanswers_or_errors(clean))[0]
-        if isinstance(answer, Exception) or answer.ranked is None:
-            raise InvalidInputError(
-                f"the selection model {type(selection).__name__} gives no ranked answer for "
-                f"the decision {decision!r} to read"
-            ) from (answer if isinstance(answer, Exception) else None)
-        return decision(answer.ranked), 0
-    store = smoothed._attempts.store(key, Phase.CLEAN_SELECTION)
-    known = store.answers()
-    if 0 in known:
-        return known[0], 1
-    return (await smoothed.dispatcher.ask(clean, [0], store))[0], 1
-
-
-def _radius_settings(test: SequentialTest, selection: str | Adapter, n0: int) -> dict[str, Any]:
-    """What makes a radius attempt: not the budget (nor futility), since the test's guarantee
-    survives extending its stream; the radius, alpha and how the candidate is chosen do."""
-    chosen: Any = selection.identity() if isinstance(selection, Adapter) else selection
-    settings = {"method": "radius", "radius": test.radius, "alpha": test.alpha, "selection": chosen}
-    if chosen == "samples":
-        settings["n0"] = n0
-    return settings
-
-
-def _radius_outcome(test: SequentialTest, candidate: Label, counts: Counter) -> Outcome:
-    """The test's outcome, saying when the futility stop rejected the candidate itself:
-    another class came back more often than it in the samples the test used."""
-    if test.outcome is None:
-        return Outcome.BUDGET_EXHAUSTED
-    rivals = [c for label, c in counts.items() if label is not None and label != candidate]
-    if test.outcome is Outcome.NOT_CERTIFIABLE and max(rivals, default=0) > counts[candidate]:
-        return Outcome.CANDIDATE_REJECTED
-    return test.outcome
-
-
-async def _feed(
-    test: SequentialTest,
-    candidate: Label,
-    answers: AsyncIterator[tuple[list[int], list[Label | None]]],
-) -> tuple[Counter, int]:
-    """Feed ``test`` whether each answer is ``candidate``, in sample order: it only ever sees
-    the prefix of indices answered so far, so completion order cannot sway it. Returns the
-    labels of the samples it used and how many answers came (all of them paid for)."""
-    answered: dict[int, Label | None] = {}
-    fed = 0  # the test has seen samples 0 .. fed - 1
-    async for indices, labels in answers:
-        answered.update(zip(indices, labels, strict=True))
-        start = fed
-        while fed < test.max_n and fed in answered:
-            fed += 1
-        if fed > start and test.outcome is None:
-            test.feed([answered[i] == candidate for i in range(start, fed)])
-    return Counter(answered[i] for i in range(test.t)), len(answered)
+def _open_journal(journal: Journal | str | os.PathLike | None) -> tuple[Journal | None, bool]:
+    """The journal ``journal`` stands for, and whether the classifier owns it (opened it from
+    a path, so closes it)."""
+    if journal is None or isinstance(journal, Journal):
+        return journal, False
+    return Journal(journal), True

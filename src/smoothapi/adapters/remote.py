@@ -371,7 +371,7 @@ class RemoteAdapter(Adapter):
             )
         responses = [detached(r) if isinstance(r, ProviderError) else r for r in responses]
         for response in responses:
-            malformed = None if isinstance(response, ProviderError) else self._shape(response)
+            malformed = None if isinstance(response, ProviderError) else _malformed(self, response)
             if malformed is not None:
                 raise malformed
         if self.recording is not None:
@@ -379,36 +379,9 @@ class RemoteAdapter(Adapter):
             self.recording.store(key, self.name, responses)
         return responses
 
-    def _shape(self, response: Any) -> ProviderError | None:
-        """A retryable ServerError unless ``parse`` accepts the answer (``None`` if it does)."""
-        try:
-            if not isinstance(response, Mapping):
-                raise TypeError(f"a {type(response).__name__}, not an object")
-            self.parse(response)
-        except MALFORMED as exc:
-            return ServerError(
-                f"malformed answer ({type(exc).__name__}: {str(exc)[:200]})", provider=self.name
-            )
-        except ProviderError as error:  # a parse that raises the tree's error itself
-            return detached(error)
-        return None
-
     async def _with_timeout(self, request: Awaitable[T]) -> T:
-        state = _Request()
-        token = _REQUEST.set(state)  # seen by the task wait_for makes, and its thread
-        try:
-            return await asyncio.wait_for(request, self.timeout)
-        except asyncio.TimeoutError:
-            state.expire()  # a blocking SDK's answer is cut short: its thread is free
-            # Sent and abandoned: the provider may still answer it, and bill it; a call
-            # still waiting for a thread was never sent.
-            failure = APITimeoutError(
-                f"no answer within {self.timeout:g} s", provider=self.name,
-                possibly_billed=state.left,
-            )
-        finally:
-            _REQUEST.reset(token)
-        raise failure
+        """``request``, given :attr:`timeout` seconds in all (:func:`_within`)."""
+        return await _within(request, self.timeout, self.name)
 
     async def _ranked_or_errors(self, images: torch.Tensor) -> list[Ranked | ProviderError]:
         """Ranked labels of each image, ``max_batch`` per request; per-image errors in place."""
@@ -462,3 +435,38 @@ class RemoteAdapter(Adapter):
 
     def ranked_labels(self, image: torch.Tensor) -> Ranked:
         return self._run_scoped(self.aranked_labels_batch(image.unsqueeze(0)))[0]
+
+
+def _malformed(adapter: RemoteAdapter, response: Any) -> ProviderError | None:
+    """A retryable ServerError unless ``adapter.parse`` accepts the answer (``None`` if it
+    does)."""
+    try:
+        if not isinstance(response, Mapping):
+            raise TypeError(f"a {type(response).__name__}, not an object")
+        adapter.parse(response)
+    except MALFORMED as exc:
+        return ServerError(
+            f"malformed answer ({type(exc).__name__}: {str(exc)[:200]})", provider=adapter.name
+        )
+    except ProviderError as error:  # a parse that raises the tree's error itself
+        return detached(error)
+    return None
+
+
+async def _within(request: Awaitable[T], timeout: float, provider: str) -> T:
+    """The answer to ``request``, or :class:`~smoothapi.errors.APITimeoutError` once it took
+    ``timeout`` seconds (``possibly_billed`` if it left): its :class:`_Request` expires."""
+    state = _Request()
+    token = _REQUEST.set(state)  # seen by the task wait_for makes, and its thread
+    try:
+        return await asyncio.wait_for(request, timeout)
+    except asyncio.TimeoutError:
+        state.expire()  # a blocking SDK's answer is cut short: its thread is free
+        # Sent and abandoned: the provider may still answer it, and bill it; a call
+        # still waiting for a thread was never sent.
+        failure = APITimeoutError(
+            f"no answer within {timeout:g} s", provider=provider, possibly_billed=state.left
+        )
+    finally:
+        _REQUEST.reset(token)
+    raise failure
