@@ -215,7 +215,7 @@ BUDGET_METHODS = {"api-none": "none", "api-stab+mse-query": "stab+mse-query"}
 #: Rows certified with a denoiser the package ships (by name) instead of one the study
 #: trains: the noise-level-aware ``photo-mse``, trained on more photos by
 #: :mod:`~smoothapi.studies.photo_mse` (the same test photos held out). Certified last.
-SHIPPED_METHODS = {"photo-mse": "photo-mse"}
+SHIPPED_METHODS = ("photo-mse",)
 
 
 def _chosen(names: tuple[str, ...] | None, split: str) -> list[photo_data.Photo]:
@@ -362,7 +362,7 @@ class PhotoStudy(Study[PhotoScale]):
         n0, n = self.sample_counts(method)
         denoiser = None
         if base in SHIPPED_METHODS:  # noise-level aware: SmoothedClassifier passes sigma
-            denoiser = load_denoiser(SHIPPED_METHODS[base], self.device, scale.denoiser_dtype)
+            denoiser = load_denoiser(base, self.device, scale.denoiser_dtype)
         elif base not in ("none", "whitebox"):
             denoiser = load_denoiser(self.denoiser_path(base, sigma), self.device,
                                      scale.denoiser_dtype)

@@ -9,7 +9,7 @@ paid query). The report's table puts that answer, with the model's probability f
 beside each certificate, and gives certified accuracy against it over all photos and over
 those the model is confident about (probability at least :data:`CONFIDENT`).
 
-* :func:`whole_photos`: the images and what is known of each before certifying;
+* :func:`~.photo_figures.whole_photos`: the images and each one's clean answer;
 * :func:`whole_lines`: the report's section, from the logs the study wrote.
 """
 
@@ -19,12 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .. import photos as photo_data
-from ..adapters.local import LocalModelAdapter
 from ..analysis import read_log_rows
-from .photo_figures import CONFIDENT
+from .photo_figures import CONFIDENT, whole_photos
 
 __all__ = ["WHOLE_METHODS", "whole_lines", "whole_log_path", "whole_photos"]
 
@@ -37,27 +33,6 @@ WHOLE_RADII = (0.0, 0.12, 0.25, 0.5)
 def whole_log_path(out: Path, method: str, sigma: float, side: int) -> Path:
     """Where the study writes ``method``'s log for the photos at shorter side ``side``."""
     return out / "whole-photos" / f"{method}@{sigma:g}_{side}px.tsv"
-
-
-def whole_photos(
-    photos: Sequence[photo_data.Photo], side: int, target: LocalModelAdapter
-) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Each photo upright, its shorter side scaled down to ``side``, as a ``(3, H, W)``
-    float tensor in [0, 1]; and per photo its name, size, ``target``'s clean top-1
-    (``answer``, a class name) and that answer's probability."""
-    names = target.class_names
-    images, meta = [], []
-    for photo in photos:
-        pixels = torch.from_numpy(photo_data.load_photo(photo, side)).permute(2, 0, 1)
-        image = pixels.float() / 255
-        with torch.inference_mode():
-            probs = target.logits(image[None]).softmax(1)[0]
-        label = int(probs.argmax())
-        images.append(image)
-        meta.append({"photo": photo.name, "size": tuple(image.shape[-2:]),
-                     "answer": names[label] if names else str(label),
-                     "probability": float(probs[label])})  # fmt: skip
-    return images, meta
 
 
 def _cell(row: Mapping[str, str]) -> str:

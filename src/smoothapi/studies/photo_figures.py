@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from .. import photos as photo_data
+from ..adapters.local import LocalModelAdapter
 from ..denoisers.noise_level import denoise
 
 __all__ = ["CHOOSE_SIGMA", "EVAL_SIGMAS", "USER_SIDES", "comparison_lines", "crop_figures",
            "photo_figures", "photo_lines", "psnr",
-           "test_figures", "test_lines", "validation_psnr"]  # fmt: skip
+           "test_figures", "test_lines", "validation_psnr", "whole_photos"]  # fmt: skip
 
 #: Noise levels the validation PSNR is reported at.
 EVAL_SIGMAS = (0.12, 0.25, 0.5)
@@ -166,6 +167,27 @@ def comparison_lines(crops: torch.Tensor, models: Mapping[float, Mapping[str, nn
     return [*lines, ""]
 
 
+def whole_photos(
+    photos: Sequence[photo_data.Photo], side: int, target: LocalModelAdapter
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Each photo upright, its shorter side scaled down to ``side``, as a ``(3, H, W)``
+    float tensor in [0, 1]; and per photo its name, size, ``target``'s clean top-1
+    (``label``, and ``answer``: its class name) and that answer's probability."""
+    names = target.class_names
+    images, meta = [], []
+    for photo in photos:
+        pixels = torch.from_numpy(photo_data.load_photo(photo, side)).permute(2, 0, 1)
+        image = pixels.float() / 255
+        with torch.inference_mode():
+            probs = target.logits(image[None]).softmax(1)[0]
+        label = int(probs.argmax())
+        images.append(image)
+        meta.append({"photo": photo.name, "size": tuple(image.shape[-2:]), "label": label,
+                     "answer": names[label] if names else label,
+                     "probability": float(probs[label])})  # fmt: skip
+    return images, meta
+
+
 def photo_figures(
     models: Mapping[str, nn.Module | None],
     sides: Sequence[int] = USER_SIDES,
@@ -178,19 +200,14 @@ def photo_figures(
     ``draws`` fixed noise draws at ``sigma`` on which Lite2's top-1 after the denoiser is
     that answer. The draws are the same for every model (seeded per photo and side)."""
     target = _target()
-    names = target.class_names
     rows = []
     for photo in photos if photos is not None else photo_data.available_photos("test"):
         for side in sides:
-            image = photo_data.load_photo(photo, side)
-            clean = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-            with torch.inference_mode():
-                probs = target.logits(clean).softmax(1)[0]
-            label = int(probs.argmax())
+            [image], [meta] = whole_photos([photo], side, target)
+            clean, label = image[None], meta["label"]
             row: dict[str, Any] = {"photo": photo.name, "side": side,
-                                   "size": list(clean.shape[-2:]),
-                                   "answer": names[label] if names else label,
-                                   "probability": round(float(probs[label]), 4)}  # fmt: skip
+                                   "size": list(meta["size"]), "answer": meta["answer"],
+                                   "probability": round(meta["probability"], 4)}  # fmt: skip
             generator = torch.Generator().manual_seed(side)
             noise = [torch.randn(clean.shape, generator=generator) for _ in range(draws)]
             for name, model in models.items():
