@@ -42,6 +42,7 @@ def test_every_configuration_is_certified_and_reported(study):
         "api-none",
         "api-stab+mse-query",
         "photo-mse",  # the shipped noise-level-aware denoiser, at every sigma
+        "api-photo-mse",  # and at the API budget, at the headline sigma only
     ]
     for method in methods:
         log = read_log(study / "logs" / f"{method}@0.25.tsv", method)
@@ -55,6 +56,7 @@ def test_every_configuration_is_certified_and_reported(study):
                                                                scale.extras_every))
     assert summary["images_per_sigma"] == {"0.25": 3, "0.5": 2}
     assert "0.5" in summary["methods"]["mse"] and "0.5" not in summary["methods"]["api-none"]
+    assert "0.5" not in summary["methods"]["api-photo-mse"]
     assert "0.12" in summary["methods"]["none"]["0.25"]["certified_accuracy"]
     report = (study / "README.md").read_text()
     assert "fine-tuned under Gaussian noise" in report and "api-none" in report
@@ -70,7 +72,8 @@ def test_query_access_rows_go_through_the_loopback_vision_api(study):
     from smoothapi.journal import Journal
 
     for method, adapter in (("api-none", "clarifai"), ("stab+mse-query", "clarifai"),
-                            ("photo-mse", "clarifai"), ("stab+mse-full", "local"),
+                            ("photo-mse", "clarifai"), ("api-photo-mse", "clarifai"),
+                            ("stab+mse-full", "local"),
                             ("whitebox", "local")):
         with Journal(study / "journals" / f"{method}@0.25.sqlite") as journal:
             [config] = journal.runs().values()
@@ -273,6 +276,9 @@ def test_stage_order_puts_the_api_budget_before_mse_and_the_lever_last(study, mo
     certify = [name for name in visited if name.startswith("certify:")]
     assert certify.index("certify:api-none@0.25") < certify.index("certify:mse@0.25")
     assert certify.index("certify:api-stab+mse-query@0.25") < certify.index("certify:mse@0.25")
+    budget = certify.index("certify:api-photo-mse@0.25")  # the shipped denoiser's rows last
+    assert certify.index("certify:photo-mse@0.25") < budget
+    assert budget < certify.index("certify:photo-mse@0.5")
 
     class Probe:
         out, scale = study, PHOTO_SCALES["tiny"]
@@ -287,7 +293,8 @@ def test_report_gives_the_gain_over_no_denoiser_with_an_interval(study):
     """Where the white box does not beat no denoiser, the gain is what stands."""
     summary = json.loads((study / "summary.json").read_text())
     gains = summary["gain_over_none"]["0.25"]
-    assert gains["api-stab+mse-query"]["0.25"]["over"] == "api-none"  # the same budget
+    for method in ("api-stab+mse-query", "api-photo-mse"):
+        assert gains[method]["0.25"]["over"] == "api-none"  # the same budget
     for method in ("stab+mse-query", "stab+mse-full", "whitebox", "mse"):
         log, none = (read_log(study / "logs" / f"{m}@0.25.tsv", m) for m in (method, "none"))
         assert list(gains[method]) == ["0.25"]  # n = 24 certifies up to 0.30: no r = 0.5

@@ -211,11 +211,17 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
 #: Methods certified through the loopback vision API (query access to the target).
 API_METHODS = ("none", "mse", "stab+mse-query")
 #: The paper's API budget rows: (method, base method).
-BUDGET_METHODS = {"api-none": "none", "api-stab+mse-query": "stab+mse-query"}
+BUDGET_METHODS = {"api-none": "none", "api-stab+mse-query": "stab+mse-query",
+                  "api-photo-mse": "photo-mse"}  # fmt: skip
 #: Rows certified with a denoiser the package ships (by name) instead of one the study
 #: trains: the noise-level-aware ``photo-mse``, trained on more photos by
 #: :mod:`~smoothapi.studies.photo_mse` (the same test photos held out). Certified last.
 SHIPPED_METHODS = ("photo-mse",)
+
+
+def _shipped(method: str) -> bool:
+    """Whether ``method`` (an API budget row too) uses a denoiser the package ships."""
+    return BUDGET_METHODS.get(method, method) in SHIPPED_METHODS
 
 
 def _chosen(names: tuple[str, ...] | None, split: str) -> list[photo_data.Photo]:
@@ -307,15 +313,19 @@ class PhotoStudy(Study[PhotoScale]):
         pairs = []
         for sigma in scale.sigmas:
             methods = ["none", "stab+mse-query", "stab+mse-full", "whitebox"]
-            if sigma == scale.extras_sigma:
-                methods += list(BUDGET_METHODS)  # short: before MSE's full budget
+            if sigma == scale.extras_sigma:  # short: before MSE's full budget
+                methods += [m for m in BUDGET_METHODS if not _shipped(m)]
             methods.append("mse")
             if sigma == scale.extras_sigma:
                 lever = chosen_lever(self, sigma)
                 methods += [lever] if lever else []
             pairs += [(method, sigma) for method in methods]
-        # The shipped denoisers last, at every sigma: added after the study was done.
-        pairs += [(method, sigma) for sigma in scale.sigmas for method in SHIPPED_METHODS]
+        # The shipped denoisers last, at every sigma (their budget rows at the headline's):
+        # added after the study was done.
+        budget = [method for method in BUDGET_METHODS if _shipped(method)]
+        for sigma in scale.sigmas:
+            extras = budget if sigma == scale.extras_sigma else []
+            pairs += [(method, sigma) for method in (*SHIPPED_METHODS, *extras)]
         return pairs
 
     def sample_counts(self, method: str) -> tuple[int, int]:
@@ -513,7 +523,7 @@ def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = No
     study.only = only
     study.command = f"make photos && smoothapi experiment natural-photos --scale {scale_name}"
     study.stage("manifest", study.write_manifest)
-    shipped = [(m, s) for m, s in study.runs() if m in SHIPPED_METHODS]
+    shipped = [(m, s) for m, s in study.runs() if _shipped(m)]
     for sigma in scale.sigmas:  # denoisers first: they are what ships
         study.stage(f"denoiser:mse@{sigma:g}", partial(study.train_denoiser, "mse", sigma))
         study.stage(f"denoiser:stab+mse-query@{sigma:g}",
@@ -521,7 +531,7 @@ def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = No
     levers = {lever.method for lever in scale.levers}
     for sigma in scale.sigmas:  # the headline sigma first, then its levers
         for method, at in study.runs():
-            if at == sigma and method not in levers and method not in SHIPPED_METHODS:
+            if at == sigma and method not in levers and not _shipped(method):
                 _certify_stage(study, method, sigma)
         if sigma == scale.extras_sigma and scale.levers:
             _lever_stages(study, sigma)
