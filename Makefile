@@ -65,7 +65,7 @@ photo-mse: $(STAMP) photos
 # STAB+MSE from the photo MSE denoiser, per access and sigma (hours; resumes).
 photo-stab: $(STAMP) photos
 	$(BIN)/smoothapi experiment photo-stab --out results/photo-stab \
-		--start results/photo-stab/start-mse.safetensors
+		--start results/photo-mse/photo-mse.safetensors
 
 # Before a machine goes away: gzipped copies of unfinished certifications' journals, to
 # commit; `make photo-study` on the next machine resumes from them.
