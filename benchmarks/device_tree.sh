@@ -18,10 +18,14 @@ PYTHON=${PYTHON:-.venv/bin/python}
 KEEP=results/photo-mse/photo-mse.safetensors  # the STAB runs start from it
 CARRY=(build/gpu-photos build/gpu-zoo .whl)
 
-size() {
-    { git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | grep total$
-      for path in "${CARRY[@]}"; do [ -e "$path" ] && du -sb "$path"; done; } |
-        awk '{s += $1} END {printf "%.1f MiB would travel (the limit is 64)\n", s / 1048576}'
+size() {  # the files on disk that travel (a deleted tracked file does not), carried paths too
+    local bytes
+    bytes=$(git ls-files -z --cached --others --exclude-standard |
+            du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1) || true
+    for path in "${CARRY[@]}"; do
+        if [ -e "$path" ]; then bytes=$((bytes + $(du -sb "$path" | cut -f1))); fi
+    done
+    awk -v b="$bytes" 'BEGIN {printf "%.1f MiB would travel (the limit is 64)\n", b / 1048576}'
 }
 
 case "${1:-}" in
