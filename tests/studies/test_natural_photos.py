@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from smoothapi._precision import resolve_dtype
 from smoothapi.analysis import read_log
 from smoothapi.runs import read_log_rows
 from smoothapi.studies.natural_photos import PHOTO_SCALES, PhotoStudy, run_photo_study
@@ -62,7 +63,9 @@ def test_every_configuration_is_certified_and_reported(study):
     assert "fine-tuned under Gaussian noise" in report and "api-none" in report
     assert "3 test images at sigma 0.25, 2 at 0.5" in report and "every 1th" not in report
     assert "best sigma per radius, on the 2 test images certified at every sigma" in report
-    assert "Denoisers run in bfloat16" in report
+    assert f"Denoisers run in {resolve_dtype('auto')} when certifying" in report  # this CPU's
+    recorded = json.loads((study / "stages" / "certify:photo-mse_at_0.25.json").read_text())
+    assert recorded["denoiser_dtype"] == resolve_dtype("auto")
     assert '`load_denoiser("photo-mse")`' in report and "- photo-mse (over none)" in report
     assert (study / "denoising_examples_sigma0.25.png").stat().st_size > 0
     assert (study / "curves_sigma0.25.png").stat().st_size > 0
@@ -271,7 +274,8 @@ def test_stage_order_puts_the_api_budget_before_mse_and_the_lever_last(study, mo
 
     visited, stage = [], PhotoStudy.stage
     monkeypatch.setattr(PhotoStudy, "stage",
-                        lambda self, name, work: (visited.append(name), stage(self, name, work)))
+                        lambda self, name, work, **kw: (visited.append(name),
+                                                        stage(self, name, work, **kw)))
     run_photo_study("tiny", study, device="cpu")
     certify = [name for name in visited if name.startswith("certify:")]
     assert certify.index("certify:api-none@0.25") < certify.index("certify:mse@0.25")
@@ -321,3 +325,24 @@ def test_gains_and_gaps_are_reported_only_at_radii_the_row_can_certify():
     assert _compared_radii(study, "stab+mse-query", 0.12) == (0.12, 0.25)
     assert _compared_radii(study, "mse", 0.5) == (0.25, 0.5)
     assert _compared_radii(study, "api-stab+mse-query", 0.25) == (0.25,)
+
+
+def test_the_report_names_the_precision_each_denoiser_was_certified_in(tmp_path):
+    """Markers written before the precision was recorded ran in bfloat16; rows without a
+    denoiser do not count; a minority in another precision is named row by row."""
+    from smoothapi.studies.natural_photos import precision_note
+
+    def marker(stage, **record):
+        name = stage.replace("@", "_at_") + ".json"
+        (tmp_path / name).write_text(json.dumps({"stage": stage, "seconds": 1.0, **record}))
+
+    marker("certify:none@0.25")
+    marker("certify:mse@0.25")  # before the record: bfloat16
+    marker("certify-whole:photo-mse@0.25:224px", denoiser_dtype="bfloat16")
+    assert precision_note(tmp_path).startswith("Denoisers run in bfloat16 when certifying")
+    marker("certify:api-photo-mse@0.25", denoiser_dtype="float32")
+    marker("certify:api-none@0.25")
+    note = precision_note(tmp_path)
+    assert "run in bfloat16" in note and "except float32 for certify:api-photo-mse@0.25" in note
+    assert "api-none" not in note and "certify:none" not in note
+    assert precision_note(tmp_path / "nothing").startswith("Denoisers run in float32")

@@ -494,9 +494,10 @@ def _add_image_options(parser: argparse.ArgumentParser, certify: bool) -> None:
                         help="denoiser run before the classifier: a shipped name (e.g. "
                              "photo-mse), a .safetensors file, or none (default: none "
                              "with --model; with --api the shipped photo denoiser for --sigma)")
-    parser.add_argument("--denoiser-dtype", default=None, choices=("float32", "bfloat16"),
+    parser.add_argument("--denoiser-dtype", default=None, choices=("float32", "bfloat16", "auto"),
                         help="run the denoiser in this precision (default: float32; bfloat16 "
-                             "is several times faster on CPUs with bfloat16 instructions)")
+                             "is several times faster on CPUs with bfloat16 instructions and "
+                             "slower on others; auto: bfloat16 only where it is fast)")
     parser.add_argument("--sigma", type=float, default=None,
                         help="noise level, an l2 distance in [0,1] pixel space (required"
                              + ("; not with --from-journal)" if certify else ")"))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._checkpoint import load_checkpoint, save_checkpoint
+from .._precision import resolve_dtype
 from .._registry import Registry
 from ..errors import CheckpointError, InvalidInputError
 
@@ -126,7 +127,8 @@ def load_denoiser(
 
     The model is built from the stored architecture, its weights are loaded strictly, it
     is moved to ``device`` (default CPU), cast to ``dtype`` (default: as stored, float32;
-    ``"bfloat16"`` runs several times faster on CPUs with bfloat16 instructions), stored
+    ``"bfloat16"`` runs several times faster on CPUs with bfloat16 instructions and several
+    times slower on CPUs without; ``"auto"`` picks bfloat16 only where it is fast), stored
     channels-last (faster on CPU and GPU; :class:`~smoothapi.SmoothedClassifier` feeds a
     denoiser in its own dtype and memory format) and put in eval mode. The stored metadata dict is
     attached as ``model.checkpoint_metadata`` (``input_size`` as a tuple or ``None``). A
@@ -160,6 +162,7 @@ def load_denoiser(
         meta["input_size"] = tuple(meta["input_size"])
     model = model.to(torch.device(device) if device is not None else "cpu").eval()
     model = model.to(memory_format=torch.channels_last)
+    dtype = resolve_dtype(dtype, device)
     if dtype is not None:
         model = model.to(_float_dtype(dtype))
     # Plain attributes on the module (nn.Module.__setattr__ is typed for tensors and modules).

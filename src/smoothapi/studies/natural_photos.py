@@ -100,7 +100,8 @@ class PhotoScale:
     dataset: str = "natural photos"
     certify_skip: int = 1
     scratch_epochs: int = 0
-    denoiser_dtype: str = "float32"  # the denoisers' precision when certifying
+    denoiser_dtype: str = "float32"  # the denoisers' precision when certifying ("auto": see
+    # smoothapi._precision)
     extras_every: int = 1  # at sigmas other than extras_sigma, certify every k-th test crop
     whitebox_crop: int | None = None  # the white box's training crops (default: ``size``)
     # What the white box fine-tunes: "all" weights, or only the "batchnorm" layers (their
@@ -144,7 +145,9 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         # the teacher on them and forgot the rest: 0% agreement on the held-out crops.
         whitebox_params="batchnorm",
         whitebox_lr=1e-3,
-        denoiser_dtype="bfloat16",  # 2.7x faster on this CPU, -0.06 dB (bench_denoiser.py)
+        # bfloat16 on a CPU with bfloat16 instructions (2.7x faster there, -0.06 dB; see
+        # bench_denoiser.py), float32 on one without (bfloat16 is 8.6x slower there)
+        denoiser_dtype="auto",
         extras_every=3,  # sigma 0.12 and 0.5 on 42 of the 126 crops (6 per photo)
         whole_sides=(224, 384),
         levers=(
@@ -180,7 +183,7 @@ PHOTO_SCALES: dict[str, PhotoScale] = {
         test_photos=("chelsea", "coffee"),
         whitebox_crop=64,
         whitebox_params="batchnorm",
-        denoiser_dtype="bfloat16",
+        denoiser_dtype="auto",
         extras_every=2,
         whole_sides=(48,),
         levers=(
@@ -339,10 +342,10 @@ class PhotoStudy(Study[PhotoScale]):
         every = 1 if sigma == self.scale.extras_sigma else self.scale.extras_every
         return list(range(0, len(self.test), every))
 
-    def certify(self, method: str, sigma: float) -> None:
+    def certify(self, method: str, sigma: float) -> dict[str, str]:
         indices = self.certified_indices(sigma)
         images, labels = zip(*(self.test[i] for i in indices), strict=True)
-        self._certify(method, sigma, list(images),
+        return self._certify(method, sigma, list(images),
                       [self.class_names[label] for label in labels], indices,
                       self.log_path(method, sigma),
                       self.out / "journals" / f"{method}@{sigma:g}.sqlite")  # fmt: skip
@@ -351,20 +354,21 @@ class PhotoStudy(Study[PhotoScale]):
         """The test photos whole at shorter side ``side`` (:func:`.photo_certify.whole_photos`)."""
         return whole_photos(self.test_photos, side, self.classifier("target"))
 
-    def certify_whole(self, method: str, sigma: float, side: int) -> None:
+    def certify_whole(self, method: str, sigma: float, side: int) -> dict[str, str]:
         """Certify the test photos whole, at shorter side ``side``, with the API's clean
         answer asked beside each (labels: the target's clean top-1)."""
         images, meta = self.whole_photos(side)
-        self._certify(method, sigma, images, [m["answer"] for m in meta],
+        return self._certify(method, sigma, images, [m["answer"] for m in meta],
                       list(range(len(images))), whole_log_path(self.out, method, sigma, side),
                       self.out / "journals" / f"whole-{method}@{sigma:g}_{side}px.sqlite",
                       clean=True)  # fmt: skip
 
     def _certify(self, method: str, sigma: float, images: list, labels: list[str],
                  indices: list[int], path: Path, journal_path: Path,
-                 clean: bool = False) -> None:  # fmt: skip
+                 clean: bool = False) -> dict[str, str]:  # fmt: skip
         """CERTIFY ``images`` with ``method`` at ``sigma`` into the log ``path``, every
-        answer journaled in ``journal_path`` (a killed run resumes from it)."""
+        answer journaled in ``journal_path`` (a killed run resumes from it). Returns the
+        denoiser's precision, for the stage's marker (``{}`` without a denoiser)."""
         from ..denoisers import load_denoiser
 
         scale = self.scale
@@ -402,6 +406,9 @@ class PhotoStudy(Study[PhotoScale]):
                           labels=labels)
         journal.close()
         path.with_suffix(".part").rename(path)
+        if denoiser is None:
+            return {}
+        return {"denoiser_dtype": str(next(denoiser.parameters()).dtype).removeprefix("torch.")}
 
     radii = (0.0, 0.12, 0.25, 0.5, 0.75, 1.0)
     example_methods = ("mse", "stab+mse-query", "stab+mse-full")
@@ -488,7 +495,8 @@ class PhotoStudy(Study[PhotoScale]):
             f"{scale.test_crop_size}-px test crops (denoisers trained on {scale.size}-px crops), "
             "served as a vision API on loopback (Clarifai's gRPC wire format, "
             "PNG images, concepts named by ImageNet class) for the no-denoiser, MSE, "
-            "query-access and photo-mse rows (and the lever certified, if any). Labels are "
+            "query-access and photo-mse rows, their API-budget (api-*) rows and the lever "
+            "certified, if any. Labels are "
             "its clean top-1 on each test crop.",
             "photo-mse: the shipped noise-level-aware denoiser (`load_denoiser(\"photo-mse\")`, "
             "a DRUNet of 2.3M parameters trained on MSE alone by `smoothapi experiment "
@@ -501,11 +509,31 @@ class PhotoStudy(Study[PhotoScale]):
             f"{'batch-norm layers only' if scale.whitebox_params == 'batchnorm' else 'all weights'}"
             "): a reference, not Cohen et al.'s model, and a weak one: the training photos "
             "are too few to fine-tune an ImageNet model on.",
-            f"Denoisers run in {scale.denoiser_dtype} when certifying (trained in float32).",
+            precision_note(self.out / "stages"),
             f"API budget rows (api-*) use n0 = {scale.api_n0}, n = {scale.api_n} (the paper's "
             "vision-API setting); every other row uses the n0 and n in the header.",
         ]
         return [line for note in notes for line in (note, "")]
+
+
+def precision_note(stages: Path) -> str:
+    """Which precision the denoisers ran in when certifying, from the stages' markers (a
+    marker without it predates the record: those rows ran in bfloat16, then the setting)."""
+    rows: dict[str, list[str]] = {}
+    for marker in sorted(stages.glob("certify*.json")):
+        record = json.loads(marker.read_text())
+        method = record["stage"].split(":")[1].split("@")[0]
+        if BUDGET_METHODS.get(method, method) not in ("none", "whitebox"):
+            rows.setdefault(record.get("denoiser_dtype", "bfloat16"), []).append(record["stage"])
+    if len(rows) <= 1:
+        dtype = next(iter(rows), "float32")
+        return f"Denoisers run in {dtype} when certifying (trained in float32)."
+    common = max(rows, key=lambda dtype: len(rows[dtype]))
+    others = "; ".join(f"{dtype} for {', '.join(names)}" for dtype, names in rows.items()
+                       if dtype != common)  # fmt: skip
+    return (f"Denoisers run in {common} when certifying (trained in float32), except {others}: "
+            "bfloat16 where the certifying CPU has bfloat16 instructions, float32 where it "
+            "has none (emulated bfloat16 ran 8.6x slower; smoothapi._precision).")
 
 
 def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = None,
@@ -538,13 +566,14 @@ def run_photo_study(scale_name: str, out: str | Path, *, device: str | None = No
     best = chosen_lever(study, scale.extras_sigma) if scale.levers else None
     if best is not None:  # last: the one row beyond what the other sigmas need
         study.stage(f"certify:{best}@{scale.extras_sigma:g}",
-                    lambda: study.certify(best, scale.extras_sigma))
+                    lambda: study.certify(best, scale.extras_sigma), keep=True)
     for method, sigma in shipped:  # added after the rest was done: certified after it
         _certify_stage(study, method, sigma)
     for side in scale.whole_sides:
         for method in WHOLE_METHODS:
             study.stage(f"certify-whole:{method}@{scale.extras_sigma:g}:{side}px",
-                        partial(study.certify_whole, method, scale.extras_sigma, side))
+                        partial(study.certify_whole, method, scale.extras_sigma, side),
+                        keep=True)
     study.report()
     print(study.closing_line())
     return out
@@ -557,7 +586,7 @@ def _certify_stage(study: PhotoStudy, method: str, sigma: float) -> None:
                     lambda: study.train_denoiser("stab+mse-full", sigma))
     if method == "whitebox":
         study.stage(f"classifier:whitebox@{sigma:g}", lambda: study.train_whitebox(sigma))
-    study.stage(f"certify:{method}@{sigma:g}", lambda: study.certify(method, sigma))
+    study.stage(f"certify:{method}@{sigma:g}", lambda: study.certify(method, sigma), keep=True)
 
 
 def _lever_stages(study: PhotoStudy, sigma: float) -> None:

@@ -187,7 +187,9 @@ class Study(Stages, Generic[ScaleT]):
         epochs = scale.mse_epochs if objective == "mse" else scale.scratch_epochs
         return denoiser, epochs, scale.mse_lr
 
-    def certify(self, method: str, sigma: float) -> None:
+    def certify(self, method: str, sigma: float) -> dict[str, str] | None:
+        """CERTIFY the test images with ``method`` at ``sigma`` into its log; a subclass may
+        return what its stage's marker should record."""
         scale = self.scale
         name = f"whitebox@{sigma:g}" if method == "whitebox" else "target"
         denoiser = None
@@ -212,6 +214,7 @@ class Study(Stages, Generic[ScaleT]):
             write_log(outcomes, LogWriter(f), indices=indices,
                       labels=[names[label] if names else label for label in labels])  # fmt: skip
         path.with_suffix(".part").rename(path)
+        return None
 
     def runs(self) -> list[tuple[str, float]]:
         """(method, sigma) pairs to certify, the headline sigma first (it sets the targets)."""

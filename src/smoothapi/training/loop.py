@@ -14,7 +14,9 @@ then per epoch set the learning rate, run the batches, evaluate, log, checkpoint
 * **Scale.** ``torchrun --nproc_per_node N`` (or several nodes) gives data-parallel
   training with DDP (NCCL on GPUs, gloo on CPUs); on CUDA, bfloat16 autocast (float16
   with a gradient scaler where bf16 is missing) and channels_last memory format; on a
-  CPU, bfloat16 autocast when ``cpu_bfloat16`` is set.
+  CPU, bfloat16 autocast when ``cpu_bfloat16`` is set and the CPU has bfloat16 instructions
+  (:func:`smoothapi._precision.bfloat16_is_fast`; float32 elsewhere, where bfloat16 is
+  emulated and a step ran 10x slower).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from .._precision import bfloat16_is_fast
 from ..errors import InvalidInputError
 
 __all__ = [
@@ -104,7 +107,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     amp: bool = True
-    cpu_bfloat16: bool = False  # bfloat16 autocast on the CPU too (fast with AVX-512-BF16)
+    cpu_bfloat16: bool = False  # bfloat16 autocast on a CPU too, if it has bfloat16 instructions
     channels_last: bool = True
     num_workers: int = 0
     progress: bool = True
@@ -293,8 +296,9 @@ class _Precision:
         device = training_device(config)
         cuda = device.type == "cuda"
         fmt = torch.channels_last if cuda and config.channels_last else torch.preserve_format
-        if not cuda:
-            return cls(device, fmt, torch.bfloat16, config.amp and config.cpu_bfloat16)
+        if not cuda:  # bfloat16 only on a CPU that computes it natively: 10x slower elsewhere
+            fast = config.amp and config.cpu_bfloat16 and bfloat16_is_fast(device)
+            return cls(device, fmt, torch.bfloat16, fast)
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return cls(device, fmt, dtype, config.amp)
 
