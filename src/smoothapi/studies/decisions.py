@@ -41,6 +41,7 @@ import torch
 
 from .. import photos as photo_data
 from .._images import as_image_tensor
+from .._precision import resolve_dtype
 from ..adapters import create_adapter
 from ..certification import max_certifiable_radius
 from ..decisions import Ancestor, Decision, Flag, TopLabel, Vocabulary
@@ -527,7 +528,8 @@ def _intro_lines(study: DecisionsStudy) -> list[str]:
         "scored by summed probability, as commercial APIs mix fine and coarse labels.",
         "",
         "One paid run per setting (no denoiser; the shipped `"
-        f"{scale.denoiser}` denoiser, in {scale.denoiser_dtype}) certifies the API's top label "
+        f"{scale.denoiser}` denoiser, in {resolve_dtype(scale.denoiser_dtype, study.device)}) "
+        "certifies the API's top label "
         "and asks once for its answer on each clean image; every other question is "
         "certified offline from that run's journal with `Journal.recertify(run, alpha, "
         "decision=...)`, with no query. Ground truth for a question: its decision applied "
