@@ -3,8 +3,9 @@
 bfloat16 halves a denoiser's memory traffic, and CPUs with bfloat16 instructions
 (AVX-512-BF16, AMX) run the photo denoisers 2.7x faster in it. A CPU without them
 emulates it: measured on an AVX2-only AMD EPYC with torch 2.14, ``photo-mse`` at 160 px
-ran 8.6x *slower* in bfloat16 than in float32, and a training step 10x slower
-(``benchmarks/bench_denoiser.py`` prints both on the machine at hand). So the studies ask
+ran 8.6x *slower* in bfloat16 than in float32 (``benchmarks/bench_denoiser.py`` times
+both dtypes on the machine at hand), and a DRUNet training step on 8 crops of 192 px 10x
+slower (timed by hand: 38 s against 3.7 s). So the studies ask
 for ``"auto"``, and the training loop's ``cpu_bfloat16`` is honoured only where it helps.
 """
 
