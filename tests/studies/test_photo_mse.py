@@ -85,3 +85,16 @@ def test_the_report_compares_it_with_the_shipped_per_sigma_denoisers(run):
     assert rows == per_sigma * 2  # validation, then test
     header = next(line for line in lines if line.startswith("| photo | side |"))
     assert header.endswith("| none | photo-sigma0.25 | photo-mse |")
+
+
+def test_the_levers_stage_measures_the_kept_checkpoint_on_validation(run):
+    record = json.loads((run / "stages" / "levers.json").read_text())
+    meta = load_denoiser(run / "photo-mse.safetensors").checkpoint_metadata
+    assert record["epoch"] == meta["epochs"] and record["crops"] > 0
+    figures = record["figures"]
+    assert figures["as trained"]["psnr"] != figures["noise level x1.25"]["psnr"]
+    # the tiny scale has no guides: chosen by PSNR, and the report says so
+    assert record["chosen"] == max(figures, key=lambda n: figures[n]["psnr"])
+    report = (run / "README.md").read_text()
+    assert "## Test-time levers (validation crops)" in report
+    assert all(f"| {name} |" in report for name in figures)

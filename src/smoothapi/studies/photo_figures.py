@@ -24,8 +24,8 @@ from .. import photos as photo_data
 from ..adapters.local import LocalModelAdapter
 from ..denoisers.noise_level import denoise
 
-__all__ = ["CHOOSE_SIGMA", "EVAL_SIGMAS", "USER_SIDES", "comparison_lines", "crop_figures",
-           "photo_figures", "photo_lines", "psnr",
+__all__ = ["CHOOSE_SIGMA", "EVAL_SIGMAS", "TARGET", "USER_SIDES", "comparison_lines",
+           "crop_figures", "photo_figures", "photo_lines", "psnr",
            "test_figures", "test_lines", "validation_psnr", "whole_photos"]  # fmt: skip
 
 #: Noise levels the validation PSNR is reported at.

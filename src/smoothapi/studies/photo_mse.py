@@ -9,7 +9,10 @@
    validation PSNR at sigma = 0.12 / 0.25 / 0.5 is logged and, when it is the best so
    far at 0.25, the weights are written to ``OUT/photo-mse.safetensors`` (the epoch is
    chosen on validation, never on the test photos);
-4. **report**: ``OUT/README.md`` with the loss and validation curves.
+4. **levers**: the kept checkpoint run differently at inference (told another noise
+   level, or self-ensembled; :mod:`.inference_levers`) on the validation crops, chosen
+   by the query-access guides' label kept;
+5. **report**: ``OUT/README.md`` with the loss and validation curves.
 
 Data: the "train" photos of :mod:`smoothapi.photos` less :data:`VALIDATION_PHOTOS`
 (whole photos held out), read with the shorter side at 512 px; a fixed pool of square
@@ -44,9 +47,11 @@ from ..denoisers.noise_level import denoise
 from ..training.augment import random_view
 from ..training.data import ArrayDataset
 from ..training.loop import LOG_FILE, TrainConfig, fit
+from .inference_levers import chosen_lever, lever_figures, lever_lines
 from .photo_figures import (
     CHOOSE_SIGMA,
     EVAL_SIGMAS,
+    TARGET,
     USER_SIDES,
     comparison_lines,
     photo_figures,
@@ -93,6 +98,9 @@ class MSEScale:
     cpu_bfloat16: bool = True
     test_report: bool = True  # the report's final test table (Lite2 on the test photos)
     user_sides: tuple[int, ...] = USER_SIDES  # the test photos whole, shorter side in px
+    # The inference levers are chosen by these (query access: never the API's model) and
+    # reported for them and for TARGET when test_report is set.
+    lever_guides: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,7 +115,8 @@ MSE_SCALES: dict[str, MSEScale] = {
     "tiny": MSEScale(tile=48, tiles=32, crop_sizes=(32, 40), batch_size=8, lr_step=1,
                      epochs=2, bakeoff_tiles=16, bakeoff_epochs=1, val_size=32,
                      candidates=("ffdnet-w64", "drunet-16"), train_photos=("astronaut", "coffee"),
-                     val_photos=("chelsea",), cpu_bfloat16=False, test_report=False),  # fmt: skip
+                     val_photos=("chelsea",), cpu_bfloat16=False, test_report=False,
+                     lever_guides=()),  # fmt: skip
 }
 
 
@@ -213,6 +222,8 @@ class PhotoMSERun(Stages):
         choice = self.stage("choice", lambda: {"chosen": best["candidate"]}, keep=True)
         name = choice["chosen"] if choice else best["candidate"]
         self.stage("mse", partial(self.long, name), keep=True)
+        if (self.out / "photo-mse.safetensors").exists():
+            self.stage("levers", self.levers, keep=True)
         self.report(results, name)
 
     def long(self, name: str) -> dict[str, Any]:
@@ -220,6 +231,19 @@ class PhotoMSERun(Stages):
         history = self.train(name, self.out / "mse", s.epochs, s.lr_step, None, self.save(name),
                              plateaus=True)
         return {"candidate": name, "epochs": len(history)}
+
+    def levers(self) -> dict[str, Any]:
+        """The kept checkpoint under each inference lever on the validation crops."""
+        from ..zoo import load_classifier
+
+        model = load_denoiser(self.out / "photo-mse.safetensors")
+        names = [*self.scale.lever_guides, *([TARGET] if self.scale.test_report else [])]
+        classifiers = {n: load_classifier(n, input_size=None, resize=False) for n in names}
+        figures = lever_figures(model, self.val_crops, CHOOSE_SIGMA, classifiers)
+        meta: dict[str, Any] = getattr(model, "checkpoint_metadata", {})
+        return {"sigma": CHOOSE_SIGMA, "epoch": meta.get("epochs"),
+                "crops": len(self.val_crops), "draws": 4, "figures": figures,
+                "chosen": chosen_lever(figures, self.scale.lever_guides)}  # fmt: skip
 
     # --- report ------------------------------------------------------------------------
 
@@ -253,6 +277,9 @@ class PhotoMSERun(Stages):
                       + "), kept as `photo-mse.safetensors`.", "",
                       "![loss and validation PSNR](curves.png)", ""]  # fmt: skip
             _plot(history, self.out / "curves.png")
+        if self.marker("levers").exists():
+            record = json.loads(self.marker("levers").read_text())
+            lines += lever_lines(record, self.scale.lever_guides, TARGET)
         checkpoint = self.out / "photo-mse.safetensors"
         if checkpoint.exists() and self.scale.test_report:
             model = load_denoiser(checkpoint)
