@@ -346,3 +346,25 @@ def test_the_report_names_the_precision_each_denoiser_was_certified_in(tmp_path)
     assert "run in bfloat16" in note and "except float32 for certify:api-photo-mse@0.25" in note
     assert "api-none" not in note and "certify:none" not in note
     assert precision_note(tmp_path / "nothing").startswith("Denoisers run in float32")
+
+
+def test_a_fresh_checkout_neither_retrains_the_white_box_nor_loses_its_time(study, tmp_path,
+                                                                            capsys):  # fmt: skip
+    """The white-box weights and their stage markers are not committed (.gitignore): a
+    clone of a finished study must only rewrite the report, still timing those stages."""
+    import shutil
+
+    clone = tmp_path / "clone"
+    shutil.copytree(study, clone)
+    shutil.rmtree(clone / "classifiers")
+    for marker in (clone / "stages").glob("classifier:*"):
+        marker.unlink()
+    record = json.loads((clone / "stages" / "certify:whitebox_at_0.25.json").read_text())
+    trained = record["needed_seconds"]["classifier:whitebox@0.25"]
+    capsys.readouterr()
+    run_photo_study("tiny", clone, device="cpu")
+    assert "only the report was rewritten" in capsys.readouterr().out
+    assert not (clone / "classifiers").exists()
+    report = (clone / "README.md").read_text()
+    assert f"- classifier:whitebox@0.25: {trained:.0f}" in report
+    assert "- diagnose:whitebox@0.25: " in report

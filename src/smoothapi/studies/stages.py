@@ -117,6 +117,9 @@ class Stages:
         marker = self.marker(name)
         if marker.exists():
             record: dict[str, Any] = json.loads(marker.read_text())
+            # stages this one needed whose markers are not kept (see natural_photos)
+            for needed, seconds in record.get("needed_seconds", {}).items():
+                self.times.setdefault(needed, seconds)
             self.times[name] = record["seconds"]
             return record
         if self.only is not None and not any(part in name for part in self.only):
