@@ -30,7 +30,7 @@ print(len(train), "train photos", flush=True)
 vc, _ = photo_data.test_crops([photo_data.load_photo(p) for p in val], 160)
 vc = torch.from_numpy(vc).float() / 255
 tc = torch.from_numpy(photo_data.train_crops([photo_data.load_photo(p) for p in train], N, 160, seed=0)).float() / 255
-mse = load_denoiser("photo-mse")  # shipped: the MSE run's epoch 8.eval()
+mse = load_denoiser("photo-mse").eval()  # shipped: the MSE run's epoch 8
 for p in mse.parameters(): p.requires_grad_(False)
 names = sorted(set(GUIDES) | {"efficientnet_lite2"})
 clfs = {n: load_classifier(n, input_size=None, resize=False) for n in names}
