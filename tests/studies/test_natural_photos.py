@@ -368,3 +368,4 @@ def test_a_fresh_checkout_neither_retrains_the_white_box_nor_loses_its_time(stud
     report = (clone / "README.md").read_text()
     assert f"- classifier:whitebox@0.25: {trained:.0f}" in report
     assert "- diagnose:whitebox@0.25: " in report
+    assert "- denoiser:stab+mse-full@0.25: " in report  # committed markers are timed as ever

@@ -35,6 +35,7 @@ photos alone, for tests.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -586,14 +587,19 @@ def _certify_stage(study: PhotoStudy, method: str, sigma: float) -> None:
     white-box weights, which are not committed); the certification's marker keeps the
     seconds of those stages (``needed_seconds``) for the report's stage times."""
     name = f"certify:{method}@{sigma:g}"
+    certified = study.marker(name).exists()
     needs: list[str] = []
-    if not study.marker(name).exists():
-        if method == "stab+mse-full":  # trained where first needed: after the headline's rows
-            needs.append(f"denoiser:stab+mse-full@{sigma:g}")
-            study.stage(needs[-1], lambda: study.train_denoiser("stab+mse-full", sigma))
-        if method == "whitebox":
-            needs.append(f"classifier:whitebox@{sigma:g}")
-            study.stage(needs[-1], lambda: study.train_whitebox(sigma))
+
+    def need(stage: str, work: Callable[[], object]) -> None:
+        if not certified or study.marker(stage).exists():  # found done, it is only timed
+            needs.append(stage)
+            study.stage(stage, work)
+
+    if method == "stab+mse-full":  # trained where first needed: after the headline's rows
+        need(f"denoiser:stab+mse-full@{sigma:g}",
+             lambda: study.train_denoiser("stab+mse-full", sigma))
+    if method == "whitebox":
+        need(f"classifier:whitebox@{sigma:g}", lambda: study.train_whitebox(sigma))
 
     def certify() -> dict[str, Any]:
         record: dict[str, Any] = dict(study.certify(method, sigma))
