@@ -95,8 +95,8 @@ def lever_figures(
                 for name, c in classifiers.items():
                     predicted = torch.cat([c.logits(p).argmax(1) for p in out.split(batch_size)])
                     kept[name].append((predicted == labels[name]).float())
-            figures[lever.name] = {"psnr": round(torch.cat(quality).mean().item(), 3),
-                                   **{name: round(torch.cat(v).mean().item(), 4)
+            figures[lever.name] = {"psnr": torch.cat(quality).mean().item(),
+                                   **{name: torch.cat(v).mean().item()
                                       for name, v in kept.items()}}  # fmt: skip
     return figures
 

@@ -140,19 +140,12 @@ def crop_figures(model: nn.Module | None, crops: torch.Tensor, sigma: float,
     draws per crop on which Lite2's top-1 after ``model`` is its top-1 on the clean crop)
     for ``(N, 3, H, W)`` ``crops`` in [0, 1]; the draws depend on ``seed`` only, so every
     model meets the same noise."""
-    target, identity = _target(), _Identity()
-    generator = torch.Generator().manual_seed(seed)
-    kept, quality = [], []
-    with torch.inference_mode():
-        labels = torch.cat([target.logits(part).argmax(1) for part in crops.split(16)])
-        for _ in range(draws):
-            noisy = crops + sigma * torch.randn(crops.shape, generator=generator)
-            out = torch.cat([denoise(model or identity, part, sigma).float()
-                             for part in noisy.split(16)])  # fmt: skip
-            quality.append(psnr(out, crops))
-            predicted = torch.cat([target.logits(part).argmax(1) for part in out.split(16)])
-            kept.append((predicted == labels).float())
-    return torch.cat(quality).mean().item(), torch.cat(kept).mean().item()
+    from .inference_levers import INFERENCE_LEVERS, lever_figures  # it imports this module
+
+    as_trained = INFERENCE_LEVERS[:1]
+    row = lever_figures(model or _Identity(), crops, sigma, {TARGET: _target()}, as_trained,
+                        draws, seed)[as_trained[0].name]  # fmt: skip
+    return row["psnr"], row[TARGET]
 
 
 def comparison_lines(crops: torch.Tensor, models: Mapping[float, Mapping[str, nn.Module | None]],

@@ -222,9 +222,9 @@ class PhotoMSERun(Stages):
         choice = self.stage("choice", lambda: {"chosen": best["candidate"]}, keep=True)
         name = choice["chosen"] if choice else best["candidate"]
         self.stage("mse", partial(self.long, name), keep=True)
-        if (self.out / "photo-mse.safetensors").exists():
-            self.stage("levers", self.levers, keep=True)
-        self.report(results, name)
+        levers = (self.stage("levers", self.levers, keep=True)
+                  if (self.out / "photo-mse.safetensors").exists() else None)
+        self.report(results, name, levers)
 
     def long(self, name: str) -> dict[str, Any]:
         s = self.scale
@@ -239,7 +239,9 @@ class PhotoMSERun(Stages):
         model = load_denoiser(self.out / "photo-mse.safetensors")
         names = [*self.scale.lever_guides, *([TARGET] if self.scale.test_report else [])]
         classifiers = {n: load_classifier(n, input_size=None, resize=False) for n in names}
-        figures = lever_figures(model, self.val_crops, CHOOSE_SIGMA, classifiers)
+        figures = {lever: {k: round(v, 3 if k == "psnr" else 4) for k, v in row.items()}
+                   for lever, row in lever_figures(model, self.val_crops, CHOOSE_SIGMA,
+                                                   classifiers).items()}  # fmt: skip
         meta: dict[str, Any] = getattr(model, "checkpoint_metadata", {})
         return {"sigma": CHOOSE_SIGMA, "epoch": meta.get("epochs"),
                 "crops": len(self.val_crops), "draws": 4, "figures": figures,
@@ -247,7 +249,8 @@ class PhotoMSERun(Stages):
 
     # --- report ------------------------------------------------------------------------
 
-    def report(self, results: list[dict], name: str) -> None:
+    def report(self, results: list[dict], name: str,
+               levers: dict[str, Any] | None = None) -> None:  # fmt: skip
         history = _log(self.out / "mse")
         lines = ["# Photo MSE denoiser (noise-level aware)", "",
                  f"Training photos: {len(self.train_photos)}; validation photos (whole, "
@@ -277,9 +280,8 @@ class PhotoMSERun(Stages):
                       + "), kept as `photo-mse.safetensors`.", "",
                       "![loss and validation PSNR](curves.png)", ""]  # fmt: skip
             _plot(history, self.out / "curves.png")
-        if self.marker("levers").exists():
-            record = json.loads(self.marker("levers").read_text())
-            lines += lever_lines(record, self.scale.lever_guides, TARGET)
+        if levers is not None:
+            lines += lever_lines(levers, self.scale.lever_guides, TARGET)
         checkpoint = self.out / "photo-mse.safetensors"
         if checkpoint.exists() and self.scale.test_report:
             model = load_denoiser(checkpoint)
